@@ -1,0 +1,45 @@
+"""lightning-o2nc: Exponentiated O2NC for PyTorch and Lightning.
+
+The optimizer layer imports only torch. Lightning components are re-exported lazily, so
+``from lightning_o2nc import ExponentiatedO2NC`` never imports lightning.
+"""
+
+from importlib import import_module
+from typing import Any
+
+from .optim import (
+    ExponentiatedO2NC,
+    HyperparameterScheduler,
+    build_optimizer,
+    make_schedule,
+    param_groups_weight_decay,
+    theory_guided_hyperparameters,
+)
+
+__version__ = "0.1.0"
+
+_LIGHTNING_EXPORTS = (
+    "O2NCModule",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "CIFAR10DataModule",
+    "SyntheticDataModule",
+    "O2NCMonitor",
+    "AveragedIterate",
+)
+
+__all__ = [
+    "ExponentiatedO2NC",
+    "HyperparameterScheduler",
+    "build_optimizer",
+    "make_schedule",
+    "param_groups_weight_decay",
+    "theory_guided_hyperparameters",
+    *_LIGHTNING_EXPORTS,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LIGHTNING_EXPORTS:
+        return getattr(import_module(".lightning", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

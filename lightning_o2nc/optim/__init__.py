@@ -1,0 +1,21 @@
+"""Pure-torch layer: the optimizer, its random scaling, schedules, the factory and theory helpers."""
+
+from .factory import OPTIMIZERS, build_optimizer, param_groups_weight_decay
+from .o2nc import ExponentiatedO2NC
+from .scaling import SCALINGS, RandomScaling
+from .schedules import SCHEDULE_SHAPES, HyperparameterScheduler, Schedule, make_schedule
+from .theory import theory_guided_hyperparameters
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCALINGS",
+    "SCHEDULE_SHAPES",
+    "ExponentiatedO2NC",
+    "HyperparameterScheduler",
+    "RandomScaling",
+    "Schedule",
+    "build_optimizer",
+    "make_schedule",
+    "param_groups_weight_decay",
+    "theory_guided_hyperparameters",
+]

@@ -1,0 +1,492 @@
+r"""Exponentiated O2NC: SGD with momentum whose every move is scaled by one random s ~ Exp(1).
+
+Zhang & Cutkosky, "Random Scaling and Momentum for Non-smooth Non-convex Optimization" (ICML 2024).
+Per step n, with hyper-parameters read from each param group (so schedules are group mutations):
+
+.. math::
+
+    \zeta_n &= \beta_n / (1 + \eta_n \mu_n) \\
+    \Delta_n &= \zeta_n (\Delta_{n-1} - \eta_n g_n), \qquad \Delta_0 = 0 \\
+    s_n &\sim \mathrm{Exp}(1) \quad \text{(one scalar for all parameters and ranks)} \\
+    x_n &= x_{n-1} + s_n \Delta_n \qquad \text{(s scales the move, never the buffer)}
+
+``g_n`` is the gradient at the current weights plus ``weight_decay * x`` (torch SGD's L2 term), negated
+when ``maximize``. With ``s = 1`` this is ``torch.optim.SGD(lr=zeta*eta, momentum=zeta)``, whose
+momentum buffer is ``-Delta / (zeta * eta)``.
+
+Monitoring (all on the device, read only when asked, see :meth:`ExponentiatedO2NC.statistics`):
+
+- ``W_n = zeta_n (W_{n-1} + eta_n)`` is the total weight that ``Delta_n = -sum_k w_k g_k`` puts on past
+  gradients, so ``m_hat = -Delta / W`` is the normalized weighted average of gradients. While the
+  hyper-parameters are constant it is exactly the bias-corrected zeta-EMA of gradients,
+  ``(1 - zeta) / (eta * zeta * (1 - zeta^n)) * (-Delta)``. No extra buffer is needed.
+- With ``average=True``, x_bar is the bias-corrected beta-EMA of the iterates and V their weighted
+  spread around it, updated Welford-style with the newest iterate's weight ``a_n = 1 / A_n``,
+  ``A_n = beta_n A_{n-1} + 1``:  ``d = x_n - x_bar``, ``V <- (1 - a_n)(V + a_n ||d||^2)``,
+  ``x_bar <- x_bar + a_n d``. The (c, eps)-stationarity certificate is ``||m_hat|| + c V``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .scaling import RandomScaling
+
+__all__ = ["ExponentiatedO2NC", "validate_hyperparameters"]
+
+_STATE_KEY = "o2nc"
+
+
+def validate_hyperparameters(
+    *, lr: Any = None, beta: Any = None, mu: Any = None, weight_decay: Any = None
+) -> None:
+    """Raise a ``ValueError`` naming the first hyper-parameter that is out of range.
+
+    Only the arguments that are given are checked: ``lr`` must be finite and > 0, ``beta`` in [0, 1),
+    ``mu`` and ``weight_decay`` finite and >= 0.
+    """
+
+    def number(name: str, value: Any) -> float:
+        if isinstance(value, Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"Invalid {name}: {value!r}; expected a real number")
+        return float(value)
+
+    if lr is not None and not (math.isfinite(v := number("lr", lr)) and v > 0):
+        raise ValueError(f"Invalid lr (eta): {lr!r}; expected a finite number > 0")
+    if beta is not None and not (0.0 <= number("beta", beta) < 1.0):
+        raise ValueError(f"Invalid beta: {beta!r}; expected 0 <= beta < 1")
+    if mu is not None and not (math.isfinite(v := number("mu", mu)) and v >= 0):
+        raise ValueError(f"Invalid mu: {mu!r}; expected a finite number >= 0")
+    if weight_decay is not None and not (
+        math.isfinite(v := number("weight_decay", weight_decay)) and v >= 0
+    ):
+        raise ValueError(f"Invalid weight_decay: {weight_decay!r}; expected a finite number >= 0")
+
+
+class ExponentiatedO2NC(Optimizer):
+    """Exponentiated O2NC (online-to-non-convex conversion with exponential random scaling).
+
+    Args:
+        params: iterable of tensors or param-group dicts (per-group ``lr``, ``beta``, ``mu``,
+            ``weight_decay``).
+        lr: eta > 0, the step size of the online learner.
+        beta: 0 <= beta < 1, the momentum / discount factor.
+        mu: >= 0, implicit decay of the update: ``zeta = beta / (1 + lr * mu)``.
+        weight_decay: >= 0, L2 penalty added to the gradient (as torch SGD does).
+        scaling: ``"exponential"`` (s ~ Exp(1), the paper), ``"uniform"`` (s ~ U(0, 2), ablation) or
+            ``"none"`` (s = 1: plain SGD with momentum).
+        seed: seed of the scalar's own generator. ``None`` agrees on a seed across DDP ranks (rank 0's
+            ``torch.initial_seed()``), so every rank draws the same s.
+        average: keep x_bar, the bias-corrected beta-EMA of the iterates (one extra buffer per
+            parameter), the iterate variance V and the certificate; enables :meth:`eval`/:meth:`train`.
+        skip_nonfinite: a step whose gradients hold NaN/inf leaves weights, buffers and x_bar
+            untouched and is counted in :attr:`skipped_steps`, without a host sync. Uses the
+            single-tensor path with masked updates.
+        foreach: ``True`` multi-tensor kernels, ``False`` a per-tensor loop, ``None`` the fastest for
+            the device (multi-tensor on CUDA, loop on CPU).
+        maximize: ascend instead of descend.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = ExponentiatedO2NC(model.parameters(), lr=0.1, beta=0.9, seed=0)
+        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        beta: float = 0.9,
+        mu: float = 0.0,
+        weight_decay: float = 0.0,
+        scaling: str = "exponential",
+        seed: int | None = None,
+        average: bool = False,
+        skip_nonfinite: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+    ) -> None:
+        validate_hyperparameters(lr=lr, beta=beta, mu=mu, weight_decay=weight_decay)
+        params = list(params)
+        if not params:
+            raise ValueError("Invalid params: ExponentiatedO2NC got an empty parameter list")
+        self._scaling = RandomScaling(scaling, seed)
+        self.average = bool(average)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.training = True
+        self._skipped_steps: Tensor | None = None
+        defaults = dict(
+            lr=lr, beta=beta, mu=mu, weight_decay=weight_decay, foreach=foreach, maximize=maximize
+        )
+        super().__init__(params, defaults)
+
+    # ----------------------------------------------------------------- construction and state
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        hyper = {**self.defaults, **param_group}
+        validate_hyperparameters(
+            lr=hyper["lr"], beta=hyper["beta"], mu=hyper["mu"], weight_decay=hyper["weight_decay"]
+        )
+        super().add_param_group(param_group)
+        _init_group_scalars(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            _init_group_scalars(group)
+
+    @property
+    def scaling(self) -> str:
+        """The scaling kind: ``"exponential"``, ``"uniform"`` or ``"none"``."""
+        return self._scaling.kind
+
+    @property
+    def last_scale(self) -> float:
+        """The scalar s drawn at the last step (1.0 before the first step)."""
+        return self._scaling.last
+
+    @property
+    def skipped_steps(self) -> Tensor:
+        """Steps skipped for non-finite gradients, a 0-d int64 tensor on the parameters' device."""
+        if self._skipped_steps is None:
+            self._skipped_steps = torch.zeros((), dtype=torch.int64, device=self._device())
+        return self._skipped_steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus a top-level ``"o2nc"`` entry: the scalar generator's state, the
+        train/eval mode and the skipped-step count.
+
+        The generator state lives at the top level because torch casts per-parameter state tensors to
+        the parameter's dtype on load, which would corrupt it.
+        """
+        state = super().state_dict()
+        state[_STATE_KEY] = {
+            "scaling": self._scaling.state_dict(),
+            "training": self.training,
+            "skipped_steps": None if self._skipped_steps is None else self._skipped_steps.clone(),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop(_STATE_KEY, None)
+        super().load_state_dict(state_dict)
+        if extra is None:
+            warnings.warn(
+                "This state dict has no 'o2nc' entry (it was saved by another optimizer or an older "
+                "version): the random-scaling generator is not restored, so the sequence of scalars s "
+                "will not repeat the original run.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        self._scaling.load_state_dict(extra["scaling"])
+        self.training = bool(extra["training"])
+        skipped = extra.get("skipped_steps")
+        self._skipped_steps = None if skipped is None else skipped.to(self._device())
+
+    # ----------------------------------------------------------------- train / eval (x_bar swap)
+    def eval(self) -> None:
+        """Swap the weights to the averaged iterate x_bar (the theory's certified output).
+
+        The training weights are kept in x_bar's buffer; :meth:`train` swaps them back exactly.
+        """
+        if not self.average:
+            raise RuntimeError(
+                "ExponentiatedO2NC.eval() needs the averaged iterate: construct the optimizer with "
+                "average=True"
+            )
+        if self.training:
+            self._swap_weights_and_averages()
+            self.training = False
+
+    def train(self) -> None:
+        """Swap the training weights back in after :meth:`eval` (bit for bit)."""
+        if not self.training:
+            self._swap_weights_and_averages()
+            self.training = True
+
+    @torch.no_grad()
+    def _swap_weights_and_averages(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                averaged = self.state[p].get("averaged_iterate")
+                if averaged is not None:
+                    weights = p.detach().clone()
+                    p.copy_(averaged)
+                    averaged.copy_(weights)
+
+    # ----------------------------------------------------------------- the step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+        """
+        if not self.training:
+            raise RuntimeError(
+                "ExponentiatedO2NC.step() was called in eval mode, while the weights hold the "
+                "averaged iterate x_bar: call optimizer.train() before training steps"
+            )
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        scale = self._scaling.draw()
+        all_finite = self._all_gradients_finite() if self.skip_nonfinite else None
+        for group in self.param_groups:
+            self._step_group(group, scale, all_finite)
+        if all_finite is not None:
+            self.skipped_steps.add_((~all_finite).to(torch.int64))
+        return loss
+
+    def _step_group(self, group: dict[str, Any], scale: float, all_finite: Tensor | None) -> None:
+        params, grads, updates = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    "ExponentiatedO2NC does not support sparse gradients; use dense gradients "
+                    "(for example nn.Embedding(sparse=False))"
+                )
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if self.average and "averaged_iterate" not in state:
+                state["averaged_iterate"] = p.detach().clone()
+            params.append(p)
+            grads.append(p.grad)
+            updates.append(state["momentum_buffer"])
+        if not params:
+            return
+
+        eta, beta = group["lr"], group["beta"]
+        zeta = beta / (1.0 + eta * group["mu"])
+        coefficients = dict(
+            zeta=zeta,
+            eta=eta,
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            scale=scale,
+        )
+        if all_finite is not None:
+            _masked_o2nc(params, grads, updates, all_finite=all_finite, **coefficients)
+        elif _use_foreach(group["foreach"], params):
+            _multi_tensor_o2nc(params, grads, updates, **coefficients)
+        else:
+            _single_tensor_o2nc(params, grads, updates, **coefficients)
+
+        group["update_weight_sum"] = _where(
+            all_finite, zeta * (group["update_weight_sum"] + eta), group["update_weight_sum"]
+        )
+        if self.average:
+            self._update_average(group, params, beta, all_finite)
+
+    def _update_average(
+        self, group: dict[str, Any], params: list[Tensor], beta: float, all_finite: Tensor | None
+    ) -> None:
+        averages = [self.state[p]["averaged_iterate"] for p in params]
+        weight_sum = beta * group["average_weight_sum"] + 1.0
+        newest_weight = 1.0 / weight_sum  # a_n
+        deviations = torch._foreach_sub(params, averages)  # d = x_n - x_bar_{n-1}
+        squared_distance = _sum_of_squares(deviations)
+        variance = (1.0 - newest_weight) * (group["iterate_variance"] + newest_weight * squared_distance)
+        if all_finite is None:
+            torch._foreach_add_(averages, deviations, alpha=newest_weight)
+        else:
+            torch._foreach_mul_(deviations, torch.where(all_finite, newest_weight, 0.0))
+            torch._foreach_add_(averages, deviations)
+        group["average_weight_sum"] = _where(all_finite, weight_sum, group["average_weight_sum"])
+        group["iterate_variance"] = _where(all_finite, variance, group["iterate_variance"])
+
+    def _all_gradients_finite(self) -> Tensor:
+        device = self._device()
+        flags = [
+            torch.isfinite(p.grad).all().to(device, non_blocking=True)
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        if not flags:
+            return torch.ones((), dtype=torch.bool, device=device)
+        return torch.stack(flags).all()
+
+    def _device(self) -> torch.device:
+        return self.param_groups[0]["params"][0].device
+
+    # ----------------------------------------------------------------- statistics
+    @torch.no_grad()
+    def statistics(self, c: float = 1.0) -> dict[str, Any]:
+        """Monitoring quantities as 0-d tensors on the parameters' device (no host sync).
+
+        Args:
+            c: the constant of the (c, eps)-stationarity certificate ``||m_hat|| + c * V``.
+
+        Returns:
+            ``"scale"`` (host float, the last s), ``"update_norm"`` (``||Delta||``),
+            ``"grad_ema_norm"`` (``||m_hat||``), and with ``average=True`` ``"iterate_variance"`` (V)
+            and ``"stationarity_certificate"``. Norms are over all parameters of all groups.
+        """
+        device = self._device()
+        zero = torch.zeros((), dtype=torch.float32, device=device)
+        update_sq, grad_ema_sq, variance = zero, zero, zero
+        for group in self.param_groups:
+            updates = [
+                self.state[p]["momentum_buffer"]
+                for p in group["params"]
+                if "momentum_buffer" in self.state[p]
+            ]
+            if not updates:
+                continue
+            group_sq = _sum_of_squares(updates).to(device)
+            weight = group["update_weight_sum"]
+            update_sq = update_sq + group_sq
+            if isinstance(weight, Tensor) or weight > 0:
+                grad_ema_sq = grad_ema_sq + group_sq / weight**2
+            else:  # beta = 0 makes Delta = 0 and m_hat undefined
+                grad_ema_sq = grad_ema_sq + math.nan
+            variance = variance + group["iterate_variance"]
+        stats: dict[str, Any] = {
+            "scale": self.last_scale,
+            "update_norm": update_sq.sqrt(),
+            "grad_ema_norm": grad_ema_sq.sqrt(),
+        }
+        if self.average:
+            stats["iterate_variance"] = variance
+            stats["stationarity_certificate"] = stats["grad_ema_norm"] + c * variance
+        return stats
+
+
+# --------------------------------------------------------------------- functional core
+def _single_tensor_o2nc(
+    params: list[Tensor],
+    grads: list[Tensor],
+    updates: list[Tensor],
+    *,
+    zeta: float,
+    eta: float,
+    weight_decay: float,
+    maximize: bool,
+    scale: float,
+) -> None:
+    """Delta <- zeta (Delta - eta g);  x <- x + s Delta, one tensor at a time."""
+    grad_coefficient = zeta * eta if maximize else -zeta * eta
+    for p, g, delta in zip(params, grads, updates, strict=True):
+        delta.mul_(zeta).add_(g, alpha=grad_coefficient)
+        if weight_decay:
+            delta.add_(p, alpha=-zeta * eta * weight_decay)
+        p.add_(delta, alpha=scale)
+
+
+def _multi_tensor_o2nc(
+    params: list[Tensor],
+    grads: list[Tensor],
+    updates: list[Tensor],
+    *,
+    zeta: float,
+    eta: float,
+    weight_decay: float,
+    maximize: bool,
+    scale: float,
+) -> None:
+    """The same update with multi-tensor (foreach) kernels, per device and dtype."""
+    grad_coefficient = zeta * eta if maximize else -zeta * eta
+    for p_list, g_list, d_list in _by_device_and_dtype(params, grads, updates).values():
+        torch._foreach_mul_(d_list, zeta)
+        torch._foreach_add_(d_list, g_list, alpha=grad_coefficient)
+        if weight_decay:
+            torch._foreach_add_(d_list, p_list, alpha=-zeta * eta * weight_decay)
+        torch._foreach_add_(p_list, d_list, alpha=scale)
+
+
+def _masked_o2nc(
+    params: list[Tensor],
+    grads: list[Tensor],
+    updates: list[Tensor],
+    *,
+    zeta: float,
+    eta: float,
+    weight_decay: float,
+    maximize: bool,
+    scale: float,
+    all_finite: Tensor,
+) -> None:
+    """The same update, applied only where ``all_finite`` holds (decided on the device)."""
+    grad_coefficient = zeta * eta if maximize else -zeta * eta
+    for p, g, delta in zip(params, grads, updates, strict=True):
+        new_delta = delta.mul(zeta).add_(g, alpha=grad_coefficient)
+        if weight_decay:
+            new_delta.add_(p, alpha=-zeta * eta * weight_decay)
+        delta.copy_(torch.where(all_finite, new_delta, delta))
+        p.add_(delta * torch.where(all_finite, scale, 0.0))
+
+
+def _use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
+    if foreach is not None:
+        return foreach
+    return all(p.is_cuda for p in params) and not torch.jit.is_scripting()
+
+
+def _by_device_and_dtype(
+    *tensor_lists: list[Tensor],
+) -> dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]]:
+    """Bucket parallel tensor lists by the first list's (device, dtype), for foreach kernels."""
+    buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = defaultdict(
+        lambda: tuple([] for _ in tensor_lists)
+    )
+    for tensors in zip(*tensor_lists, strict=True):
+        bucket = buckets[(tensors[0].device, tensors[0].dtype)]
+        for bucket_list, tensor in zip(bucket, tensors, strict=True):
+            bucket_list.append(tensor)
+    return dict(buckets)
+
+
+def _sum_of_squares(tensors: list[Tensor]) -> Tensor:
+    """sum_i ||t_i||^2 on the first tensor's device, without a host sync.
+
+    Half-precision tensors are reduced in float32; float32 and float64 in their own dtype.
+    """
+    device = tensors[0].device
+    total: Tensor | float = 0.0
+    for (_, dtype), (bucket,) in _by_device_and_dtype(tensors).items():
+        norm_dtype = torch.promote_types(dtype, torch.float32)
+        norms = torch._foreach_norm(bucket, 2, dtype=norm_dtype)
+        total = total + torch.stack([n.to(device) for n in norms]).square().sum()
+    return total
+
+
+def _where(condition: Tensor | None, new: Any, old: Any) -> Any:
+    """``new`` when there is no condition, else ``torch.where(condition, new, old)`` on the device."""
+    if condition is None:
+        return new
+    return torch.where(
+        condition,
+        torch.as_tensor(new, dtype=torch.float64, device=condition.device),
+        torch.as_tensor(old, dtype=torch.float64, device=condition.device),
+    )
+
+
+def _init_group_scalars(group: dict[str, Any]) -> None:
+    """Per-group running sums kept in the group, so they travel with ``state_dict()``.
+
+    ``update_weight_sum`` is W (for ``m_hat = -Delta / W``), ``average_weight_sum`` is A (for x_bar's
+    newest weight 1/A) and ``iterate_variance`` is this group's V.
+    """
+    group.setdefault("update_weight_sum", 0.0)
+    group.setdefault("average_weight_sum", 0.0)
+    group.setdefault("iterate_variance", 0.0)

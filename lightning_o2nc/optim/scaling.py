@@ -1,0 +1,99 @@
+"""The random scalar s of Exponentiated O2NC: one draw per step, shared by every parameter and rank.
+
+Lemma 3.1 of Zhang & Cutkosky (2024) integrates the loss along the segment travelled by one step,
+``F(x + sΔ) - F(x) = E_s[<∇F(x + sΔ), Δ>]`` for s ~ Exp(1). That identity needs a single scalar for the
+whole model: per-coordinate or per-rank scalars would break it. This module owns that scalar:
+
+- ``"exponential"``: s ~ Exp(1), the paper's choice;
+- ``"uniform"``: s ~ U(0, 2), mean 1, an ablation;
+- ``"none"``: s = 1, plain SGD with momentum.
+
+The scalar comes from a private CPU :class:`torch.Generator`, so it is a host float: applying it to the
+weights never reads the device, and the user's global RNG is never consumed. With ``seed=None`` the
+generator is seeded lazily, at the first draw, from rank 0's ``torch.initial_seed()`` (one broadcast,
+once, when ``torch.distributed`` is initialized). Every rank then draws the same sequence without any
+per-step communication, even when the user seeded each rank's global RNG differently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+SCALINGS = ("exponential", "uniform", "none")
+
+# Mixes the user's seed so the scalar stream differs from torch's global stream seeded alike.
+_SEED_MIX = 0x9E3779B97F4A7C15
+_UINT64 = 2**64
+
+
+def agreed_initial_seed() -> int:
+    """Rank 0's ``torch.initial_seed()``, broadcast once when a process group is initialized."""
+    seed = torch.initial_seed()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [seed]
+        dist.broadcast_object_list(box, src=0)
+        seed = int(box[0])
+    return seed
+
+
+class RandomScaling:
+    """Draws the per-step scalar s and keeps the generator state for checkpoints.
+
+    Args:
+        kind: one of ``"exponential"``, ``"uniform"``, ``"none"``.
+        seed: seed of the scalar's own generator; ``None`` agrees on one across DDP ranks.
+    """
+
+    def __init__(self, kind: str = "exponential", seed: int | None = None) -> None:
+        if kind not in SCALINGS:
+            raise ValueError(f"Invalid scaling: {kind!r}; expected one of {', '.join(SCALINGS)}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"Invalid seed: {seed!r}; expected an int or None")
+        self.kind = kind
+        self.seed = seed
+        self.generator = torch.Generator(device="cpu")
+        self._seeded = False
+        self._draw_buffer = torch.empty((), dtype=torch.float64)
+        self.last = 1.0
+
+    def _ensure_seeded(self) -> None:
+        if self._seeded:
+            return
+        seed = self.seed if self.seed is not None else agreed_initial_seed()
+        self.generator.manual_seed((seed * _SEED_MIX + 1) % _UINT64)
+        self._seeded = True
+
+    def draw(self) -> float:
+        """Return the next scalar s as a host float (1.0 for ``"none"``, without touching the RNG)."""
+        if self.kind == "none":
+            s = 1.0
+        else:
+            self._ensure_seeded()
+            if self.kind == "exponential":
+                s = self._draw_buffer.exponential_(1.0, generator=self.generator).item()
+            else:
+                s = self._draw_buffer.uniform_(0.0, 2.0, generator=self.generator).item()
+        self.last = s
+        return s
+
+    def state_dict(self) -> dict[str, Any]:
+        self._ensure_seeded()
+        return {
+            "kind": self.kind,
+            "seed": self.seed,
+            "generator_state": self.generator.get_state(),
+            "last": self.last,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["kind"] != self.kind:
+            raise ValueError(
+                f"Checkpoint was saved with scaling={state['kind']!r}, "
+                f"but this optimizer uses scaling={self.kind!r}"
+            )
+        self.generator.set_state(state["generator_state"].to("cpu", torch.uint8))
+        self.last = float(state["last"])
+        self._seeded = True

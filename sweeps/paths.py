@@ -1,0 +1,166 @@
+"""Dotted paths into a LightningCLI config dict (``model.lr``, ``data.init_args.batch_size``).
+
+A sweep names every field it changes by a dotted path. :func:`check_path` refuses a path that does
+not lead anywhere *before* any trial runs; :func:`set_path` writes a value into a copy of the train
+config for one trial.
+
+A path is valid when it exists in the train config, or when its first missing key is a constructor
+argument of the class that section configures (``Trainer`` for ``trainer``, the LightningModule for
+``model``, the data module for ``data``). Below such an argument (for example the free-form
+``model.schedules`` mapping) the remaining keys are created on write.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+__all__ = ["SweepConfigError", "check_path", "get_path", "set_path", "split_path"]
+
+#: The LightningModule used when a train config's ``model`` section has no ``class_path``.
+DEFAULT_MODEL_CLASS = "lightning_o2nc.O2NCModule"
+
+_MISSING = object()
+
+
+class SweepConfigError(ValueError):
+    """A sweep definition is malformed. The message names the offending key."""
+
+
+def split_path(path: str) -> list[str]:
+    """Split ``"model.schedules.lr"`` into its keys, refusing empty segments."""
+    if not isinstance(path, str) or not path:
+        raise SweepConfigError(f"a config path must be a non-empty string, got {path!r}")
+    keys = path.split(".")
+    if any(not key for key in keys):
+        raise SweepConfigError(f"config path {path!r} has an empty segment")
+    return keys
+
+
+def get_path(config: Mapping[str, Any], path: str, default: Any = _MISSING) -> Any:
+    """Return the value at ``path``; ``default`` (or ``KeyError``) when any key is missing."""
+    node: Any = config
+    for key in split_path(path):
+        if not isinstance(node, Mapping) or key not in node:
+            if default is _MISSING:
+                raise KeyError(path)
+            return default
+        node = node[key]
+    return node
+
+
+def set_path(config: MutableMapping[str, Any], path: str, value: Any) -> None:
+    """Write ``value`` at ``path``, creating missing intermediate mappings."""
+    keys = split_path(path)
+    node: Any = config
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, MutableMapping):
+            where = ".".join(keys[: depth + 1])
+            raise SweepConfigError(
+                f"cannot set {path!r}: {where!r} holds {type(child).__name__} {child!r}, not a mapping"
+            )
+        node = child
+    node[keys[-1]] = value
+
+
+def _import_class(class_path: str) -> type | None:
+    module_name, _, name = class_path.rpartition(".")
+    if not module_name:
+        return None
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _constructor_arguments(cls: type | None) -> set[str] | None:
+    """Names a class's ``__init__`` accepts, over its MRO when it forwards ``**kwargs``."""
+    if cls is None:
+        return None
+    names: set[str] = set()
+    for klass in inspect.getmro(cls):
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        try:
+            parameters = inspect.signature(klass.__init__).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        forwards = False
+        for parameter in parameters:
+            if parameter.kind is parameter.VAR_KEYWORD:
+                forwards = True
+            elif parameter.name != "self" and parameter.kind is not parameter.VAR_POSITIONAL:
+                names.add(parameter.name)
+        if not forwards:
+            break
+    return names
+
+
+def _section_arguments(config: Mapping[str, Any], keys: list[str]) -> tuple[int, set[str]] | None:
+    """For a path into a class-configuring section, where its arguments start and their names.
+
+    Returns ``(depth, names)``: ``keys[depth]`` must be one of ``names``. ``None`` when the
+    section configures no known class (then only existing keys are valid).
+    """
+    section = keys[0]
+    if section == "trainer":
+        from lightning.pytorch import Trainer
+
+        return 1, _constructor_arguments(Trainer) or set()
+    if section in ("model", "data"):
+        node = config.get(section)
+        if isinstance(node, Mapping) and "class_path" in node:
+            if len(keys) < 2 or keys[1] != "init_args":
+                return None
+            names = _constructor_arguments(_import_class(str(node["class_path"])))
+            return None if names is None else (2, names)
+        if section == "model":
+            names = _constructor_arguments(_import_class(DEFAULT_MODEL_CLASS))
+            return None if names is None else (1, names)
+    return None
+
+
+def check_path(config: Mapping[str, Any], path: str, *, key: str) -> None:
+    """Refuse ``path`` unless it leads to a field of the train config.
+
+    Args:
+        config: the train config (as loaded from YAML).
+        path: dotted path such as ``"model.lr"``.
+        key: where the path was written in the sweep file, for the error message
+            (for example ``"space.model.lr"``).
+
+    Raises:
+        SweepConfigError: naming ``key`` and the first missing segment.
+    """
+    keys = split_path(path)
+    node: Any = config
+    for depth, name in enumerate(keys):
+        if isinstance(node, Mapping) and name in node:
+            node = node[name]
+            continue
+        missing = ".".join(keys[: depth + 1])
+        if not isinstance(node, Mapping) and node is not None:
+            raise SweepConfigError(
+                f"{key}: {path!r} goes through {'.'.join(keys[:depth])!r}, which holds "
+                f"{type(node).__name__} {node!r}, not a mapping"
+            )
+        arguments = _section_arguments(config, keys)
+        if arguments is not None:
+            arg_depth, names = arguments
+            if depth > arg_depth or (depth == arg_depth and name in names):
+                return
+            if depth == arg_depth:
+                close = sorted(n for n in names if n.startswith(name[:3]))[:5]
+                hint = f" (did you mean one of {close}?)" if close else ""
+                raise SweepConfigError(
+                    f"{key}: {path!r} does not exist in the train config: {missing!r} is not an "
+                    f"argument of the class this section configures{hint}"
+                )
+        raise SweepConfigError(
+            f"{key}: {path!r} does not exist in the train config (no {missing!r})"
+        )

@@ -1,0 +1,458 @@
+"""Search spaces written in YAML, turned into Optuna ``suggest_*`` calls.
+
+Each entry of a sweep's ``space`` maps a dotted config path to a dimension::
+
+    space:
+      model.lr: {type: float, low: 1.0e-3, high: 1.0, log: true}
+      model.beta: {type: one_minus, low: 1.0e-3, high: 0.5}     # 1 - beta is log-uniform
+      model.mu: {type: zero_or_float, low: 1.0e-4, high: 1.0}   # 0, or log-uniform
+      model.scaling: {type: categorical, choices: [exponential, uniform, none]}
+      model.schedules.lr:
+        type: schedule
+        choices:
+          constant: {}
+          warmup_cosine: {warmup_fraction: {type: float, low: 0.0, high: 0.3}, min_factor: 0.0}
+      trainer.max_epochs: {type: int, low: 5, high: 20}
+
+A dimension knows its Optuna parameter names, samples itself from a trial (conditional
+parameters are only suggested when their branch is taken) and returns the value to write into
+the train config. With the grid sampler every dimension is a fixed list of values instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import optuna
+
+from .paths import SweepConfigError, split_path
+
+__all__ = [
+    "SCHEDULE_PARAMETERS",
+    "CategoricalDimension",
+    "Dimension",
+    "FloatDimension",
+    "IntDimension",
+    "OneMinusDimension",
+    "ScheduleDimension",
+    "SearchSpace",
+    "ZeroOrFloatDimension",
+    "parse_space",
+]
+
+#: The schedule shapes of ``lightning_o2nc.make_schedule`` and the arguments each accepts.
+#: ``interval`` ("step" or "epoch") is accepted by every shape.
+SCHEDULE_PARAMETERS: dict[str, frozenset[str]] = {
+    "constant": frozenset(),
+    "linear": frozenset({"start_factor", "end_factor"}),
+    "cosine": frozenset({"min_factor"}),
+    "warmup_cosine": frozenset(
+        {"warmup_steps", "warmup_fraction", "min_factor", "warmup_start_factor"}
+    ),
+    "step": frozenset({"step_size", "gamma"}),
+    "exponential": frozenset({"gamma"}),
+}
+_SCHEDULE_COMMON = frozenset({"interval"})
+_SCHEDULED_FIELDS = ("lr", "beta", "mu")
+
+Scalar = str | int | float | bool | None
+
+
+def _number(value: Any, key: str, *, integer: bool = False) -> float | int:
+    """A YAML number; also accepts ``"1e-3"``, which YAML 1.1 (PyYAML) reads as a string."""
+    if isinstance(value, bool):
+        raise SweepConfigError(f"{key} must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise SweepConfigError(f"{key} must be a number, got {value!r}") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SweepConfigError(f"{key} must be a finite number, got {value!r}")
+    if integer:
+        if float(value) != int(value):
+            raise SweepConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _check_keys(spec: Mapping[str, Any], allowed: set[str], key: str) -> None:
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise SweepConfigError(
+            f"{key}: unknown key(s) {unknown}; allowed here: {sorted(allowed)}"
+        )
+
+
+def _scalar_list(values: Any, key: str) -> list[Scalar]:
+    if not isinstance(values, list) or not values:
+        raise SweepConfigError(f"{key} must be a non-empty list, got {values!r}")
+    for value in values:
+        if not isinstance(value, (str, int, float, bool)) and value is not None:
+            raise SweepConfigError(
+                f"{key}: choices must be strings, numbers, booleans or null, got {value!r}"
+            )
+    if len(set(map(repr, values))) != len(values):
+        raise SweepConfigError(f"{key} lists a value twice: {values!r}")
+    return list(values)
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched config field. Subclasses implement :meth:`suggest` and :meth:`grid_values`."""
+
+    path: str
+    name: str
+    grid: tuple[Scalar, ...] | None = None
+
+    type_name: ClassVar[str] = ""
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
+        """Sample this dimension from ``trial`` and return the config value."""
+        raise NotImplementedError
+
+    def param_names(self) -> tuple[str, ...]:
+        """Every Optuna parameter name this dimension may suggest."""
+        return (self.name,)
+
+    def grid_values(self) -> list[Scalar]:
+        """The values the grid sampler enumerates (the config values themselves)."""
+        if self.grid is None:
+            raise SweepConfigError(
+                f"space.{self.path}: the grid sampler needs a finite list of values; "
+                f"add `grid: [...]` to this {self.type_name} dimension"
+            )
+        return list(self.grid)
+
+    def suggest_from_grid(self, trial: optuna.trial.BaseTrial) -> Any:
+        """Grid mode: a categorical over :meth:`grid_values` under the config path's name."""
+        return trial.suggest_categorical(self.path, self.grid_values())
+
+
+@dataclass(frozen=True)
+class FloatDimension(Dimension):
+    """``{type: float, low, high, log: false, step: null}``: ``trial.suggest_float``."""
+
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+    step: float | None = None
+    type_name: ClassVar[str] = "float"
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> float:
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+
+
+@dataclass(frozen=True)
+class IntDimension(Dimension):
+    """``{type: int, low, high, log: false, step: 1}``: ``trial.suggest_int``."""
+
+    low: int = 0
+    high: int = 1
+    log: bool = False
+    step: int = 1
+    type_name: ClassVar[str] = "int"
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> int:
+        return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step)
+
+    def grid_values(self) -> list[Scalar]:
+        if self.grid is None and not self.log:
+            return list(range(self.low, self.high + 1, self.step))
+        return super().grid_values()
+
+
+@dataclass(frozen=True)
+class CategoricalDimension(Dimension):
+    """``{type: categorical, choices: [...]}``: ``trial.suggest_categorical``."""
+
+    choices: tuple[Scalar, ...] = ()
+    type_name: ClassVar[str] = "categorical"
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Scalar:
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def grid_values(self) -> list[Scalar]:
+        return list(self.grid) if self.grid is not None else list(self.choices)
+
+
+@dataclass(frozen=True)
+class OneMinusDimension(Dimension):
+    """``{type: one_minus, low, high, log: true}``: samples ``u = 1 - value`` in ``[low, high]``.
+
+    The natural space for a momentum ``beta``: ``1 - beta`` log-uniform in ``[1e-3, 0.5]`` spreads
+    trials evenly over 0.5, 0.9, 0.99, 0.999. The Optuna parameter is named ``1-<path>`` and holds
+    ``u``; the config receives ``1 - u``. ``grid`` lists values of the field itself (beta).
+    """
+
+    low: float = 1e-3
+    high: float = 0.5
+    log: bool = True
+    type_name: ClassVar[str] = "one_minus"
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> float:
+        return 1.0 - trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+@dataclass(frozen=True)
+class ZeroOrFloatDimension(Dimension):
+    """``{type: zero_or_float, low, high, log: true}``: exactly 0, or a float in ``[low, high]``.
+
+    Suggests a categorical ``<path>:zero`` (true/false); only when it is false, the float
+    ``<path>`` (log-uniform by default). The natural space for ``mu``, whose off state is 0.
+    """
+
+    low: float = 1e-4
+    high: float = 1.0
+    log: bool = True
+    type_name: ClassVar[str] = "zero_or_float"
+
+    @property
+    def switch_name(self) -> str:
+        return f"{self.name}:zero"
+
+    def param_names(self) -> tuple[str, ...]:
+        return (self.switch_name, self.name)
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> float:
+        if trial.suggest_categorical(self.switch_name, [True, False]):
+            return 0.0
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+@dataclass(frozen=True)
+class ScheduleDimension(Dimension):
+    """``{type: schedule, choices: {shape: {argument: value | dimension}}}`` at ``...schedules.<field>``.
+
+    The shape is a categorical ``<path>.shape``; each shape's arguments that are dimensions are
+    conditional parameters ``<path>.<shape>.<argument>``, suggested only when that shape is
+    drawn. The config receives ``{"shape": shape, **arguments}``.
+    """
+
+    shapes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    type_name: ClassVar[str] = "schedule"
+
+    @property
+    def shape_name(self) -> str:
+        return f"{self.name}.shape"
+
+    def param_names(self) -> tuple[str, ...]:
+        names = [self.shape_name]
+        for arguments in self.shapes.values():
+            for value in arguments.values():
+                if isinstance(value, Dimension):
+                    names.extend(value.param_names())
+        return tuple(names)
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        shape = trial.suggest_categorical(self.shape_name, list(self.shapes))
+        spec: dict[str, Any] = {"shape": shape}
+        for argument, value in self.shapes[shape].items():
+            spec[argument] = value.suggest(trial) if isinstance(value, Dimension) else value
+        return spec
+
+    def grid_values(self) -> list[Scalar]:
+        for shape, arguments in self.shapes.items():
+            for argument, value in arguments.items():
+                if isinstance(value, Dimension):
+                    raise SweepConfigError(
+                        f"space.{self.path}.choices.{shape}.{argument}: the grid sampler needs "
+                        "fixed schedule arguments, not a searched dimension"
+                    )
+        return list(self.shapes)
+
+    def suggest_from_grid(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        shape = trial.suggest_categorical(self.path, self.grid_values())
+        return {"shape": shape, **self.shapes[shape]}
+
+
+_COMMON_KEYS = {"type", "name", "grid"}
+
+
+def _parse_grid(spec: Mapping[str, Any], key: str) -> tuple[Scalar, ...] | None:
+    if "grid" not in spec:
+        return None
+    values = _scalar_list(spec["grid"], f"{key}.grid")
+    return tuple(
+        _number(v, f"{key}.grid") if isinstance(v, str) and _looks_numeric(v) else v
+        for v in values
+    )
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_bounds(spec: Mapping[str, Any], key: str, *, integer: bool = False):
+    for bound in ("low", "high"):
+        if bound not in spec:
+            raise SweepConfigError(f"{key}: missing `{bound}`")
+    low = _number(spec["low"], f"{key}.low", integer=integer)
+    high = _number(spec["high"], f"{key}.high", integer=integer)
+    if low > high:
+        raise SweepConfigError(f"{key}: low ({low}) > high ({high})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise SweepConfigError(f"{key}.log must be true or false, got {log!r}")
+    return low, high, log
+
+
+def _parse_dimension(path: str, spec: Any, key: str) -> Dimension:
+    if not isinstance(spec, Mapping) or "type" not in spec:
+        raise SweepConfigError(
+            f"{key} must be a mapping with a `type` (float, int, categorical, one_minus, "
+            f"zero_or_float, schedule); got {spec!r}. Fixed values belong in `overrides`."
+        )
+    kind = spec["type"]
+    name = spec.get("name", path)
+    if not isinstance(name, str) or not name:
+        raise SweepConfigError(f"{key}.name must be a non-empty string, got {name!r}")
+    grid = _parse_grid(spec, key)
+
+    if kind in ("float", "int"):
+        integer = kind == "int"
+        _check_keys(spec, _COMMON_KEYS | {"low", "high", "log", "step"}, key)
+        low, high, log = _parse_bounds(spec, key, integer=integer)
+        step = spec.get("step")
+        if step is not None:
+            step = _number(step, f"{key}.step", integer=integer)
+            if step <= 0:
+                raise SweepConfigError(f"{key}.step must be > 0, got {step}")
+            if log:
+                raise SweepConfigError(f"{key}: `step` cannot be combined with `log: true`")
+        if log and low <= 0:
+            raise SweepConfigError(f"{key}: log scale needs low > 0, got low={low}")
+        if integer:
+            return IntDimension(path, name, grid, low, high, log, step or 1)
+        return FloatDimension(path, name, grid, low, high, log, step)
+
+    if kind == "categorical":
+        _check_keys(spec, _COMMON_KEYS | {"choices"}, key)
+        if "choices" not in spec:
+            raise SweepConfigError(f"{key}: missing `choices`")
+        return CategoricalDimension(
+            path, name, grid, tuple(_scalar_list(spec["choices"], f"{key}.choices"))
+        )
+
+    if kind == "one_minus":
+        _check_keys(spec, _COMMON_KEYS | {"low", "high", "log"}, key)
+        low, high, log = _parse_bounds(spec, key)
+        log = spec.get("log", True)
+        if not 0 < low or high > 1:
+            raise SweepConfigError(
+                f"{key}: 1 - value must lie in (0, 1], so 0 < low <= high <= 1; got [{low}, {high}]"
+            )
+        return OneMinusDimension(path, spec.get("name", f"1-{path}"), grid, low, high, log)
+
+    if kind == "zero_or_float":
+        _check_keys(spec, _COMMON_KEYS | {"low", "high", "log"}, key)
+        low, high, _ = _parse_bounds(spec, key)
+        log = spec.get("log", True)
+        if log and low <= 0:
+            raise SweepConfigError(f"{key}: log scale needs low > 0, got low={low}")
+        return ZeroOrFloatDimension(path, name, grid, low, high, log)
+
+    if kind == "schedule":
+        _check_keys(spec, _COMMON_KEYS | {"choices"}, key)
+        keys = split_path(path)
+        if len(keys) < 2 or keys[-2] != "schedules" or keys[-1] not in _SCHEDULED_FIELDS:
+            raise SweepConfigError(
+                f"{key}: a schedule dimension must sit at `<...>.schedules.<lr|beta|mu>`, "
+                f"not {path!r}"
+            )
+        choices = spec.get("choices")
+        if not isinstance(choices, Mapping) or not choices:
+            raise SweepConfigError(
+                f"{key}.choices must map schedule shapes {sorted(SCHEDULE_PARAMETERS)} to their "
+                f"arguments, got {choices!r}"
+            )
+        shapes: dict[str, dict[str, Any]] = {}
+        for shape, arguments in choices.items():
+            shape_key = f"{key}.choices.{shape}"
+            if shape not in SCHEDULE_PARAMETERS:
+                raise SweepConfigError(
+                    f"{shape_key}: unknown schedule shape; known: {sorted(SCHEDULE_PARAMETERS)}"
+                )
+            arguments = {} if arguments is None else arguments
+            if not isinstance(arguments, Mapping):
+                raise SweepConfigError(f"{shape_key} must be a mapping of arguments")
+            _check_keys(arguments, set(SCHEDULE_PARAMETERS[shape] | _SCHEDULE_COMMON), shape_key)
+            shapes[shape] = {
+                argument: (
+                    _parse_dimension(
+                        f"{path}.{argument}",
+                        {"name": f"{name}.{shape}.{argument}", **value},
+                        f"{shape_key}.{argument}",
+                    )
+                    if isinstance(value, Mapping)
+                    else value
+                )
+                for argument, value in arguments.items()
+            }
+        return ScheduleDimension(path, name, grid, shapes)
+
+    raise SweepConfigError(
+        f"{key}.type: unknown dimension type {kind!r}; known: float, int, categorical, "
+        "one_minus, zero_or_float, schedule"
+    )
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The parsed ``space`` section: an ordered mapping from config path to dimension."""
+
+    dimensions: tuple[Dimension, ...]
+
+    def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
+        for dim in self.dimensions:
+            for name in dim.param_names():
+                if name in seen and seen[name] != dim.path:
+                    raise SweepConfigError(
+                        f"space.{dim.path}: parameter name {name!r} is also used by "
+                        f"space.{seen[name]}"
+                    )
+                seen[name] = dim.path
+
+    @property
+    def paths(self) -> list[str]:
+        return [dim.path for dim in self.dimensions]
+
+    def suggest(self, trial: optuna.trial.BaseTrial, *, grid: bool = False) -> dict[str, Any]:
+        """Sample every dimension: ``{config path: value}``, in the order the YAML lists them."""
+        if grid:
+            return {dim.path: dim.suggest_from_grid(trial) for dim in self.dimensions}
+        return {dim.path: dim.suggest(trial) for dim in self.dimensions}
+
+    def grid_search_space(self) -> dict[str, list[Scalar]]:
+        """The ``search_space`` argument of :class:`optuna.samplers.GridSampler`."""
+        return {dim.path: dim.grid_values() for dim in self.dimensions}
+
+    def find(self, *suffixes: str) -> Dimension | None:
+        """The first dimension whose path ends with one of ``suffixes`` (``"lr"``, ``"beta"``)."""
+        for dim in self.dimensions:
+            if split_path(dim.path)[-1] in suffixes:
+                return dim
+        return None
+
+
+def parse_space(spec: Any) -> SearchSpace:
+    """Parse and validate a sweep's ``space`` mapping.
+
+    Raises:
+        SweepConfigError: naming the key of the first malformed entry.
+    """
+    if not isinstance(spec, Mapping) or not spec:
+        raise SweepConfigError(f"space must be a non-empty mapping of config paths, got {spec!r}")
+    dimensions = []
+    for path, dim_spec in spec.items():
+        split_path(str(path))
+        dimensions.append(_parse_dimension(str(path), dim_spec, f"space.{path}"))
+    return SearchSpace(tuple(dimensions))
