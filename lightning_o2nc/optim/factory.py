@@ -56,12 +56,20 @@ def _build_sgdm(groups: list[dict[str, Any]], **kwargs: Any) -> Optimizer:
 
 
 def _build_adamw(
-    groups: list[dict[str, Any]], *, lr: float, beta: float, mu: float, weight_decay: float, **kwargs: Any
+    groups: list[dict[str, Any]],
+    *,
+    lr: float,
+    beta: float,
+    mu: float,
+    weight_decay: float,
+    **kwargs: Any,
 ) -> Optimizer:
     if mu != 0:
         raise ValueError(f"Invalid mu for 'adamw': {mu!r}; AdamW has no mu, leave it at 0")
     validate_hyperparameters(lr=lr, beta=beta, weight_decay=weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=(beta, 0.999), weight_decay=weight_decay, **kwargs)
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=(beta, 0.999), weight_decay=weight_decay, **kwargs
+    )
 
 
 _O2NC_OPTIONS = ("scaling", "seed", "average", "skip_nonfinite", "foreach", "maximize")
@@ -170,7 +178,9 @@ def build_optimizer(
             raise ValueError(
                 f"Invalid schedule field {field!r} for {name!r}; valid: {', '.join(spec.schedulable)}"
             )
-        schedule_spec = {"shape": schedule_spec} if isinstance(schedule_spec, str) else dict(schedule_spec)
+        schedule_spec = (
+            {"shape": schedule_spec} if isinstance(schedule_spec, str) else dict(schedule_spec)
+        )
         interval = schedule_spec.pop("interval", "step")
         if interval not in INTERVALS:
             raise ValueError(

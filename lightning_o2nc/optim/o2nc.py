@@ -305,11 +305,13 @@ class ExponentiatedO2NC(Optimizer):
         newest_weight = 1.0 / weight_sum  # a_n
         deviations = torch._foreach_sub(params, averages)  # d = x_n - x_bar_{n-1}
         squared_distance = _sum_of_squares(deviations)
-        variance = (1.0 - newest_weight) * (group["iterate_variance"] + newest_weight * squared_distance)
+        variance = (1.0 - newest_weight) * (
+            group["iterate_variance"] + newest_weight * squared_distance
+        )
         if all_finite is None:
             torch._foreach_add_(averages, deviations, alpha=newest_weight)
         else:
-            torch._foreach_mul_(deviations, torch.where(all_finite, newest_weight, 0.0))
+            torch._foreach_mul_(deviations, _where(all_finite, newest_weight, 0.0))
             torch._foreach_add_(averages, deviations)
         group["average_weight_sum"] = _where(all_finite, weight_sum, group["average_weight_sum"])
         group["iterate_variance"] = _where(all_finite, variance, group["iterate_variance"])
@@ -433,7 +435,7 @@ def _masked_o2nc(
         if weight_decay:
             new_delta.add_(p, alpha=-zeta * eta * weight_decay)
         delta.copy_(torch.where(all_finite, new_delta, delta))
-        p.add_(delta * torch.where(all_finite, scale, 0.0))
+        p.add_(delta * all_finite, alpha=scale)  # delta is finite here, so a skipped step adds 0
 
 
 def _use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:

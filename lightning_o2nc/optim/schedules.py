@@ -87,7 +87,9 @@ class Linear(Schedule):
         _check_horizon(self.shape, self.total_steps)
         for name in ("start_factor", "end_factor"):
             value = getattr(self, name)
-            _require(math.isfinite(value) and value >= 0, self.shape, f"{name}={value!r} must be >= 0")
+            _require(
+                math.isfinite(value) and value >= 0, self.shape, f"{name}={value!r} must be >= 0"
+            )
 
     def __call__(self, t: int) -> float:
         progress = min(t, self.total_steps) / self.total_steps
@@ -102,11 +104,17 @@ class Cosine(Schedule):
 
     def __post_init__(self) -> None:
         _check_horizon(self.shape, self.total_steps)
-        _require(0.0 <= self.min_factor <= 1.0, self.shape, f"min_factor={self.min_factor!r} must be in [0, 1]")
+        _require(
+            0.0 <= self.min_factor <= 1.0,
+            self.shape,
+            f"min_factor={self.min_factor!r} must be in [0, 1]",
+        )
 
     def __call__(self, t: int) -> float:
         progress = min(t, self.total_steps) / self.total_steps
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,11 @@ class WarmupCosine(Schedule):
             self.shape,
             f"warmup_steps={self.warmup_steps!r} must be an int in [0, total_steps={self.total_steps}]",
         )
-        _require(0.0 <= self.min_factor <= 1.0, self.shape, f"min_factor={self.min_factor!r} must be in [0, 1]")
+        _require(
+            0.0 <= self.min_factor <= 1.0,
+            self.shape,
+            f"min_factor={self.min_factor!r} must be in [0, 1]",
+        )
         _require(
             0.0 <= self.warmup_start_factor <= 1.0,
             self.shape,
@@ -137,7 +149,9 @@ class WarmupCosine(Schedule):
             return self.warmup_start_factor + (1.0 - self.warmup_start_factor) * progress
         decay_steps = max(self.total_steps - self.warmup_steps, 1)
         progress = min(t - self.warmup_steps, decay_steps) / decay_steps
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
 
 @dataclass(frozen=True)
@@ -152,7 +166,11 @@ class Step(Schedule):
             self.shape,
             f"step_size={self.step_size!r} must be an int >= 1",
         )
-        _require(math.isfinite(self.gamma) and self.gamma > 0, self.shape, f"gamma={self.gamma!r} must be > 0")
+        _require(
+            math.isfinite(self.gamma) and self.gamma > 0,
+            self.shape,
+            f"gamma={self.gamma!r} must be > 0",
+        )
 
     def __call__(self, t: int) -> float:
         return self.gamma ** (t // self.step_size)
@@ -164,7 +182,11 @@ class Exponential(Schedule):
     shape: ClassVar[str] = "exponential"
 
     def __post_init__(self) -> None:
-        _require(math.isfinite(self.gamma) and self.gamma > 0, self.shape, f"gamma={self.gamma!r} must be > 0")
+        _require(
+            math.isfinite(self.gamma) and self.gamma > 0,
+            self.shape,
+            f"gamma={self.gamma!r} must be > 0",
+        )
 
     def __call__(self, t: int) -> float:
         return self.gamma**t
@@ -213,7 +235,9 @@ def make_schedule(
         fraction = params.pop("warmup_fraction")
         _require(0.0 <= fraction <= 1.0, shape, f"warmup_fraction={fraction!r} must be in [0, 1]")
         if "warmup_steps" in params:
-            raise ValueError(f"Invalid {shape!r} schedule: give warmup_steps or warmup_fraction, not both")
+            raise ValueError(
+                f"Invalid {shape!r} schedule: give warmup_steps or warmup_fraction, not both"
+            )
         params["warmup_steps"] = round(fraction * params["total_steps"])
     unknown = sorted(set(params) - fields)
     if unknown:
@@ -263,7 +287,9 @@ class HyperparameterScheduler(LRScheduler):
     ) -> None:
         if not schedules:
             raise ValueError("Invalid schedules: expected at least one {field: schedule} entry")
-        self.schedules = {field: make_schedule(spec, total_steps) for field, spec in schedules.items()}
+        self.schedules = {
+            field: make_schedule(spec, total_steps) for field, spec in schedules.items()
+        }
         for index, group in enumerate(optimizer.param_groups):
             for field in self.schedules:
                 if field not in group:
@@ -287,7 +313,9 @@ class HyperparameterScheduler(LRScheduler):
         for field, schedule in self.schedules.items():
             factor = schedule(self.last_epoch)
             low, high, rule = _VALID_RANGE.get(field, (-math.inf, math.inf, ""))
-            for group, base in zip(self.optimizer.param_groups, self.base_values[field], strict=True):
+            for group, base in zip(
+                self.optimizer.param_groups, self.base_values[field], strict=True
+            ):
                 value = base * factor
                 if not (low <= value < high) or math.isnan(value):
                     raise ValueError(

@@ -51,7 +51,9 @@ def theory_guided_hyperparameters(
             f"Invalid clip range [{min_one_minus_beta}, {max_one_minus_beta}] for 1 - beta; "
             "expected 0 < min <= max < 1"
         )
-    one_minus_beta = min(max(epsilon**2 / gradient_bound**2, min_one_minus_beta), max_one_minus_beta)
+    one_minus_beta = min(
+        max(epsilon**2 / gradient_bound**2, min_one_minus_beta), max_one_minus_beta
+    )
     radius = one_minus_beta * math.sqrt(epsilon / (48.0 * c))
     return {
         "beta": 1.0 - one_minus_beta,

@@ -1,0 +1,372 @@
+"""ExponentiatedO2NC's fast paths checked step by step against a plain reference implementation."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from lightning_o2nc import ExponentiatedO2NC
+
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-12, atol=1e-14),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
+}
+
+
+class ReferenceO2NC:
+    """Deliberately plain: float64, one tensor at a time, the paper's formulas written out.
+
+    It is given the scalar s of each step (the optimizer's draw) so trajectories can be compared,
+    and it keeps every iterate and gradient so the averaged iterate, the iterate variance and the
+    gradient EMA are computed directly from their definitions, not incrementally.
+    """
+
+    def __init__(self, weights: list[torch.Tensor], groups: list[dict]):
+        self.weights = [w.detach().to(torch.float64).clone() for w in weights]
+        self.deltas = [torch.zeros_like(w) for w in self.weights]
+        self.groups = (
+            groups  # [{"indices": [...], "lr":, "beta":, "mu":, "weight_decay":, "maximize":}]
+        )
+        self.history: list[dict] = []  # per step: iterates, gradients, hyper-parameters
+
+    def step(self, grads: list[torch.Tensor], s: float) -> None:
+        grads = [g.to(torch.float64) for g in grads]
+        effective = [None] * len(grads)
+        for group in self.groups:
+            eta, beta, mu, wd = group["lr"], group["beta"], group["mu"], group["weight_decay"]
+            zeta = beta / (1 + eta * mu)
+            for i in group["indices"]:
+                g = -grads[i] if group["maximize"] else grads[i]
+                g = g + wd * self.weights[i]
+                effective[i] = g
+                self.deltas[i] = zeta * (self.deltas[i] - eta * g)
+                self.weights[i] = self.weights[i] + s * self.deltas[i]
+        self.history.append(
+            {
+                "iterates": [w.clone() for w in self.weights],
+                "grads": effective,
+                "hyper": [dict(g) for g in self.groups],
+            }
+        )
+
+    def averaged_iterate_and_variance(self) -> tuple[list[torch.Tensor], float]:
+        """x_bar = sum_k w_k x_k / sum_k w_k with w_k = prod_{j>k} beta_j; V = weighted spread."""
+        averages, variance = [None] * len(self.weights), 0.0
+        for gi, group in enumerate(self.groups):
+            n = len(self.history)
+            weights = []
+            for k in range(n):
+                w = 1.0
+                for j in range(k + 1, n):
+                    w *= self.history[j]["hyper"][gi]["beta"]
+                weights.append(w)
+            total = sum(weights)
+            for i in group["indices"]:
+                mean = sum(w * h["iterates"][i] for w, h in zip(weights, self.history)) / total
+                averages[i] = mean
+                variance += (
+                    sum(
+                        w * (h["iterates"][i] - mean).square().sum().item()
+                        for w, h in zip(weights, self.history)
+                    )
+                    / total
+                )
+        return averages, variance
+
+    def gradient_ema_norm(self) -> float:
+        """||m_hat||, the bias-corrected zeta-EMA of gradients, for constant hyper-parameters."""
+        total = 0.0
+        for gi, group in enumerate(self.groups):
+            hyper = self.history[-1]["hyper"][gi]
+            zeta = hyper["beta"] / (1 + hyper["lr"] * hyper["mu"])
+            n = len(self.history)
+            for i in group["indices"]:
+                m = torch.zeros_like(self.weights[i])
+                for h in self.history:
+                    m = zeta * m + (1 - zeta) * h["grads"][i]
+                total += (m / (1 - zeta**n)).square().sum().item()
+        return math.sqrt(total)
+
+
+def make_problem(dtype: torch.dtype, seed: int = 0):
+    """Three parameter tensors in two groups, and a non-smooth loss (ReLU and abs terms)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = [
+        torch.randn(7, 5, generator=gen, dtype=torch.float64).to(dtype),
+        torch.randn(5, generator=gen, dtype=torch.float64).to(dtype),
+        torch.randn(3, 4, 2, generator=gen, dtype=torch.float64).to(dtype),
+    ]
+    targets = [torch.randn_like(w, dtype=torch.float64).to(dtype) for w in weights]
+
+    def loss_fn(params):
+        return sum(
+            (torch.relu(p - t) + 0.5 * (p - t).abs() + 0.1 * p.square()).sum()
+            for p, t in zip(params, targets)
+        )
+
+    groups = [
+        {"indices": [0, 1], "lr": 0.05, "beta": 0.9, "mu": 0.5, "weight_decay": 0.01},
+        {"indices": [2], "lr": 0.02, "beta": 0.8, "mu": 0.0, "weight_decay": 0.0},
+    ]
+    return weights, loss_fn, groups
+
+
+def build(weights, groups, dtype, maximize=False, **kwargs):
+    params = [w.clone().requires_grad_(True) for w in weights]
+    param_groups = [
+        {
+            "params": [params[i] for i in g["indices"]],
+            **{k: v for k, v in g.items() if k != "indices"},
+        }
+        for g in groups
+    ]
+    opt = ExponentiatedO2NC(param_groups, lr=1.0, maximize=maximize, seed=1, **kwargs)
+    ref_groups = [dict(g, maximize=maximize) for g in groups]
+    return params, opt, ref_groups
+
+
+def compute_grads(params, loss_fn):
+    for p in params:
+        p.grad = None
+    loss = loss_fn(params)
+    loss.backward()
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+@pytest.mark.parametrize("use_closure", [False, True], ids=["no-closure", "closure"])
+@pytest.mark.parametrize("maximize", [False, True], ids=["minimize", "maximize"])
+def test_each_step_matches_the_reference_update(dtype, foreach, use_closure, maximize):
+    weights, loss_fn, groups = make_problem(dtype)
+    params, opt, ref_groups = build(weights, groups, dtype, maximize=maximize, foreach=foreach)
+    for _ in range(6):
+        # the reference takes one step from the optimizer's own state, so low-precision round-off
+        # does not accumulate and every step is checked at its dtype's tolerance
+        reference = ReferenceO2NC(params, ref_groups)
+        reference.deltas = [
+            opt.state[p]["momentum_buffer"].to(torch.float64).clone()
+            if "momentum_buffer" in opt.state[p]
+            else torch.zeros_like(reference.weights[i])
+            for i, p in enumerate(params)
+        ]
+        if use_closure:
+            loss = opt.step(lambda: compute_grads(params, loss_fn))
+            assert loss is not None
+        else:
+            compute_grads(params, loss_fn)
+            assert opt.step() is None
+        reference.step([p.grad for p in params], opt.last_scale)
+        for i, p in enumerate(params):
+            torch.testing.assert_close(
+                p.detach().to(torch.float64), reference.weights[i], **TOLERANCES[dtype]
+            )
+            torch.testing.assert_close(
+                opt.state[p]["momentum_buffer"].to(torch.float64),
+                reference.deltas[i],
+                **TOLERANCES[dtype],
+            )
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+def test_float64_trajectory_matches_the_reference_over_many_steps(foreach):
+    weights, loss_fn, groups = make_problem(torch.float64)
+    params, opt, ref_groups = build(weights, groups, torch.float64, foreach=foreach)
+    reference = ReferenceO2NC(params, ref_groups)
+    for _ in range(40):
+        compute_grads(params, loss_fn)
+        opt.step()
+        reference.step([p.grad for p in params], opt.last_scale)
+    for i, p in enumerate(params):
+        torch.testing.assert_close(p.detach(), reference.weights[i], rtol=1e-11, atol=1e-13)
+
+
+def test_foreach_and_for_loop_paths_agree_bit_for_bit_in_float32():
+    weights, loss_fn, groups = make_problem(torch.float32)
+    runs = []
+    for foreach in (False, True):
+        params, opt, _ = build(weights, groups, torch.float32, foreach=foreach)
+        for _ in range(10):
+            compute_grads(params, loss_fn)
+            opt.step()
+        runs.append([p.detach().clone() for p in params])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_mutating_group_hyperparameters_takes_effect_at_the_next_step():
+    weights, loss_fn, groups = make_problem(torch.float64)
+    params, opt, ref_groups = build(weights, groups, torch.float64)
+    reference = ReferenceO2NC(params, ref_groups)
+    new_values = [(0.01, 0.5, 2.0), (0.2, 0.95, 0.0), (0.05, 0.0, 1.0), (0.03, 0.99, 0.1)]
+    for lr, beta, mu in new_values:
+        for group, ref_group in zip(opt.param_groups, reference.groups):
+            group.update(lr=lr, beta=beta, mu=mu)
+            ref_group.update(lr=lr, beta=beta, mu=mu)
+        for _ in range(3):
+            compute_grads(params, loss_fn)
+            opt.step()
+            reference.step([p.grad for p in params], opt.last_scale)
+    for i, p in enumerate(params):
+        torch.testing.assert_close(p.detach(), reference.weights[i], rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+def test_scaling_none_reproduces_torch_sgd_per_group(foreach):
+    weights, loss_fn, groups = make_problem(torch.float64)
+    params, opt, _ = build(weights, groups, torch.float64, foreach=foreach, scaling="none")
+    sgd_params = [w.clone().requires_grad_(True) for w in weights]
+    sgd_groups = []
+    for g in groups:
+        zeta = g["beta"] / (1 + g["lr"] * g["mu"])
+        sgd_groups.append(
+            {
+                "params": [sgd_params[i] for i in g["indices"]],
+                "lr": zeta * g["lr"],
+                "momentum": zeta,
+                "weight_decay": g["weight_decay"],
+            }
+        )
+    sgd = torch.optim.SGD(sgd_groups, lr=1.0, foreach=foreach)
+    for _ in range(30):
+        compute_grads(params, loss_fn)
+        compute_grads(sgd_params, loss_fn)
+        opt.step()
+        sgd.step()
+        assert opt.last_scale == 1.0
+    for p, q in zip(params, sgd_params):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_the_scalar_scales_the_move_and_never_the_buffer():
+    weights, loss_fn, groups = make_problem(torch.float64)
+    params, opt, _ = build(weights, groups, torch.float64)
+    for _ in range(5):
+        before = [p.detach().clone() for p in params]
+        buffers_before = [
+            opt.state[p]["momentum_buffer"].clone() if p in opt.state else torch.zeros_like(p)
+            for p in params
+        ]
+        compute_grads(params, loss_fn)
+        opt.step()
+        s = opt.last_scale
+        for p, x0 in zip(params, before):
+            delta = opt.state[p]["momentum_buffer"]
+            # one and the same s for every tensor: move = s * Delta exactly (up to round-off)
+            torch.testing.assert_close(p.detach() - x0, s * delta, rtol=1e-10, atol=1e-14)
+        # the buffer follows the unscaled recursion: Delta_n = zeta (Delta_{n-1} - eta g_n)
+        group = opt.param_groups[1]
+        p = group["params"][0]
+        zeta = group["beta"] / (1 + group["lr"] * group["mu"])
+        expected = zeta * (buffers_before[2] - group["lr"] * p.grad)
+        torch.testing.assert_close(
+            opt.state[p]["momentum_buffer"], expected, rtol=1e-12, atol=1e-14
+        )
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+def test_statistics_match_a_direct_computation(foreach):
+    weights, loss_fn, groups = make_problem(torch.float64)
+    params, opt, ref_groups = build(weights, groups, torch.float64, foreach=foreach, average=True)
+    reference = ReferenceO2NC(params, ref_groups)
+    for _ in range(25):
+        compute_grads(params, loss_fn)
+        opt.step()
+        reference.step([p.grad for p in params], opt.last_scale)
+    stats = opt.statistics(c=3.0)
+    update_norm = math.sqrt(
+        sum(opt.state[p]["momentum_buffer"].square().sum().item() for p in params)
+    )
+    averages, variance = reference.averaged_iterate_and_variance()
+    assert stats["scale"] == opt.last_scale
+    assert stats["update_norm"].item() == pytest.approx(update_norm, rel=1e-10)
+    assert stats["grad_ema_norm"].item() == pytest.approx(reference.gradient_ema_norm(), rel=1e-9)
+    assert stats["iterate_variance"].item() == pytest.approx(variance, rel=1e-9)
+    assert stats["stationarity_certificate"].item() == pytest.approx(
+        reference.gradient_ema_norm() + 3.0 * variance, rel=1e-9
+    )
+    for p, avg in zip(params, averages):
+        torch.testing.assert_close(opt.state[p]["averaged_iterate"], avg, rtol=1e-10, atol=1e-12)
+
+
+def test_averaged_iterate_follows_a_beta_schedule():
+    weights, loss_fn, groups = make_problem(torch.float64)
+    params, opt, ref_groups = build(weights, groups, torch.float64, average=True)
+    reference = ReferenceO2NC(params, ref_groups)
+    for step in range(20):
+        beta = 0.5 + 0.02 * step
+        for group, ref_group in zip(opt.param_groups, reference.groups):
+            group["beta"] = ref_group["beta"] = beta
+        compute_grads(params, loss_fn)
+        opt.step()
+        reference.step([p.grad for p in params], opt.last_scale)
+    averages, variance = reference.averaged_iterate_and_variance()
+    assert opt.statistics()["iterate_variance"].item() == pytest.approx(variance, rel=1e-9)
+    for p, avg in zip(params, averages):
+        torch.testing.assert_close(opt.state[p]["averaged_iterate"], avg, rtol=1e-10, atol=1e-12)
+
+
+def test_grad_ema_norm_is_the_normalized_weighted_gradient_average_under_schedules():
+    weights, loss_fn, groups = make_problem(torch.float64)
+    params, opt, ref_groups = build(weights, groups, torch.float64)
+    reference = ReferenceO2NC(params, ref_groups)
+    for step in range(12):
+        for group, ref_group in zip(opt.param_groups, reference.groups):
+            group["lr"] = ref_group["lr"] = 0.01 * (1 + step)
+        compute_grads(params, loss_fn)
+        opt.step()
+        reference.step([p.grad for p in params], opt.last_scale)
+    # Delta_n = -sum_k w_k g_k with w_k = eta_k prod_{j>=k} zeta_j; m_hat = sum w_k g_k / sum w_k
+    total = 0.0
+    for gi, group in enumerate(reference.groups):
+        n = len(reference.history)
+        ws = []
+        for k in range(n):
+            w = reference.history[k]["hyper"][gi]["lr"]
+            for j in range(k, n):
+                h = reference.history[j]["hyper"][gi]
+                w *= h["beta"] / (1 + h["lr"] * h["mu"])
+            ws.append(w)
+        for i in group["indices"]:
+            m = sum(w * h["grads"][i] for w, h in zip(ws, reference.history)) / sum(ws)
+            total += m.square().sum().item()
+    assert opt.statistics()["grad_ema_norm"].item() == pytest.approx(math.sqrt(total), rel=1e-9)
+
+
+def test_skip_nonfinite_leaves_everything_untouched_and_counts_the_step():
+    weights, loss_fn, groups = make_problem(torch.float64)
+    params, opt, ref_groups = build(
+        weights, groups, torch.float64, average=True, skip_nonfinite=True
+    )
+    reference = ReferenceO2NC(params, ref_groups)
+    for step in range(8):
+        compute_grads(params, loss_fn)
+        if step in (3, 5):
+            params[1].grad[0] = float("nan") if step == 3 else float("inf")
+            snapshot = copy.deepcopy(opt.state_dict()["state"])
+            weights_before = [p.detach().clone() for p in params]
+            opt.step()
+            for p, w in zip(params, weights_before):
+                assert torch.equal(p.detach(), w)
+            after = opt.state_dict()["state"]
+            for key, state in snapshot.items():
+                for name, value in state.items():
+                    assert torch.equal(after[key][name], value), name
+            continue
+        opt.step()
+        reference.step([p.grad for p in params], opt.last_scale)
+    assert opt.skipped_steps.item() == 2
+    averages, variance = reference.averaged_iterate_and_variance()
+    assert opt.statistics()["iterate_variance"].item() == pytest.approx(variance, rel=1e-9)
+    for i, p in enumerate(params):
+        torch.testing.assert_close(p.detach(), reference.weights[i], rtol=1e-11, atol=1e-13)
+        torch.testing.assert_close(
+            opt.state[p]["averaged_iterate"], averages[i], rtol=1e-10, atol=1e-12
+        )
+    assert opt.statistics()["grad_ema_norm"].item() == pytest.approx(
+        reference.gradient_ema_norm(), rel=1e-9
+    )
