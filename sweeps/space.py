@@ -21,6 +21,7 @@ the train config. With the grid sampler every dimension is a fixed list of value
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,18 +44,23 @@ __all__ = [
     "parse_space",
 ]
 
-#: The schedule shapes of ``lightning_o2nc.make_schedule`` and the arguments each accepts.
+
+def _schedule_parameters() -> dict[str, frozenset[str]]:
+    """Each shape of ``lightning_o2nc.make_schedule`` and the arguments it accepts."""
+    from lightning_o2nc.optim.schedules import SCHEDULE_SHAPES, WarmupCosine
+
+    table = {}
+    for shape, cls in SCHEDULE_SHAPES.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        if cls is WarmupCosine:
+            names.add("warmup_fraction")
+        table[shape] = frozenset(names)
+    return table
+
+
+#: The schedule shapes and their arguments (``total_steps`` defaults to the run's length).
 #: ``interval`` ("step" or "epoch") is accepted by every shape.
-SCHEDULE_PARAMETERS: dict[str, frozenset[str]] = {
-    "constant": frozenset(),
-    "linear": frozenset({"start_factor", "end_factor"}),
-    "cosine": frozenset({"min_factor"}),
-    "warmup_cosine": frozenset(
-        {"warmup_steps", "warmup_fraction", "min_factor", "warmup_start_factor"}
-    ),
-    "step": frozenset({"step_size", "gamma"}),
-    "exponential": frozenset({"gamma"}),
-}
+SCHEDULE_PARAMETERS: dict[str, frozenset[str]] = _schedule_parameters()
 _SCHEDULE_COMMON = frozenset({"interval"})
 _SCHEDULED_FIELDS = ("lr", "beta", "mu")
 
@@ -82,9 +88,7 @@ def _number(value: Any, key: str, *, integer: bool = False) -> float | int:
 def _check_keys(spec: Mapping[str, Any], allowed: set[str], key: str) -> None:
     unknown = sorted(set(spec) - allowed)
     if unknown:
-        raise SweepConfigError(
-            f"{key}: unknown key(s) {unknown}; allowed here: {sorted(allowed)}"
-        )
+        raise SweepConfigError(f"{key}: unknown key(s) {unknown}; allowed here: {sorted(allowed)}")
 
 
 def _scalar_list(values: Any, key: str) -> list[Scalar]:
@@ -272,13 +276,43 @@ class ScheduleDimension(Dimension):
 _COMMON_KEYS = {"type", "name", "grid"}
 
 
+def _endpoint(dim: Dimension, end: str) -> Any:
+    """The config value a dimension yields at its low or high end."""
+    if isinstance(dim, OneMinusDimension):
+        return 1.0 - (dim.high if end == "low" else dim.low)
+    if isinstance(dim, ZeroOrFloatDimension):
+        return 0.0 if end == "low" else dim.high
+    if isinstance(dim, CategoricalDimension):
+        return dim.choices[0 if end == "low" else -1]
+    return getattr(dim, end)
+
+
+def _dry_run_schedule(shape: str, arguments: Mapping[str, Any], key: str) -> None:
+    """Build the schedule at both ends of every searched argument, so bad ranges fail now."""
+    from lightning_o2nc.optim.schedules import make_schedule
+
+    for end in ("low", "high"):
+        spec: dict[str, Any] = {"shape": shape}
+        for argument, value in arguments.items():
+            if argument == "interval":
+                if value not in ("step", "epoch"):
+                    raise SweepConfigError(
+                        f"{key}.interval must be `step` or `epoch`, got {value!r}"
+                    )
+                continue
+            spec[argument] = _endpoint(value, end) if isinstance(value, Dimension) else value
+        try:
+            make_schedule(spec, total_steps=1000)
+        except (ValueError, TypeError) as error:
+            raise SweepConfigError(f"{key}: {error}") from None
+
+
 def _parse_grid(spec: Mapping[str, Any], key: str) -> tuple[Scalar, ...] | None:
     if "grid" not in spec:
         return None
     values = _scalar_list(spec["grid"], f"{key}.grid")
     return tuple(
-        _number(v, f"{key}.grid") if isinstance(v, str) and _looks_numeric(v) else v
-        for v in values
+        _number(v, f"{key}.grid") if isinstance(v, str) and _looks_numeric(v) else v for v in values
     )
 
 
@@ -345,7 +379,7 @@ def _parse_dimension(path: str, spec: Any, key: str) -> Dimension:
         _check_keys(spec, _COMMON_KEYS | {"low", "high", "log"}, key)
         low, high, log = _parse_bounds(spec, key)
         log = spec.get("log", True)
-        if not 0 < low or high > 1:
+        if low <= 0 or high > 1:
             raise SweepConfigError(
                 f"{key}: 1 - value must lie in (0, 1], so 0 < low <= high <= 1; got [{low}, {high}]"
             )
@@ -396,6 +430,8 @@ def _parse_dimension(path: str, spec: Any, key: str) -> Dimension:
                 )
                 for argument, value in arguments.items()
             }
+        for shape, arguments in shapes.items():
+            _dry_run_schedule(shape, arguments, f"{key}.choices.{shape}")
         return ScheduleDimension(path, name, grid, shapes)
 
     raise SweepConfigError(

@@ -1,0 +1,171 @@
+"""``o2nc-sweep``: run or continue a sweep, or write the report of an existing study.
+
+    o2nc-sweep --config configs/sweeps/digits.yaml [--storage URL] [--study-name NAME]
+               [--n-trials N] [--timeout S] [--logdir DIR] [--no-progress]
+    o2nc-sweep report --storage URL --study-name NAME [--logdir DIR]
+
+Run the first form on several machines with one ``--storage`` (PostgreSQL or MySQL) and one
+``--study-name`` and they share the study. ``--storage`` may be left out in favour of the
+``O2NC_SWEEP_STORAGE`` environment variable, which keeps a password out of the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+__all__ = ["main"]
+
+_DEFAULT_LOGDIR = "runs/sweeps"
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="o2nc-sweep",
+        description="Optuna sweep over O2NC hyper-parameters (beta, eta, mu and their schedules). "
+        "`o2nc-sweep report --help` for the report command.",
+    )
+    parser.add_argument("--config", required=True, help="sweep definition (configs/sweeps/*.yaml)")
+    parser.add_argument(
+        "--storage",
+        help="database URL (sqlite:///f.db, postgresql://user@host/db, mysql://...), or a file "
+        "path for SQLite; default: $O2NC_SWEEP_STORAGE, else <logdir>/optuna.db",
+    )
+    parser.add_argument("--study-name", help="default: the sweep file's study_name")
+    parser.add_argument(
+        "--n-trials",
+        type=int,
+        help="finished trials the study should hold, all workers together (default: the file's)",
+    )
+    parser.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    parser.add_argument(
+        "--logdir",
+        default=_DEFAULT_LOGDIR,
+        help=f"TensorBoard runs, default SQLite file and report (default: {_DEFAULT_LOGDIR})",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no live progress display")
+    parser.add_argument("--no-plots", action="store_true", help="report without plots")
+    return parser
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="o2nc-sweep report",
+        description="Write report.md, plots and trials.csv of an existing study.",
+    )
+    parser.add_argument(
+        "--storage", help="database URL or SQLite file; default: $O2NC_SWEEP_STORAGE"
+    )
+    parser.add_argument("--study-name", required=True)
+    parser.add_argument(
+        "--logdir", help="the sweep's log directory (default: the one recorded in the study)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="report without plots")
+    return parser
+
+
+def _report(argv: Sequence[str], console: Console) -> int:
+    import optuna
+
+    from .config import StorageSpec
+    from .report import write_report
+    from .storage import STORAGE_ENV, StorageError, open_storage, redact, resolve_storage_url
+
+    args = _report_parser().parse_args(argv)
+    if not args.storage and not os.environ.get(STORAGE_ENV):
+        raise StorageError(f"give --storage URL (or set {STORAGE_ENV})")
+    url = resolve_storage_url(args.storage, Path.cwd())
+    storage = open_storage(url, StorageSpec())
+    try:
+        study = optuna.load_study(study_name=args.study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise StorageError(
+            f"no study {args.study_name!r} in {redact(url, url)!r}; studies there: {names}"
+        ) from None
+    report = write_report(study, storage_url=url, logdir=args.logdir, plots=not args.no_plots)
+    _print_summary(console, report, study, report.directory.parent.parent)
+    return 0
+
+
+def _print_summary(console: Console, report, study, logdir: Path) -> None:
+    from .report import retrain_command, tensorboard_command
+    from .study import STUDY_ATTR
+
+    study_name = study.study_name
+    metric = study.user_attrs.get(STUDY_ATTR, {}).get("metric", "value")
+    best = report.best
+    if best is None:
+        console.print("no completed trial yet")
+    else:
+        console.print(f"[bold]best trial {best.number}[/bold]: {metric} = {best.value:.6g}")
+        for name, value in best.params.items():
+            shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+            console.print(f"  {name} = {shown}", highlight=False)
+    console.print(
+        f"logdir:      {logdir / study_name}  (one TensorBoard run per trial)", highlight=False
+    )
+    console.print(f"report:      {report.markdown}", highlight=False)
+    console.print(f"tensorboard: {tensorboard_command(logdir, study_name)}", highlight=False)
+    if best is not None and retrain_command(best):
+        console.print(f"retrain:     {retrain_command(best)}", highlight=False)
+
+
+def _run(argv: Sequence[str], console: Console) -> int:
+    from .config import load_sweep_config
+    from .run import run_sweep
+
+    args = _run_parser().parse_args(argv)
+    sweep = load_sweep_config(
+        args.config, study_name=args.study_name, n_trials=args.n_trials, timeout=args.timeout
+    )
+    outcome = run_sweep(
+        sweep,
+        logdir=args.logdir,
+        storage=args.storage,
+        progress=not args.no_progress,
+        console=console,
+        plots=not args.no_plots,
+    )
+    console.print(
+        f"study {sweep.study_name!r}: {outcome.trials_run} trial(s) run here; "
+        f"storage {outcome.redacted_storage}",
+        highlight=False,
+    )
+    _print_summary(console, outcome.report, outcome.study, Path(args.logdir))
+    return 130 if outcome.interrupted else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``o2nc-sweep`` console script."""
+    from .paths import SweepConfigError
+    from .storage import STORAGE_ENV, StorageError, redact
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    console = Console(highlight=False)
+    secret_source = " ".join(argv) + " " + os.environ.get(STORAGE_ENV, "")
+    try:
+        if argv and argv[0] == "report":
+            return _report(argv[1:], console)
+        if argv and argv[0] == "run":
+            argv = argv[1:]
+        return _run(argv, console)
+    except (SweepConfigError, StorageError) as error:
+        print(f"o2nc-sweep: error: {redact(str(error), secret_source)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        # A database error deep inside a trial may quote the URL: redact the whole traceback.
+        print(redact(traceback.format_exc(), secret_source), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The sweep definition file (``configs/sweeps/*.yaml``), loaded and validated before any trial runs.
+
+Layout::
+
+    study_name: o2nc-digits           # default: the file name without .yaml
+    train_config: ../train/digits.yaml  # a LightningCLI config; relative to this file, or to the cwd
+    n_trials: 24                      # finished trials the study should hold (all workers together)
+    timeout: null                     # seconds, per worker
+    seed: 0                           # the sampler's seed
+    overrides: {trainer.max_epochs: 6}
+    objective: {metric: val/acc, direction: maximize, weights: averaged}
+    space: {...}                      # see sweeps.space
+    sampler: {name: tpe, options: {}} # tpe | cmaes | gp | random | grid
+    pruner: {name: median, options: {}}  # median | hyperband | none
+    storage: {heartbeat_interval: 60, grace_period: 180, max_retry: 3}
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .paths import SweepConfigError, check_path, get_path, set_path
+from .space import SearchSpace, parse_space
+
+__all__ = [
+    "ObjectiveSpec",
+    "PrunerSpec",
+    "SamplerSpec",
+    "StorageSpec",
+    "SweepConfig",
+    "SweepConfigError",
+    "load_sweep_config",
+    "load_yaml",
+]
+
+SAMPLERS = ("tpe", "cmaes", "gp", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+_TOP_LEVEL = {
+    "study_name",
+    "train_config",
+    "n_trials",
+    "timeout",
+    "seed",
+    "overrides",
+    "objective",
+    "space",
+    "sampler",
+    "pruner",
+    "storage",
+}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """``yaml.safe_load`` a file that must hold a mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SweepConfigError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SweepConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise SweepConfigError(f"{path} must hold a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SweepConfigError(f"{key} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _check_keys(spec: Mapping[str, Any], allowed: set[str], key: str) -> None:
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        where = f"{key}: unknown key(s)" if key else "unknown top-level key(s)"
+        raise SweepConfigError(f"{where} {unknown}; allowed: {sorted(allowed)}")
+
+
+def _positive_int(value: Any, key: str, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SweepConfigError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What a trial returns: a logged metric, its direction and at which weights.
+
+    ``weights: averaged`` reads the metric at the averaged iterate x_bar (``val/acc`` becomes
+    ``val/acc_avg``), which needs ``model.average: true``.
+    """
+
+    metric: str = "val/acc"
+    direction: str = "maximize"
+    weights: str = "current"
+
+    @property
+    def monitor(self) -> str:
+        """The logged metric name the trial reports and returns."""
+        if self.weights == "averaged" and not self.metric.endswith("_avg"):
+            return f"{self.metric}_avg"
+        return self.metric
+
+    @classmethod
+    def parse(cls, spec: Any) -> ObjectiveSpec:
+        spec = _mapping(spec, "objective")
+        _check_keys(spec, {"metric", "direction", "weights"}, "objective")
+        metric = spec.get("metric", "val/acc")
+        if not isinstance(metric, str) or not metric:
+            raise SweepConfigError(f"objective.metric must be a metric name, got {metric!r}")
+        direction = spec.get("direction")
+        if direction is None:
+            if "acc" in metric:
+                direction = "maximize"
+            elif "loss" in metric:
+                direction = "minimize"
+            else:
+                raise SweepConfigError(
+                    f"objective.direction: say `maximize` or `minimize` for metric {metric!r}"
+                )
+        if direction not in ("maximize", "minimize"):
+            raise SweepConfigError(
+                f"objective.direction must be `maximize` or `minimize`, got {direction!r}"
+            )
+        weights = spec.get("weights", "current")
+        if weights not in ("current", "averaged"):
+            raise SweepConfigError(
+                f"objective.weights must be `current` or `averaged`, got {weights!r}"
+            )
+        if weights == "current" and metric.endswith("_avg"):
+            raise SweepConfigError(
+                f"objective: metric {metric!r} is measured at the averaged weights; "
+                "set `weights: averaged` or drop the `_avg` suffix"
+            )
+        return cls(metric, direction, weights)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """``sampler: {name, options}``; ``options`` are keyword arguments of the Optuna sampler."""
+
+    name: str = "tpe"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: Any) -> SamplerSpec:
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        spec = _mapping(spec, "sampler")
+        _check_keys(spec, {"name", "options"}, "sampler")
+        name = spec.get("name", "tpe")
+        if name not in SAMPLERS:
+            raise SweepConfigError(f"sampler.name: unknown sampler {name!r}; known: {SAMPLERS}")
+        return cls(name, _mapping(spec.get("options"), "sampler.options"))
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """``pruner: {name, options}``; ``options`` are keyword arguments of the Optuna pruner."""
+
+    name: str = "median"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: Any) -> PrunerSpec:
+        if isinstance(spec, str) or spec is None:
+            spec = {"name": spec or "none"}
+        spec = _mapping(spec, "pruner")
+        _check_keys(spec, {"name", "options"}, "pruner")
+        name = spec.get("name", "median")
+        if name not in PRUNERS:
+            raise SweepConfigError(f"pruner.name: unknown pruner {name!r}; known: {PRUNERS}")
+        return cls(name, _mapping(spec.get("options"), "pruner.options"))
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Failed-worker recovery: a worker that stops beating for ``grace_period`` seconds has its
+    trial failed and re-queued (up to ``max_retry`` times) by the next worker that starts a trial.
+    """
+
+    heartbeat_interval: int = 60
+    grace_period: int = 180
+    max_retry: int | None = 3
+
+    @classmethod
+    def parse(cls, spec: Any) -> StorageSpec:
+        spec = _mapping(spec, "storage")
+        _check_keys(spec, {"heartbeat_interval", "grace_period", "max_retry"}, "storage")
+        interval = _positive_int(spec.get("heartbeat_interval", 60), "storage.heartbeat_interval")
+        grace = _positive_int(spec.get("grace_period", 3 * interval), "storage.grace_period")
+        if grace <= interval:
+            raise SweepConfigError(
+                f"storage.grace_period ({grace}) must exceed heartbeat_interval ({interval})"
+            )
+        max_retry = spec.get("max_retry", 3)
+        if max_retry is not None and (
+            isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0
+        ):
+            raise SweepConfigError(
+                f"storage.max_retry must be a non-negative integer or null, got {max_retry!r}"
+            )
+        return cls(interval, grace, max_retry)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A validated sweep definition together with the train config it points at."""
+
+    source: Path
+    study_name: str
+    train_config_path: Path
+    train_config: Mapping[str, Any]
+    overrides: Mapping[str, Any]
+    objective: ObjectiveSpec
+    space: SearchSpace
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    storage: StorageSpec
+    n_trials: int = 20
+    timeout: float | None = None
+    seed: int | None = None
+
+    def trial_config(self, assignment: Mapping[str, Any]) -> dict[str, Any]:
+        """A deep copy of the train config with the overrides and one trial's values applied."""
+        config = copy.deepcopy(dict(self.train_config))
+        for path, value in {**self.overrides, **assignment}.items():
+            set_path(config, path, copy.deepcopy(value))
+        return config
+
+
+def _resolve_train_config(value: Any, source: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise SweepConfigError(f"train_config must be a path to a train YAML, got {value!r}")
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        options = [candidate]
+    else:
+        options = [source.parent / candidate, Path.cwd() / candidate]
+    for option in options:
+        if option.is_file():
+            return option.resolve()
+    raise SweepConfigError(
+        f"train_config: {value!r} not found (looked at {', '.join(str(o) for o in options)})"
+    )
+
+
+def load_sweep_config(
+    path: str | Path,
+    *,
+    study_name: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+) -> SweepConfig:
+    """Load, validate and resolve a sweep file; command-line values replace the file's.
+
+    Every problem that can be found without running a trial is found here: unknown keys, bad
+    bounds, unknown samplers or pruners, and paths that do not exist in the train config.
+
+    Raises:
+        SweepConfigError: naming the offending key.
+    """
+    source = Path(path).resolve()
+    spec = load_yaml(source)
+    _check_keys(spec, _TOP_LEVEL, "")
+    if "space" not in spec:
+        raise SweepConfigError("space: missing; a sweep needs at least one searched field")
+
+    train_path = _resolve_train_config(spec.get("train_config"), source)
+    train_config = load_yaml(train_path)
+
+    overrides = _mapping(spec.get("overrides"), "overrides")
+    for dotted, value in overrides.items():
+        check_path(train_config, str(dotted), key=f"overrides.{dotted}")
+        if isinstance(value, Mapping) and "type" in value:
+            raise SweepConfigError(
+                f"overrides.{dotted} looks like a search dimension; move it to `space`"
+            )
+    space = parse_space(spec["space"])
+    for dim in space.dimensions:
+        check_path(train_config, dim.path, key=f"space.{dim.path}")
+        if dim.path in overrides:
+            raise SweepConfigError(
+                f"space.{dim.path}: also set in overrides; a field is either fixed or searched"
+            )
+        for dotted in overrides:
+            if dotted.startswith(dim.path + ".") or dim.path.startswith(dotted + "."):
+                raise SweepConfigError(
+                    f"space.{dim.path}: overlaps overrides.{dotted}; a field is either fixed or "
+                    "searched"
+                )
+
+    objective = ObjectiveSpec.parse(spec.get("objective"))
+    if objective.weights == "averaged" and "model.average" not in space.paths:
+        probe: dict[str, Any] = copy.deepcopy(train_config)
+        for dotted, value in overrides.items():
+            set_path(probe, dotted, value)
+        if get_path(probe, "model.average", default=False) is not True:
+            raise SweepConfigError(
+                "objective.weights: `averaged` reads the averaged iterate, which needs "
+                "`model.average: true` in the train config or the overrides"
+            )
+
+    sampler = SamplerSpec.parse(spec.get("sampler"))
+    if sampler.name == "grid":
+        space.grid_search_space()  # refuses dimensions without a finite list of values
+
+    n = n_trials if n_trials is not None else spec.get("n_trials", 20)
+    n = _positive_int(n, "n_trials")
+    limit = timeout if timeout is not None else spec.get("timeout")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+            raise SweepConfigError(f"timeout must be a positive number of seconds, got {limit!r}")
+        if not math.isfinite(limit):
+            limit = None
+    seed = spec.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise SweepConfigError(f"seed must be an integer or null, got {seed!r}")
+    name = study_name or spec.get("study_name") or source.stem
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise SweepConfigError(f"study_name must be a non-empty name without '/', got {name!r}")
+
+    return SweepConfig(
+        source=source,
+        study_name=name,
+        train_config_path=train_path,
+        train_config=train_config,
+        overrides=overrides,
+        objective=objective,
+        space=space,
+        sampler=sampler,
+        pruner=PrunerSpec.parse(spec.get("pruner", "median")),
+        storage=StorageSpec.parse(spec.get("storage")),
+        n_trials=n,
+        timeout=limit,
+        seed=seed,
+    )
