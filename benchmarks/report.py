@@ -1,0 +1,141 @@
+"""Markdown pieces shared by the benchmarks: tables, number formats, the machine description, and the
+kept blocks of ``RESULTS.md`` that other scripts (CIFAR-10, the GPU check) write between markers.
+
+Every number in ``RESULTS.md`` comes from a script through these helpers; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_PATH = BENCH_DIR / "RESULTS.md"
+WORK_DIR = BENCH_DIR / "_work"  # gitignored: logs, checkpoints, downloaded or copied data
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table; cells are formatted with ``str``."""
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line(module: str, *args: str) -> str:
+    """How to rerun one benchmark, as a code span."""
+    return "`" + " ".join(["python -m", module, *args]) + "`"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _memory_gib() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    except OSError:
+        pass
+    return "unknown memory"
+
+
+def machine_description() -> dict[str, str]:
+    """What the numbers were measured on, read from the machine itself."""
+    import torch
+
+    info = {
+        "date (UTC)": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "host": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "CPU": f"{_cpu_model()}, {len(os.sched_getaffinity(0))} usable cores, "
+        f"torch threads {torch.get_num_threads()}",
+        "memory": _memory_gib(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+    }
+    try:
+        import lightning
+        import torchvision
+
+        info["torchvision / lightning"] = f"{torchvision.__version__} / {lightning.__version__}"
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["GPU"] = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    else:
+        info["GPU"] = "none"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        info["commit"] = commit
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
+def machine_markdown(info: dict[str, str] | None = None) -> str:
+    info = machine_description() if info is None else info
+    return "\n".join(f"- **{key}**: {value}" for key, value in info.items())
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample std, ddof=1) of ``values * scale``."""
+    import statistics
+
+    scaled = [v * scale for v in values]
+    if len(scaled) == 1:
+        return f"{scaled[0]:.{digits}f}"
+    return f"{statistics.fmean(scaled):.{digits}f} ± {statistics.stdev(scaled):.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- kept blocks
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def read_block(name: str, path: Path = RESULTS_PATH) -> str | None:
+    """The text between ``name``'s markers in ``path`` (markers excluded), or None."""
+    if not path.exists():
+        return None
+    begin, end = _markers(name)
+    match = re.search(re.escape(begin) + r"\n?(.*?)\n?" + re.escape(end), path.read_text(), re.S)
+    return None if match is None else match.group(1)
+
+
+def wrap_block(name: str, body: str) -> str:
+    begin, end = _markers(name)
+    return f"{begin}\n{body.strip()}\n{end}"
+
+
+def write_block(
+    name: str, body: str, path: Path = RESULTS_PATH, heading: str | None = None
+) -> None:
+    """Replace ``name``'s block in ``path``, or append it (under ``heading``) when it is absent."""
+    block = wrap_block(name, body)
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    begin, end = _markers(name)
+    pattern = re.escape(begin) + r".*?" + re.escape(end)
+    if re.search(pattern, text, re.S):
+        text = re.sub(pattern, lambda _: block, text, count=1, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
+    path.write_text(text)
