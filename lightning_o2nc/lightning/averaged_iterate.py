@@ -66,7 +66,6 @@ class AveragedIterate(Callback):
         self.suffix = suffix
         self.bn_update_batches = bn_update_batches
         self.leave_averaged_in_model = leave_averaged_in_model
-        self._fit_optimizers: list[ExponentiatedO2NC] = []
         self._checkpoint_optimizers: list[ExponentiatedO2NC] = []
         self._layout: list[dict[str, Any]] = []
         self._averaged_bn_state: dict[str, torch.Tensor] | None = None
@@ -85,19 +84,16 @@ class AveragedIterate(Callback):
     def _sources(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> list[ExponentiatedO2NC]:
+        """The checkpoint's optimizer state when one was loaded outside fit, else the Trainer's
+        optimizers (they outlive fit, so ``trainer.test`` after ``trainer.fit`` finds them)."""
         if self._checkpoint_optimizers:
             return self._checkpoint_optimizers
-        if trainer.state.fn == "fit":
-            return [opt for _, opt in self._averaging_optimizers(trainer)]
         own = {id(p) for p in pl_module.parameters()}
-        if self._fit_optimizers and all(
-            id(p) in own
-            for opt in self._fit_optimizers
-            for group in opt.param_groups
-            for p in group["params"]
-        ):
-            return self._fit_optimizers
-        return []
+        return [
+            opt
+            for _, opt in self._averaging_optimizers(trainer)
+            if all(id(p) in own for group in opt.param_groups for p in group["params"])
+        ]
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -123,12 +119,11 @@ class AveragedIterate(Callback):
             }
             for i, opt in found
         ]
-        self._fit_optimizers = [opt for _, opt in found]
         self._checkpoint_optimizers = []
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for opt in self._fit_optimizers:
+        for _, opt in self._averaging_optimizers(trainer):
             if not opt.training:  # resumed from a state saved with x_bar left in the model
                 rank_zero_info(
                     "AveragedIterate: the checkpoint holds x_bar in the model; swapping the training weights back"
@@ -229,7 +224,7 @@ class AveragedIterate(Callback):
         if not self.leave_averaged_in_model:
             return
         with torch.no_grad():
-            for opt in self._fit_optimizers:
+            for _, opt in self._averaging_optimizers(trainer):
                 opt.eval()
             batch_norms = _batch_norm_buffers(pl_module)
             if batch_norms:
