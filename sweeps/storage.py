@@ -116,6 +116,37 @@ def _dialect(url: str) -> str:
     return dialect
 
 
+_DRIVERS = {
+    # dialect: (module SQLAlchemy's bare URL loads, [(fallback module, driver name)])
+    "postgresql": ("psycopg", [("psycopg2", "psycopg2"), ("pg8000", "pg8000")]),
+    "mysql": ("MySQLdb", [("pymysql", "pymysql"), ("mysql.connector", "mysqlconnector")]),
+}
+
+
+def with_available_driver(url: str) -> str:
+    """Name an installed driver when the URL names none and SQLAlchemy's default is missing.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3 (2.0 mapped it to psycopg2), so the
+    same URL works with whichever driver is installed.
+    """
+    import importlib.util
+
+    import sqlalchemy.engine
+
+    parsed = sqlalchemy.engine.make_url(url)
+    if "+" in parsed.drivername or parsed.drivername not in _DRIVERS:
+        return url
+    default, fallbacks = _DRIVERS[parsed.drivername]
+    if importlib.util.find_spec(default) is not None:
+        return url
+    for module, driver in fallbacks:
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            return parsed.set(drivername=f"{parsed.drivername}+{driver}").render_as_string(
+                hide_password=False
+            )
+    return url
+
+
 def _retry_callback(max_retry: int | None) -> tuple[str, Any]:
     """Optuna >= 4.9 calls it ``RetryHeartbeatStaleTrialCallback``; older ones ``RetryFailedTrial``."""
     try:
@@ -145,11 +176,12 @@ def open_storage(url: str, spec: StorageSpec | None = None) -> RDBStorage:
 
     spec = spec or StorageSpec()
     dialect = _dialect(url)
-    keyword, retry = _retry_callback(spec.max_retry)
+    url = with_available_driver(url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.simplefilter("ignore", FutureWarning)
+            keyword, retry = _retry_callback(spec.max_retry)
             return RDBStorage(
                 url,
                 engine_kwargs=_engine_kwargs(dialect),
