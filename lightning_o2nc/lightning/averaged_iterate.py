@@ -183,21 +183,25 @@ class AveragedIterate(Callback):
         saved_buffers = {name: buffer.clone() for name, buffer in batch_norms.items()}
         was_training = [opt.training for opt in sources]
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.no_grad():
+        # the swap and the BatchNorm pass make normal tensors; the evaluation runs in the loop's own
+        # grad mode (inference mode, or no_grad where Lightning avoids it, e.g. with gloo)
+        normal_tensors = torch.inference_mode(False)
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
             self._swapped = True
             try:
-                for opt in sources:
-                    opt.eval()
-                if batch_norms:
-                    self._set_averaged_bn_statistics(trainer, pl_module, batch_norms)
-                with torch.inference_mode():
-                    yield
+                with normal_tensors:
+                    for opt in sources:
+                        opt.eval()
+                    if batch_norms:
+                        self._set_averaged_bn_statistics(trainer, pl_module, batch_norms)
+                yield
             finally:
-                for opt, training in zip(sources, was_training, strict=True):
-                    if training:
-                        opt.train()
-                for name, buffer in batch_norms.items():
-                    buffer.copy_(saved_buffers[name])
+                with torch.inference_mode(False):
+                    for opt, training in zip(sources, was_training, strict=True):
+                        if training:
+                            opt.train()
+                    for name, buffer in batch_norms.items():
+                        buffer.copy_(saved_buffers[name])
                 self._swapped = False
 
     def _set_averaged_bn_statistics(
