@@ -473,14 +473,20 @@ def _sum_of_squares(tensors: list[Tensor]) -> Tensor:
 
 
 def _where(condition: Tensor | None, new: Any, old: Any) -> Any:
-    """``new`` when there is no condition, else ``torch.where(condition, new, old)`` on the device."""
+    """``new`` when there is no condition, else ``torch.where(condition, new, old)`` on the device.
+
+    Host floats become device tensors through ``torch.full`` (a fill kernel), never through a
+    host-to-device copy, so no step ever waits for the device.
+    """
     if condition is None:
         return new
-    return torch.where(
-        condition,
-        torch.as_tensor(new, dtype=torch.float64, device=condition.device),
-        torch.as_tensor(old, dtype=torch.float64, device=condition.device),
-    )
+
+    def on_device(value: Any) -> Tensor:
+        if isinstance(value, Tensor):
+            return value.to(condition.device, torch.float64)
+        return torch.full((), float(value), dtype=torch.float64, device=condition.device)
+
+    return torch.where(condition, on_device(new), on_device(old))
 
 
 def _init_group_scalars(group: dict[str, Any]) -> None:

@@ -92,7 +92,11 @@ class ReferenceO2NC:
         return math.sqrt(total)
 
 
-def make_problem(dtype: torch.dtype, seed: int = 0):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=CUDA)]
+
+
+def make_problem(dtype: torch.dtype, seed: int = 0, device: str = "cpu"):
     """Three parameter tensors in two groups, and a non-smooth loss (ReLU and abs terms)."""
     gen = torch.Generator().manual_seed(seed)
     weights = [
@@ -108,6 +112,8 @@ def make_problem(dtype: torch.dtype, seed: int = 0):
             for p, t in zip(params, targets)
         )
 
+    weights = [w.to(device) for w in weights]
+    targets = [t.to(device) for t in targets]
     groups = [
         {"indices": [0, 1], "lr": 0.05, "beta": 0.9, "mu": 0.5, "weight_decay": 0.01},
         {"indices": [2], "lr": 0.02, "beta": 0.8, "mu": 0.0, "weight_decay": 0.0},
@@ -141,8 +147,9 @@ def compute_grads(params, loss_fn):
 @pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
 @pytest.mark.parametrize("use_closure", [False, True], ids=["no-closure", "closure"])
 @pytest.mark.parametrize("maximize", [False, True], ids=["minimize", "maximize"])
-def test_each_step_matches_the_reference_update(dtype, foreach, use_closure, maximize):
-    weights, loss_fn, groups = make_problem(dtype)
+@pytest.mark.parametrize("device", DEVICES)
+def test_each_step_matches_the_reference_update(dtype, foreach, use_closure, maximize, device):
+    weights, loss_fn, groups = make_problem(dtype, device=device)
     params, opt, ref_groups = build(weights, groups, dtype, maximize=maximize, foreach=foreach)
     for _ in range(6):
         # the reference takes one step from the optimizer's own state, so low-precision round-off
