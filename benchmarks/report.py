@@ -139,3 +139,17 @@ def write_block(
     else:
         text = text.rstrip("\n") + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
     path.write_text(text)
+
+
+def config_command(module: str, config: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """The command line that reruns ``module`` with ``config``: every value that is not a default."""
+    args: list[str] = []
+    for key, value in config.items():
+        if key in defaults and defaults[key] == value:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, (list, tuple)):
+            args += [flag, *(str(v) for v in value)]
+        else:
+            args += [flag, str(value)]
+    return command_line(module, *args)
