@@ -94,6 +94,16 @@ def _report(argv: Sequence[str], console: Console) -> int:
     return 0
 
 
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat: dict = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _print_summary(console: Console, report, study, logdir: Path) -> None:
     from .report import retrain_command, tensorboard_command
     from .study import STUDY_ATTR
@@ -105,7 +115,8 @@ def _print_summary(console: Console, report, study, logdir: Path) -> None:
         console.print("no completed trial yet")
     else:
         console.print(f"[bold]best trial {best.number}[/bold]: {metric} = {best.value:.6g}")
-        for name, value in best.params.items():
+        values = _flatten(best.user_attrs.get("values") or best.params)
+        for name, value in values.items():
             shown = f"{value:.6g}" if isinstance(value, float) else str(value)
             console.print(f"  {name} = {shown}", highlight=False)
     console.print(
@@ -148,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .storage import STORAGE_ENV, StorageError, redact
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # commands stay copy-pasteable
     secret_source = " ".join(argv) + " " + os.environ.get(STORAGE_ENV, "")
     try:
         if argv and argv[0] == "report":

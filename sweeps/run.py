@@ -51,7 +51,7 @@ def _quiet_libraries():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # build_run hands the config to LightningCLI as `args` while sys.argv holds ours.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="lightning.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
         try:

@@ -57,6 +57,10 @@ def redact(text: str, url: str | None = None) -> str:
 def _passwords(url: str) -> list[str]:
     found = [m["password"] for m in _USERINFO.finditer(url)]
     found += [m["password"] for m in _QUERY_PASSWORD.finditer(url)]
+    head, at, _ = url.rpartition("@")
+    if at:  # a URL too malformed for the patterns: everything after the user's first ':'
+        userinfo = head.split("://", 1)[-1]
+        found += [userinfo.partition(":")[2], userinfo.rpartition(":")[2]]
     return [p for p in {*found, *(unquote(p) for p in found)} if p and p != "***"]
 
 

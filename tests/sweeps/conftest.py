@@ -152,7 +152,9 @@ def postgres_url() -> Iterator[str]:
     """A URL (with a password) of a throw-away PostgreSQL server on loopback."""
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed: apt-get install postgresql")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not installed: apt-get install postgresql"
+        )
     as_root = os.geteuid() == 0
     if as_root:
         try:
@@ -185,7 +187,18 @@ def postgres_url() -> Iterator[str]:
     )
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
-        [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start"],
+        [
+            *prefix,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(log),
+            "-w",
+            "start",
+        ],
         **run,
     )
     try:

@@ -173,7 +173,10 @@ def test_set_path_creates_missing_mappings_and_refuses_to_go_through_a_scalar():
 @pytest.mark.parametrize(
     ("changes", "key"),
     [
-        ({"space": {"model.lr_max": {"type": "float", "low": 0.1, "high": 1.0}}}, "space.model.lr_max"),
+        (
+            {"space": {"model.lr_max": {"type": "float", "low": 0.1, "high": 1.0}}},
+            "space.model.lr_max",
+        ),
         ({"overrides": {"trainer.max_epoch": 3}}, "overrides.trainer.max_epoch"),
         ({"overrides": {"model.lr": 0.1}}, "space.model.lr"),
         ({"sampler": {"name": "bohb"}}, "sampler.name"),
@@ -222,7 +225,9 @@ def test_trial_config_applies_overrides_and_values_to_a_copy(
     config = sweep.trial_config({"model.lr": 0.2, "model.schedules.lr": {"shape": "constant"}})
     assert config["trainer"]["max_epochs"] == 7 and config["model"]["lr"] == 0.2
     assert config["model"]["schedules"] == {"lr": {"shape": "constant"}}
-    assert sweep.train_config["model"]["lr"] == 0.05 and "schedules" not in sweep.train_config["model"]
+    assert (
+        sweep.train_config["model"]["lr"] == 0.05 and "schedules" not in sweep.train_config["model"]
+    )
 
 
 def test_command_line_values_replace_the_files(write_yaml, train_config, default_sweep):

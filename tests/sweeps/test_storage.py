@@ -1,0 +1,129 @@
+"""Storage URLs: the embedded default, real databases, clear errors, and no password anywhere."""
+
+from __future__ import annotations
+
+import socket
+import traceback
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeps.cli import main
+from sweeps.storage import (
+    STORAGE_ENV,
+    StorageError,
+    open_storage,
+    redact,
+    resolve_storage_url,
+    with_available_driver,
+)
+
+SECRET = "pa55-w0rd-never-shown"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://sweeper:{SECRET}@db.example.org:5432/optuna",
+        f"postgresql+psycopg2://sweeper:{SECRET}@10.0.0.1/optuna?sslmode=require",
+        f"mysql+pymysql://root:{SECRET}@localhost/optuna",
+        f"postgresql://sweeper@db.example.org/optuna?password={SECRET}",
+    ],
+)
+def test_redact_hides_every_form_of_password(url):
+    shown = redact(f"cannot reach {url} (retrying {url})", url)
+    assert SECRET not in shown
+    assert "***" in shown
+
+
+def test_redact_also_hides_a_password_the_driver_quotes_without_the_url():
+    url = f"postgresql://sweeper:{SECRET}@db/optuna"
+    assert SECRET not in redact(f'FATAL: password "{SECRET}" rejected', url)
+
+
+def test_the_default_storage_is_a_sqlite_file_under_the_logdir(tmp_path, monkeypatch):
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    url = resolve_storage_url(None, tmp_path / "logs")
+    assert url == f"sqlite:///{(tmp_path / 'logs' / 'optuna.db').resolve()}"
+    storage = open_storage(url)
+    optuna.create_study(storage=storage, study_name="s")
+    assert (tmp_path / "logs" / "optuna.db").is_file()
+
+
+def test_a_bare_path_means_sqlite_and_the_environment_variable_is_the_fallback(
+    tmp_path, monkeypatch
+):
+    assert resolve_storage_url(str(tmp_path / "x.db"), tmp_path) == f"sqlite:///{tmp_path / 'x.db'}"
+    monkeypatch.setenv(STORAGE_ENV, "postgresql://u@h/db")
+    assert resolve_storage_url(None, tmp_path) == "postgresql://u@h/db"
+    assert resolve_storage_url("sqlite:///a.db", tmp_path) == "sqlite:///a.db"
+
+
+def test_a_bare_postgresql_url_uses_whichever_driver_is_installed():
+    import importlib.util
+
+    url = with_available_driver("postgresql://u:p@h:5432/db")
+    if importlib.util.find_spec("psycopg") is None:
+        assert url.startswith("postgresql+psycopg2://u:p@h:5432/db")
+    else:
+        assert url == "postgresql://u:p@h:5432/db"
+    assert with_available_driver("postgresql+pg8000://u@h/db") == "postgresql+pg8000://u@h/db"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"postgresql://sweeper:{SECRET}@127.0.0.1:{_closed_port()}/optuna", "cannot open storage"),
+        (f"postgresql://sweeper:{SECRET}@/optuna", "names no host"),
+        (f"oracle://sweeper:{SECRET}@db/optuna", "unsupported storage"),
+        (f"postgresql://sweeper:{SECRET}@db:notaport/optuna", "malformed storage URL"),
+        (f"::sweeper:{SECRET}@db://", "malformed storage URL"),
+    ],
+)
+def test_an_unreachable_or_malformed_storage_is_a_clear_error_without_the_password(url, message):
+    with pytest.raises(StorageError) as error:
+        open_storage(url)
+    assert message in str(error.value)
+    # Not in the message, nor anywhere in the traceback a user would see (no chained cause).
+    assert SECRET not in "".join(traceback.format_exception(error.value))
+
+
+@pytest.mark.postgres
+def test_a_wrong_password_on_a_real_server_is_reported_without_either_password(postgres_url):
+    import sqlalchemy.engine
+
+    right = sqlalchemy.engine.make_url(postgres_url).password
+    wrong = postgres_url.replace(right, SECRET)
+    with pytest.raises(StorageError) as error:
+        open_storage(wrong)
+    assert "authentication failed" in str(error.value)
+    assert SECRET not in str(error.value) and right not in str(error.value)
+
+
+def test_the_cli_reports_a_bad_storage_with_exit_code_2_and_no_password(
+    tmp_path, write_yaml, train_config, default_sweep, capsys
+):
+    sweep = write_yaml("sweep.yaml", default_sweep(train_config))
+    url = f"postgresql://sweeper:{SECRET}@127.0.0.1:{_closed_port()}/optuna"
+    code = main(["--config", str(sweep), "--storage", url, "--logdir", str(tmp_path / "l")])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "cannot open storage" in captured.err and "sweeper:***@127.0.0.1" in captured.err
+    assert SECRET not in captured.out + captured.err
+    assert not list(Path(tmp_path).glob("l/*/trial_*"))
+
+
+def test_the_report_command_refuses_an_unknown_study_naming_the_studies_there(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    optuna.create_study(storage=open_storage(url), study_name="present")
+    code = main(["report", "--storage", url, "--study-name", "absent"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no study 'absent'" in err and "['present']" in err
