@@ -276,8 +276,10 @@ class AveragedIterate(Callback):
             groups = [
                 {"params": [parameters[name] for name in names]} for names in entry["param_groups"]
             ]
-            opt = ExponentiatedO2NC(groups, lr=1.0, average=True)
-            opt.load_state_dict(optimizer_states[entry["optimizer_index"]])
+            saved = optimizer_states[entry["optimizer_index"]]
+            scaling = saved.get("o2nc", {}).get("scaling", {}).get("kind", "exponential")
+            opt = ExponentiatedO2NC(groups, lr=1.0, scaling=scaling, average=True)
+            opt.load_state_dict(saved)
             for param_state in opt.state.values():
                 param_state.pop("momentum_buffer", None)
             self._checkpoint_optimizers.append(opt)

@@ -68,8 +68,9 @@ def test_val_metrics_at_x_bar_equal_an_evaluation_of_x_bar_by_hand(
     assert trainer.callback_metrics["val/loss"] != pytest.approx(float(logged))
 
 
+@pytest.mark.parametrize("optimizer", ["o2nc", "sgdm"])
 def test_checkpoints_hold_training_weights_and_x_bar_and_test_from_a_checkpoint_uses_x_bar(
-    make_model, make_data, trainer_kwargs, tmp_path
+    optimizer, make_model, make_data, trainer_kwargs, tmp_path
 ):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer, model = _fit(
@@ -78,6 +79,7 @@ def test_checkpoints_hold_training_weights_and_x_bar_and_test_from_a_checkpoint_
         {**trainer_kwargs, "enable_checkpointing": True},
         callbacks=[checkpoint],
         monitor=False,
+        optimizer=optimizer,
     )
     saved = torch.load(checkpoint.last_model_path, weights_only=True)
     for name, tensor in model.state_dict().items():

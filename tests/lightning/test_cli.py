@@ -54,7 +54,7 @@ def _synthetic_config(tmp_path, **trainer):
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_train_config_builds_a_run(path):
     config = yaml.safe_load(path.read_text())
-    trainer, model, datamodule = build_run(
+    _, model, datamodule = build_run(
         config, logger=False, trainer_overrides={"enable_progress_bar": False}
     )
     assert model.hparams.num_classes == datamodule.num_classes == 10

@@ -114,7 +114,7 @@ def test_fashion_mnist_decompresses_system_files_once_into_the_raw_folder(tmp_pa
     dm.setup("fit")
     dm.setup("test")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (10, 2, 6)
-    x, y = next(iter(dm.train_dataloader()))
+    x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 1, 28, 28)
     assert x.dtype == torch.float32
 
@@ -190,7 +190,7 @@ def test_cifar10_reads_an_archive_in_the_python_format_and_augments_only_trainin
     dm.setup("fit")
     dm.setup("test")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (16, 4, 6)
-    x, y = next(iter(dm.train_dataloader()))
+    x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 3, 32, 32)
     # normalization: raw pixels in [0, 1] mapped with the CIFAR-10 channel statistics
     image, _ = dm.test_set[0]
