@@ -135,10 +135,12 @@ class SweepObjective:
         self.logdir = Path(logdir)
         self.progress = progress
         self.grid = sweep.sampler.name == "grid"
+        self.trials_run = 0
 
     def __call__(self, trial: optuna.Trial) -> float:
         from lightning_o2nc.lightning.cli import build_run
 
+        self.trials_run += 1
         sweep = self.sweep
         assignment = sweep.space.suggest(trial, grid=self.grid)
         config = sweep.trial_config(assignment)

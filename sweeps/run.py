@@ -91,7 +91,6 @@ def run_sweep(
         study = open_study(sweep, open_storage(url, sweep.storage), logdir)
         optuna.storages.fail_stale_trials(study)
         remaining = sweep.n_trials - count_finished(study)
-        before = len(study.get_trials(deepcopy=False))
         display = SweepProgress(
             sweep.n_trials,
             sweep.objective.monitor,
@@ -100,6 +99,7 @@ def run_sweep(
             enabled=progress,
         )
         interrupted = False
+        objective = SweepObjective(sweep, logdir, display if progress else None)
         with display:
             display.show_study(study)
             if remaining <= 0:
@@ -110,7 +110,7 @@ def run_sweep(
             else:
                 try:
                     study.optimize(
-                        SweepObjective(sweep, logdir, display if progress else None),
+                        objective,
                         n_trials=remaining,
                         timeout=sweep.timeout,
                         catch=(NonFiniteObjective,),
@@ -124,8 +124,7 @@ def run_sweep(
                         "continue the study"
                     )
         written = write_report(study, storage_url=url, logdir=logdir, plots=plots)
-    trials_run = len(study.get_trials(deepcopy=False)) - before
-    return SweepOutcome(study, url, logdir, written, max(trials_run, 0), interrupted)
+    return SweepOutcome(study, url, logdir, written, objective.trials_run, interrupted)
 
 
 def describe(outcome: SweepOutcome) -> dict[str, Any]:
