@@ -18,7 +18,7 @@ from typing import Any
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from typing_extensions import override
 
@@ -88,12 +88,12 @@ class O2NCLightningCLI(LightningCLI):
 
 
 def _cli(**kwargs: Any) -> O2NCLightningCLI:
+    kwargs.setdefault("save_config_kwargs", {"overwrite": True})
     return O2NCLightningCLI(
         O2NCModule,
         ClassificationDataModule,
         subclass_mode_data=True,
         trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
         **kwargs,
     )
 
@@ -113,6 +113,9 @@ def build_run(
         logger: A logger object (or ``False``) that replaces the config's logger.
         trainer_overrides: Trainer keyword arguments that replace the config's values.
 
+    The resolved config is saved as ``config.yaml`` in the logger's directory (not with
+    ``logger=False``).
+
     Returns:
         ``(trainer, model, datamodule)``; run it with ``trainer.fit(model, datamodule=datamodule)``.
     """
@@ -122,6 +125,8 @@ def build_run(
         extra_callbacks=extra_callbacks,
         logger=logger,
         trainer_overrides=trainer_overrides,
+        # without a logger the config would land in the working directory: keep it out
+        save_config_callback=None if logger is False else SaveConfigCallback,
     )
     return cli.trainer, cli.model, cli.datamodule
 
