@@ -20,12 +20,17 @@ __version__ = "0.1.0"
 
 _LIGHTNING_EXPORTS = (
     "O2NCModule",
+    "ClassificationDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "CIFAR10DataModule",
     "SyntheticDataModule",
     "O2NCMonitor",
     "AveragedIterate",
+    "MLP",
+    "SmallCNN",
+    "resnet18_cifar",
+    "build_backbone",
 )
 
 __all__ = [
