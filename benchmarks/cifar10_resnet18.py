@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--devices", default="1")
     parser.add_argument("--precision", help="e.g. bf16-mixed (the recipe: 32-true)")
     parser.add_argument("--num-workers", type=int, help="data loader workers (recipe: 4)")
-    parser.add_argument("--limit-train-batches", type=float)
+    parser.add_argument("--limit-train-batches", type=lambda v: float(v) if "." in v else int(v))
     parser.add_argument("--logdir", default=str(WORK_DIR / "cifar10_logs"))
     parser.add_argument("--results", default=str(RESULTS_PATH), help="markdown file to add rows to")
     parser.add_argument(

@@ -265,7 +265,11 @@ def run(
     for arm in arms:
         median = medians[arm.name]
         values = samples[arm.name]
-        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (median,) * 3
+        q1, _, q3 = (
+            statistics.quantiles(values, n=4, method="inclusive")
+            if len(values) > 1
+            else (median,) * 3
+        )
         bandwidth = arm.passes * param_bytes / median
         paired = [t / ref for t, ref in zip(values, samples[fastest_sgd.name], strict=True)]
         rows.append(

@@ -53,13 +53,14 @@ class TorchSGDModule(O2NCModule):
 
 
 class SamplesPerSecond(Callback):
-    """Times the training batches after ``warmup_batches`` (synchronizing CUDA at both ends)."""
+    """Times the training batches after the first ``warmup_batches`` (CUDA synchronized at both ends)."""
 
     def __init__(self, warmup_batches: int):
         self.warmup_batches = warmup_batches
         self.start: float | None = None
         self.end: float | None = None
         self.samples = 0
+        self.seen = 0  # batches over all epochs (small datasets run several)
 
     @staticmethod
     def _now(pl_module: LightningModule) -> float:
@@ -69,12 +70,13 @@ class SamplesPerSecond(Callback):
 
     @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup_batches:
+        if self.seen == self.warmup_batches:
             self.start = self._now(pl_module)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx >= self.warmup_batches:
+        self.seen += 1
+        if self.seen > self.warmup_batches:
             self.samples += len(batch[1])
             self.end = self._now(pl_module)
 
@@ -150,8 +152,8 @@ def fit_once(
     trainer = Trainer(
         accelerator=config.accelerator,
         devices=1,
-        max_epochs=1,
-        limit_train_batches=config.warmup_batches + config.batches,
+        max_epochs=-1,
+        max_steps=config.warmup_batches + config.batches,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=logger,

@@ -1,0 +1,394 @@
+"""Run every benchmark and write ``benchmarks/RESULTS.md`` with its plots (``make bench``).
+
+    python -m benchmarks.run_all            # full: ~30-40 min on 2 CPU cores -> benchmarks/RESULTS.md
+    python -m benchmarks.run_all --quick    # smoke: a few minutes -> benchmarks/_work/quick/RESULTS.md
+
+Sections: optimizer step overhead, Lightning throughput, accuracy parity with curves, the
+stationarity panel, the scaling sweep (``benchmarks/sweep_scaling.py``), the CIFAR-10 pipeline
+check, and the kept blocks that other scripts fill (CIFAR-10 rows from
+``benchmarks/cifar10_resnet18.py``, the GPU section from ``benchmarks/gpu_check.sh``). Each section
+is guarded: one that fails says so in the file and the others still run; the exit status is 1 when
+any failed. Every number in the file comes from these scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import cifar10_resnet18, gpu_check
+from .report import (
+    REPO_ROOT,
+    RESULTS_PATH,
+    WORK_DIR,
+    command_line,
+    machine_description,
+    machine_markdown,
+    read_block,
+    wrap_block,
+)
+
+
+@dataclass
+class Plan:
+    """What one mode runs, and where it writes."""
+
+    quick: bool
+    output: Path
+    step_rounds: int
+    throughput: dict[str, Any]
+    parity: dict[str, Any]
+    cifar_arms: list[str]
+    cifar_limit_train_batches: int | None
+    targets: list[tuple[str, str, str, str]] = field(
+        default_factory=list
+    )  # section, target, measured, verdict
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def figure_dir(self) -> Path:
+        return self.output.parent
+
+
+FULL_PARITY = {"dataset": "fashion_mnist"}
+QUICK_PARITY = {
+    "dataset": "digits",
+    "epochs": 12,
+    "limit_train_batches": 0,
+    "batch_size": 64,
+    "val_batches": 6,
+    "log_every_n_steps": 5,
+}
+DIGITS_PARITY = {**QUICK_PARITY, "epochs": 20}
+
+
+def make_plan(quick: bool, output: Path | None) -> Plan:
+    if quick:
+        return Plan(
+            quick=True,
+            output=output or WORK_DIR / "quick" / "RESULTS.md",
+            step_rounds=8,
+            throughput={"dataset": "digits", "batches": 10, "repeats": 2},
+            parity=QUICK_PARITY,
+            cifar_arms=["o2nc"],
+            cifar_limit_train_batches=2,
+        )
+    return Plan(
+        quick=False,
+        output=output or RESULTS_PATH,
+        step_rounds=40,
+        throughput={"dataset": "fashion_mnist", "batches": 60, "repeats": 6},
+        parity=FULL_PARITY,
+        cifar_arms=["sgdm", "o2nc"],
+        cifar_limit_train_batches=None,
+    )
+
+
+def _relative(path: Path, plan: Plan) -> str:
+    return os.path.relpath(path, plan.output.parent)
+
+
+# ----------------------------------------------------------------------------- sections
+def section_step_overhead(plan: Plan) -> str:
+    from . import step_overhead
+
+    result = step_overhead.run("cpu", rounds=plan.step_rounds)
+    _save(plan, "step_overhead", result)
+    for target, measured, verdict, _ in step_overhead.targets(result):
+        plan.targets.append(("step overhead (CPU)", target, measured, verdict))
+    command = command_line("benchmarks.step_overhead", "--rounds", str(plan.step_rounds))
+    return "\n\n".join(
+        [
+            "Issue targets: step time ≤ 1.02× the faster torch SGD path with the defaults, ≤ 1.5× "
+            "with averaging and statistics; exactly one state buffer per parameter without "
+            "averaging. On CPU, `foreach=None` picks the for-loop (torch SGD does the same), so "
+            "both paths are shown. The GPU numbers are in the GPU section.",
+            step_overhead.to_markdown(result, command),
+        ]
+    )
+
+
+def section_throughput(plan: Plan) -> str:
+    from . import throughput
+
+    config = throughput.ThroughputConfig(**plan.throughput)
+    result = throughput.run(config)
+    _save(plan, "throughput", result)
+    import statistics
+
+    for name, values in result["ratios"].items():
+        if name.startswith("O2NC / "):
+            median = statistics.median(values)
+            plan.targets.append(
+                (
+                    "throughput (CPU)",
+                    f"{name} ≥ 0.99",
+                    f"{median:.3f} (range {min(values):.3f}–{max(values):.3f})",
+                    "met" if median >= 0.99 else "**missed**",
+                )
+            )
+    return throughput.to_markdown(result)
+
+
+def _parity_section(plan: Plan, overrides: dict[str, Any], note: str = "") -> tuple[str, dict]:
+    from . import accuracy_parity as parity
+
+    config = parity.ParityConfig(**overrides)
+    result = parity.run(config)
+    _save(plan, f"parity_{config.dataset}", result)
+    png = plan.figure_dir / f"parity_{config.dataset}.png"
+    parity.plot_curves(result, png)
+    accuracies = parity.test_accuracies(result)
+    import statistics
+
+    for arm, values in accuracies.items():
+        if arm == parity.BASELINE or not values:
+            continue
+        diff = 100 * (statistics.fmean(values) - statistics.fmean(accuracies[parity.BASELINE]))
+        _, p = parity.welch(values, accuracies[parity.BASELINE])
+        plan.targets.append(
+            (
+                f"accuracy parity ({config.dataset})",
+                f"{arm} within 0.3 points of SGDM",
+                f"{diff:+.2f} points (Welch p = {p:.3f})",
+                "met" if abs(diff) <= 0.3 else "**missed**",
+            )
+        )
+    text = parity.to_markdown(result, _relative(png, plan))
+    return (note + "\n\n" + text if note else text), result
+
+
+def section_parity(plan: Plan) -> tuple[str, dict | None]:
+    from .workloads import ensure_fashion_mnist
+
+    if plan.parity["dataset"] == "fashion_mnist":
+        problem = ensure_fashion_mnist(install=True)
+        if problem:
+            note = f"**Fashion-MNIST was not available, so this table is on digits instead.** {problem}"
+            return _parity_section(plan, DIGITS_PARITY, note)
+    return _parity_section(plan, plan.parity)
+
+
+def section_stationarity(plan: Plan, parity_result: dict | None) -> str:
+    from . import accuracy_parity as parity
+
+    if parity_result is None:
+        return "Not produced: the accuracy-parity runs did not finish."
+    dataset = parity_result["config"]["dataset"]
+    png = plan.figure_dir / f"stationarity_{dataset}.png"
+    summary = parity.stationarity_panel(parity_result, png)
+    if summary is None:
+        return "Not produced: no run logged the O2NC statistics."
+    rows = [
+        (parity.PANEL_TAGS[tag], f"{first:.4g}", f"{last:.4g}", f"{last / first:.3g}×")
+        for tag, (first, last) in summary.items()
+    ]
+    from .report import markdown_table
+
+    return "\n\n".join(
+        [
+            "The theory's quantities on a real run: the first seed's O2NC (exponential, "
+            "average=True) run of the parity table above, logged by `O2NCMonitor` to TensorBoard "
+            "and read back from the event files with tbparse. ‖m̂‖ is the normalized EMA of "
+            "gradients (from Δ, no extra buffer), V the β-weighted spread of the iterates around "
+            "x̄, and ‖m̂‖ + c·V the (c, ε)-stationarity certificate of x̄. Command: the parity "
+            "command above (the panel is drawn by `benchmarks.accuracy_parity.stationarity_panel`).",
+            markdown_table(["quantity", "first logged", "last logged", "last / first"], rows),
+            f"![stationarity panel]({_relative(png, plan)})",
+        ]
+    )
+
+
+def section_sweep(plan: Plan) -> str:
+    try:
+        from . import sweep_scaling
+    except ImportError as error:
+        return f"Not available: `benchmarks/sweep_scaling.py` could not be imported ({error})."
+    return sweep_scaling.run(plan.quick)
+
+
+def section_cifar(plan: Plan) -> str:
+    check_file = WORK_DIR / "cifar10_fixture_check.md"
+    check_file.unlink(missing_ok=True)
+    args = [
+        "--fixture",
+        "--results",
+        os.path.relpath(check_file, REPO_ROOT),
+        "--seeds",
+        "0",
+        "--arms",
+        *plan.cifar_arms,
+    ]
+    if plan.cifar_limit_train_batches is not None:
+        args += ["--limit-train-batches", str(plan.cifar_limit_train_batches)]
+    started = time.perf_counter()
+    rows = cifar10_resnet18.main(args)
+    seconds = time.perf_counter() - started
+    arms = ", ".join(cifar10_resnet18.ARM_LABELS[r["arm"]] for r in rows)
+    rows_block = read_block(cifar10_resnet18.BLOCK, plan.output)
+    kept = rows_block if rows_block is not None else cifar10_resnet18.block_markdown([])
+    sgdm = cifar10_resnet18.recipe("sgdm")
+    model, trainer, data = sgdm["model"], sgdm["trainer"], sgdm["data"]["init_args"]
+    torch_lr = model["beta"] / (1 + model["lr"] * model["mu"]) * model["lr"]
+    return "\n\n".join(
+        [
+            "`benchmarks/cifar10_resnet18.py` trains the paper's recipe, read from the project's "
+            "`configs/train/cifar10_resnet18_{sgdm,o2nc}.yaml`: "
+            f"{model['backbone']}, batch {data['batch_size']}, eta {model['lr']:.4g} and beta "
+            f"{model['beta']} (SGDM = torch SGD with lr {torch_lr:.3g}, momentum {model['beta']}), "
+            f"weight decay {model['weight_decay']}, {model['schedules']['lr']['shape']} schedule, "
+            f"{trainer['max_epochs']} epochs, crop+flip; O2NC with the same (eta, beta). It runs "
+            "both arms for the given seeds and writes one row per run into the block below.",
+            f"**Here (no CIFAR-10 data, no GPU) only its pipeline was checked**, on a tiny "
+            f"random CIFAR-format fixture: {len(rows)} run(s) ({arms}) went through fit, test at "
+            f"the final weights and at x̄, and the row writer, in {seconds:.0f} s (command: "
+            f"{command_line('benchmarks.cifar10_resnet18', *args)}). Accuracies on random "
+            "images mean nothing and are not shown. No CIFAR-10 number in this file is invented: "
+            "the block below holds only rows from real runs.",
+            wrap_block(cifar10_resnet18.BLOCK, kept),
+        ]
+    )
+
+
+def section_gpu(plan: Plan) -> str:
+    kept = read_block(gpu_check.BLOCK, plan.output)
+    if kept is None:
+        kept = (
+            "**Not run yet.** `benchmarks/gpu_check.sh` is ready: one call on one GPU (about 8 "
+            "minutes at most on an H200) checks the O2NC step under "
+            '`torch.cuda.set_sync_debug_mode("error")` for every option, the CUDA step-time ratios '
+            "against torch SGD foreach and fused, and ResNet-18 training throughput O2NC vs SGDM "
+            "on Fashion-MNIST (plain loop with the data on the GPU, and a Lightning fit). Steps: "
+            "`python -m benchmarks.gpu_check prepare` here; `bash benchmarks/gpu_check.sh` on the "
+            "GPU machine (carry `benchmarks/_work/fashion-mnist-gz`); then "
+            "`python -m benchmarks.gpu_check merge OUT_FOLDER` writes this section."
+        )
+    return wrap_block(gpu_check.BLOCK, kept)
+
+
+# ----------------------------------------------------------------------------- driver
+def _save(plan: Plan, name: str, result: dict[str, Any]) -> None:
+    folder = WORK_DIR / ("results-quick" if plan.quick else "results")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(result, default=str))
+
+
+def _guarded(plan: Plan, name: str, build: Callable[[], Any]) -> Any:
+    print(f"\n=== {name} ===", flush=True)
+    started = time.perf_counter()
+    try:
+        value = build()
+        print(f"=== {name}: done in {time.perf_counter() - started:.0f} s ===", flush=True)
+        return value, time.perf_counter() - started
+    except Exception as error:
+        traceback.print_exc()
+        plan.failures.append(name)
+        return f"**FAILED**: `{type(error).__name__}: {error}` (see the run's log).", None
+
+
+def run(plan: Plan, only: set[str] | None = None) -> str:
+    started = time.perf_counter()
+    machine = machine_description()
+    plan.output.parent.mkdir(parents=True, exist_ok=True)
+    sections: list[tuple[str, str, float | None]] = []
+
+    def add(key: str, title: str, build: Callable[[], Any]) -> Any:
+        if only and key not in only:
+            return None
+        value, seconds = _guarded(plan, title, build)
+        extra = None
+        if isinstance(value, tuple):
+            value, extra = value
+        sections.append((title, value, seconds))
+        return extra
+
+    add(
+        "step",
+        "1. Optimizer step overhead (CPU, ResNet-18 parameters)",
+        lambda: section_step_overhead(plan),
+    )
+    add(
+        "throughput",
+        "2. End-to-end throughput (Lightning fit, CPU)",
+        lambda: section_throughput(plan),
+    )
+    parity_result = add("parity", "3. Accuracy parity on real data", lambda: section_parity(plan))
+    if not only or "parity" in only:
+        add(
+            "stationarity",
+            "4. Stationarity panel",
+            lambda: section_stationarity(plan, parity_result),
+        )
+    add("sweep", "5. Scaling sweep", lambda: section_sweep(plan))
+    add("cifar", "6. CIFAR-10 / ResNet-18 (the paper's experiment)", lambda: section_cifar(plan))
+    add("gpu", "7. GPU check (H200)", lambda: section_gpu(plan))
+
+    total = time.perf_counter() - started
+    mode = "--quick" if plan.quick else "(full)"
+    command = "make bench-quick" if plan.quick else "make bench"
+    header = [
+        "# Benchmark results" + (" (quick smoke run)" if plan.quick else ""),
+        "",
+        f"Written by `{command}` (`python -m benchmarks.run_all {mode}`) in "
+        f"{total / 60:.1f} minutes; every number and figure below comes from the scripts in "
+        "`benchmarks/` (each table names its command). Rerun the whole file with "
+        f"`{command}`.",
+        "",
+        "## Machine",
+        "",
+        machine_markdown(machine),
+        "",
+        "## Targets at a glance",
+        "",
+    ]
+    from .report import markdown_table
+
+    header.append(
+        markdown_table(["section", "target", "measured", "verdict"], plan.targets)
+        if plan.targets
+        else "No target was measured in this run."
+    )
+    if plan.failures:
+        header += ["", f"**Sections that failed in this run:** {', '.join(plan.failures)}."]
+    body = []
+    for title, text, seconds in sections:
+        timing = f" ({seconds / 60:.1f} min)" if seconds is not None else ""
+        body += ["", f"## {title}", "", f"_Section wall time{timing or ': failed'}._", "", text]
+    content = "\n".join(header + body).rstrip() + "\n"
+    plan.output.write_text(content)
+    print(f"\nwrote {plan.output} in {total / 60:.1f} min", flush=True)
+    return content
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few-minute smoke version")
+    parser.add_argument("--output", type=Path, help="the markdown file to write")
+    parser.add_argument(
+        "--only",
+        help="comma-separated sections: step, throughput, parity, sweep, cifar, gpu "
+        "(stationarity comes with parity)",
+    )
+    args = parser.parse_args(argv)
+    plan = make_plan(args.quick, args.output)
+    only = set(args.only.split(",")) if args.only else None
+    print(
+        f"benchmarks.run_all: {'quick' if plan.quick else 'full'} mode -> {plan.output} "
+        f"(started {_dt.datetime.now().strftime('%H:%M:%S')}; plan {asdict(plan)})",
+        flush=True,
+    )
+    run(plan, only)
+    if plan.failures:
+        raise SystemExit(f"benchmark sections failed: {', '.join(plan.failures)}")
+
+
+if __name__ == "__main__":
+    main()
