@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -186,13 +187,21 @@ def open_storage(url: str, spec: StorageSpec | None = None) -> RDBStorage:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.simplefilter("ignore", FutureWarning)
             keyword, retry = _retry_callback(spec.max_retry)
-            return RDBStorage(
-                url,
-                engine_kwargs=_engine_kwargs(dialect),
-                heartbeat_interval=spec.heartbeat_interval,
-                grace_period=spec.grace_period,
-                **{keyword: retry},
-            )
+            for attempt in range(3):
+                try:
+                    return RDBStorage(
+                        url,
+                        engine_kwargs=_engine_kwargs(dialect),
+                        heartbeat_interval=spec.heartbeat_interval,
+                        grace_period=spec.grace_period,
+                        **{keyword: retry},
+                    )
+                except sqlalchemy.exc.OperationalError as error:
+                    # Workers started together race to create the tables: the loser retries.
+                    if attempt == 2 or "already exists" not in str(error.orig):
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
+            raise AssertionError("unreachable")
     except ImportError as error:
         driver = {"postgresql": "psycopg2-binary", "mysql": "PyMySQL"}.get(dialect, "a driver")
         raise StorageError(

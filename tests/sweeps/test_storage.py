@@ -80,7 +80,7 @@ def _closed_port() -> int:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        (f"postgresql://sweeper:{SECRET}@127.0.0.1:{_closed_port()}/optuna", "cannot open storage"),
+        (f"postgresql://sweeper:{SECRET}@127.0.0.1:PORT/optuna", "cannot open storage"),
         (f"postgresql://sweeper:{SECRET}@/optuna", "names no host"),
         (f"oracle://sweeper:{SECRET}@db/optuna", "unsupported storage"),
         (f"postgresql://sweeper:{SECRET}@db:notaport/optuna", "malformed storage URL"),
@@ -88,6 +88,7 @@ def _closed_port() -> int:
     ],
 )
 def test_an_unreachable_or_malformed_storage_is_a_clear_error_without_the_password(url, message):
+    url = url.replace("PORT", str(_closed_port()))
     with pytest.raises(StorageError) as error:
         open_storage(url)
     assert message in str(error.value)

@@ -95,6 +95,7 @@ def test_rerunning_the_same_sweep_continues_the_study(
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
 
 
+@pytest.mark.filterwarnings("ignore:Fixed parameter .* is out of range")
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(
     tmp_path, write_yaml, train_config, default_sweep
 ):
@@ -132,6 +133,7 @@ def _enqueue_good_then_hopeless(sweep, url, logdir):
     return study
 
 
+@pytest.mark.filterwarnings("ignore:Fixed parameter .* is out of range")
 def test_a_trial_worse_than_the_median_is_pruned_after_its_first_epoch(
     tmp_path, write_yaml, tiny_train_config, default_sweep
 ):
@@ -149,6 +151,7 @@ def test_a_trial_worse_than_the_median_is_pruned_after_its_first_epoch(
     assert "epochs: 3 +" not in outcome.report.markdown.read_text()
 
 
+@pytest.mark.filterwarnings("ignore:Fixed parameter .* is out of range")
 def test_pruning_works_when_each_trial_trains_with_two_ddp_processes(
     tmp_path, write_yaml, tiny_train_config, default_sweep
 ):
