@@ -88,7 +88,7 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _spawn_strategy(trainer_config: Mapping[str, Any]) -> str | None:
+def spawn_strategy(trainer_config: Mapping[str, Any]) -> str | None:
     """The spawn-based twin of a script-relaunching DDP strategy, when the trial needs one.
 
     Lightning's ``ddp`` launcher re-runs the command for ranks 1..N-1 and can do so only once per
@@ -111,7 +111,7 @@ def _spawn_strategy(trainer_config: Mapping[str, Any]) -> str | None:
     elif isinstance(devices, int) and devices > 0:
         count = devices
     elif devices in (-1, "-1", "auto") and accelerator in ("auto", "gpu", "cuda"):
-        count = torch.cuda.device_count() if devices != "auto" else 1
+        count = torch.cuda.device_count()  # Lightning takes every visible GPU
     elif isinstance(devices, str) and devices.isdigit():
         count = int(devices)
     else:
@@ -154,7 +154,7 @@ class SweepObjective:
 
         trainer_config = config.get("trainer") or {}
         overrides: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False}
-        spawn = _spawn_strategy(trainer_config)
+        spawn = spawn_strategy(trainer_config)
         if spawn is not None:
             overrides["strategy"] = spawn
             rank_zero_info(

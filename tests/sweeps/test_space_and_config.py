@@ -274,3 +274,17 @@ def test_shipped_sweep_configs_are_valid():
         sweep = load_sweep_config(path)
         build_sampler(sweep.sampler, sweep.space, sweep.seed)
         assert sweep.space.find("lr") is not None and sweep.space.find("beta") is not None
+
+
+def test_multi_process_trials_are_run_with_the_spawn_launcher_and_single_ones_untouched():
+    from sweeps.objective import spawn_strategy
+
+    assert spawn_strategy({"strategy": "ddp", "devices": 2}) == "ddp_spawn"
+    assert spawn_strategy({"strategy": "ddp_find_unused_parameters_true"}) == (
+        "ddp_spawn_find_unused_parameters_true"
+    )
+    assert spawn_strategy({"accelerator": "cpu", "devices": 4}) == "ddp_spawn"
+    assert spawn_strategy({"devices": 1, "num_nodes": 2}) == "ddp_spawn"
+    assert spawn_strategy({"accelerator": "cpu", "devices": 1}) is None
+    assert spawn_strategy({"accelerator": "cpu", "devices": "auto"}) is None
+    assert spawn_strategy({"strategy": "fsdp", "devices": 4}) is None  # left as the user set it
