@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .report import WORK_DIR, config_command, markdown_table, mean_std
+from .report import config_command, markdown_table, mean_std, work_dir
 
 ARMS: dict[str, dict[str, Any]] = {
     "SGDM": {"optimizer": "sgdm", "average": False},
@@ -73,7 +73,7 @@ class ParityConfig:
 
     @property
     def logdir(self) -> Path:
-        return WORK_DIR / "parity_logs" / self.dataset
+        return work_dir() / "parity_logs" / self.dataset
 
 
 def train_one(config: dict[str, Any], arm: str, seed: int) -> dict[str, Any]:

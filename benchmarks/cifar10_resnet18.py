@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from .report import REPO_ROOT, RESULTS_PATH, WORK_DIR, markdown_table, write_block
+from .report import REPO_ROOT, RESULTS_PATH, markdown_table, work_dir, write_block
 
 BLOCK = "cifar10_resnet18"
 CONFIGS = {
@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--precision", help="e.g. bf16-mixed (the recipe: 32-true)")
     parser.add_argument("--num-workers", type=int, help="data loader workers (recipe: 4)")
     parser.add_argument("--limit-train-batches", type=lambda v: float(v) if "." in v else int(v))
-    parser.add_argument("--logdir", default=str(WORK_DIR / "cifar10_logs"))
+    parser.add_argument(
+        "--logdir", help="TensorBoard logs (default: benchmarks/_work/cifar10_logs)"
+    )
     parser.add_argument("--results", default=str(RESULTS_PATH), help="markdown file to add rows to")
     parser.add_argument(
         "--fixture",
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.fixture:
         if Path(args.results).resolve() == RESULTS_PATH.resolve():
             parser.error("--fixture rows must not go into RESULTS.md: pass --results elsewhere")
-        data_root = str(write_tiny_cifar10(WORK_DIR / "cifar10_fixture"))
+        data_root = str(write_tiny_cifar10(work_dir() / "cifar10_fixture"))
         trainer_overrides.update(
             accelerator="cpu",
             max_epochs=args.epochs or 1,
@@ -263,12 +265,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
         data_overrides.update(num_workers=0, val_size=16, batch_size=16)
 
+    logdir = Path(args.logdir) if args.logdir else work_dir() / "cifar10_logs"
     rows = []
     for seed in args.seeds:
         for arm in args.arms:
-            row = run_one(
-                arm, seed, data_root, Path(args.logdir), trainer_overrides, data_overrides, args.eta
-            )
+            row = run_one(arm, seed, data_root, logdir, trainer_overrides, data_overrides, args.eta)
             print(f"cifar10_resnet18 {arm} seed {seed}: {row}", flush=True)
             add_rows([row], Path(args.results))
             rows.append(row)

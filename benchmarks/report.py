@@ -22,6 +22,14 @@ RESULTS_PATH = BENCH_DIR / "RESULTS.md"
 WORK_DIR = BENCH_DIR / "_work"  # gitignored: logs, checkpoints, downloaded or copied data
 
 
+def work_dir() -> Path:
+    """Scratch folder of a benchmark run: ``$O2NC_BENCH_WORK_DIR`` or ``benchmarks/_work``.
+
+    Read at call time, so tests (and the worker processes they spawn) can redirect it.
+    """
+    return Path(os.environ.get("O2NC_BENCH_WORK_DIR") or WORK_DIR)
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub markdown table; cells are formatted with ``str``."""
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]

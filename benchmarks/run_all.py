@@ -33,6 +33,7 @@ from .report import (
     machine_description,
     machine_markdown,
     read_block,
+    work_dir,
     wrap_block,
 )
 
@@ -90,6 +91,12 @@ def make_plan(quick: bool, output: Path | None) -> Plan:
         cifar_arms=["sgdm", "o2nc"],
         cifar_limit_train_batches=None,
     )
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (for commands in the file)."""
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def _relative(path: Path, plan: Plan) -> str:
@@ -216,12 +223,12 @@ def section_sweep(plan: Plan) -> str:
 
 
 def section_cifar(plan: Plan) -> str:
-    check_file = WORK_DIR / "cifar10_fixture_check.md"
+    check_file = work_dir() / "cifar10_fixture_check.md"
     check_file.unlink(missing_ok=True)
     args = [
         "--fixture",
         "--results",
-        os.path.relpath(check_file, REPO_ROOT),
+        _shown(check_file),
         "--seeds",
         "0",
         "--arms",
@@ -276,7 +283,7 @@ def section_gpu(plan: Plan) -> str:
 
 # ----------------------------------------------------------------------------- driver
 def _save(plan: Plan, name: str, result: dict[str, Any]) -> None:
-    folder = WORK_DIR / ("results-quick" if plan.quick else "results")
+    folder = work_dir() / ("results-quick" if plan.quick else "results")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(result, default=str))
 
@@ -321,12 +328,7 @@ def run(plan: Plan, only: set[str] | None = None) -> str:
         lambda: section_throughput(plan),
     )
     parity_result = add("parity", "3. Accuracy parity on real data", lambda: section_parity(plan))
-    if not only or "parity" in only:
-        add(
-            "stationarity",
-            "4. Stationarity panel",
-            lambda: section_stationarity(plan, parity_result),
-        )
+    add("parity", "4. Stationarity panel", lambda: section_stationarity(plan, parity_result))
     add("sweep", "5. Scaling sweep", lambda: section_sweep(plan))
     add("cifar", "6. CIFAR-10 / ResNet-18 (the paper's experiment)", lambda: section_cifar(plan))
     add("gpu", "7. GPU check (H200)", lambda: section_gpu(plan))

@@ -37,7 +37,7 @@ from typing_extensions import override
 
 from lightning_o2nc import O2NCModule, param_groups_weight_decay
 
-from .report import WORK_DIR, config_command, markdown_table
+from .report import config_command, markdown_table, work_dir
 from .workloads import make_backbone, make_datamodule
 
 
@@ -145,7 +145,7 @@ def fit_once(
     timer = SamplesPerSecond(config.warmup_batches)
     # O2NCMonitor writes through the trainer's loggers: its arm gets a real (throwaway) one.
     logger = (
-        TensorBoardLogger(str(WORK_DIR / "throughput_logs"), name="monitor")
+        TensorBoardLogger(str(work_dir() / "throughput_logs"), name="monitor")
         if kwargs.get("monitor")
         else False
     )
