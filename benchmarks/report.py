@@ -19,6 +19,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_PATH = BENCH_DIR / "RESULTS.md"
+README_PATH = REPO_ROOT / "README.md"
 WORK_DIR = BENCH_DIR / "_work"  # gitignored: logs, checkpoints, downloaded or copied data
 
 

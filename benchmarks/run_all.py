@@ -26,12 +26,14 @@ from typing import Any
 
 from . import cifar10_resnet18, gpu_check
 from .report import (
+    README_PATH,
     REPO_ROOT,
     RESULTS_PATH,
     WORK_DIR,
     command_line,
     machine_description,
     machine_markdown,
+    mean_std,
     read_block,
     work_dir,
     wrap_block,
@@ -49,10 +51,10 @@ class Plan:
     parity: dict[str, Any]
     cifar_arms: list[str]
     cifar_limit_train_batches: int | None
-    targets: list[tuple[str, str, str, str]] = field(
-        default_factory=list
-    )  # section, target, measured, verdict
+    # (section, target, measured, verdict) rows and sentences for the README summary
+    targets: list[tuple[str, str, str, str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    facts: dict[str, str] = field(default_factory=dict)
 
     @property
     def figure_dir(self) -> Path:
@@ -111,6 +113,15 @@ def section_step_overhead(plan: Plan) -> str:
     _save(plan, "step_overhead", result)
     for target, measured, verdict, _ in step_overhead.targets(result):
         plan.targets.append(("step overhead (CPU)", target, measured, verdict))
+    rows = {row["arm"]: row for row in result["rows"]}
+    default = next(r for name, r in rows.items() if name.startswith("O2NC defaults"))
+    averaged = next(r for name, r in rows.items() if "statistics" in name)
+    over = " (over the 1.5× target, see section 1)" if averaged["ratio"] > 1.5 else ""
+    plan.facts["step"] = (
+        f"On the CPU an O2NC step over ResNet-18's parameters takes {default['ratio']:.2f}× the "
+        "time of the faster torch SGD path with the defaults (one state buffer per parameter, "
+        f"like SGD) and {averaged['ratio']:.2f}× with the averaged iterate and statistics{over}."
+    )
     command = command_line("benchmarks.step_overhead", "--rounds", str(plan.step_rounds))
     return "\n\n".join(
         [
@@ -131,9 +142,14 @@ def section_throughput(plan: Plan) -> str:
     _save(plan, "throughput", result)
     import statistics
 
+    ratio_text = []
     for name, values in result["ratios"].items():
         if name.startswith("O2NC / "):
             median = statistics.median(values)
+            ratio_text.append(
+                f"{median:.3f}× {name.removeprefix('O2NC / ')} "
+                f"(range {min(values):.2f}–{max(values):.2f})"
+            )
             plan.targets.append(
                 (
                     "throughput (CPU)",
@@ -142,6 +158,11 @@ def section_throughput(plan: Plan) -> str:
                     "met" if median >= 0.99 else "**missed**",
                 )
             )
+    plan.facts["throughput"] = (
+        f"A Lightning fit on {config.dataset} runs O2NC at "
+        + " and ".join(ratio_text)
+        + f" in samples per second over {config.repeats} interleaved repetitions."
+    )
     return throughput.to_markdown(result)
 
 
@@ -169,6 +190,17 @@ def _parity_section(plan: Plan, overrides: dict[str, Any], note: str = "") -> tu
                 "met" if abs(diff) <= 0.3 else "**missed**",
             )
         )
+    base = accuracies[parity.BASELINE]
+    exponential = accuracies["O2NC (exponential)"]
+    diff = 100 * (statistics.fmean(exponential) - statistics.fmean(base))
+    _, p_value = parity.welch(exponential, base)
+    plan.facts["parity"] = (
+        f"On {config.dataset} (small CNN, {len(config.seeds)} seeds, equal epochs and (η, β)) "
+        f"O2NC reaches {mean_std(exponential, 100)}% test accuracy against SGDM's "
+        f"{mean_std(base, 100)}% (Δ = {diff:+.2f} points, Welch p = {p_value:.2f}); the averaged "
+        f"iterate x̄ gives {mean_std(accuracies[parity.AVERAGED_ARM], 100)}% and uniform scaling "
+        f"{mean_std(accuracies['O2NC (uniform)'], 100)}%."
+    )
     text = parity.to_markdown(result, _relative(png, plan))
     return (note + "\n\n" + text if note else text), result
 
@@ -367,7 +399,39 @@ def run(plan: Plan, only: set[str] | None = None) -> str:
     content = "\n".join(header + body).rstrip() + "\n"
     plan.output.write_text(content)
     print(f"\nwrote {plan.output} in {total / 60:.1f} min", flush=True)
+    if plan.output.resolve() == RESULTS_PATH.resolve() and not only:
+        write_readme_summary(plan)
     return content
+
+
+def write_readme_summary(plan: Plan) -> None:
+    """Fill the README's generated summary paragraph (between its markers) from this run."""
+    machine = machine_description()
+    gpu = read_block(gpu_check.BLOCK, plan.output) or ""
+    cifar_rows = cifar10_resnet18.read_rows(plan.output)
+    sentences = [plan.facts[k] for k in ("step", "throughput", "parity") if k in plan.facts]
+    last = (
+        f"{len(cifar_rows)} CIFAR-10 / ResNet-18 run(s) are recorded"
+        if cifar_rows
+        else "The CIFAR-10 / ResNet-18 script is ready but was only checked on a tiny fixture "
+        "here (no data, no GPU)"
+    )
+    merged = gpu and "Not run yet" not in gpu
+    last += (
+        "; the GPU check is merged."
+        if merged
+        else "; the GPU check script is ready and has not run yet."
+    )
+    summary = (
+        f"Measured {machine['date (UTC)']} UTC on {machine['CPU']}: "
+        + " ".join([*sentences, last])
+        + " Missed targets are listed, with their reasons, in RESULTS.md."
+    )
+    if README_PATH.exists() and read_block("bench-summary", README_PATH) is not None:
+        from .report import write_block
+
+        write_block("bench-summary", summary, README_PATH)
+        print("updated the summary in README.md", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
