@@ -195,6 +195,13 @@ def test_accuracies(result: dict[str, Any]) -> dict[str, list[float]]:
     return accuracies
 
 
+def standard_error_of_difference(a: list[float], b: list[float]) -> float:
+    """Standard error of mean(a) - mean(b) (Welch): sqrt(var_a / n_a + var_b / n_b)."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+
+
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     """Two-sided Welch t-test of mean(a) - mean(b): (t, p); NaN when a test is undefined."""
     from scipy import stats
@@ -322,10 +329,17 @@ def to_markdown(
             rows.append((arm, mean_std(values, 100), "—", "—", "—"))
             continue
         diff = 100 * (statistics.fmean(values) - statistics.fmean(baseline))
+        error = 100 * standard_error_of_difference(values, baseline)
         t, p = welch(values, baseline)
         verdict = "met" if abs(diff) <= 0.3 else "**missed**"
         rows.append(
-            (arm, mean_std(values, 100), f"{diff:+.2f}", f"t = {t:.2f}, p = {p:.3f}", verdict)
+            (
+                arm,
+                mean_std(values, 100),
+                f"{diff:+.2f} ± {error:.2f}",
+                f"t = {t:.2f}, p = {p:.3f}",
+                verdict,
+            )
         )
     per_seed = [
         (arm, ", ".join(f"{100 * v:.2f}" for v in values))
@@ -355,7 +369,7 @@ def to_markdown(
             [
                 "arm",
                 "test acc % (mean ± std)",
-                "Δ vs SGDM (points)",
+                "Δ vs SGDM (points ± SE)",
                 "Welch two-sided",
                 "target |Δ| ≤ 0.3",
             ],
@@ -364,6 +378,14 @@ def to_markdown(
         "",
         markdown_table(["arm", "test acc % per seed"], per_seed),
     ]
+    missed = [r for r in rows if "missed" in r[-1]]
+    if missed:
+        lines += [
+            "",
+            "A miss of the 0.3-point target is not evidence of a difference unless the test says "
+            "so: with this many seeds the standard error (SE) of the difference in means is shown "
+            "beside it, and the Welch p-value tests Δ = 0.",
+        ]
     if curves_png:
         lines += ["", f"![training curves]({curves_png})"]
     return "\n".join(lines)

