@@ -58,3 +58,4 @@ part report 20
 
 log "done; files in $OUT:"
 ls -la "$OUT"
+sleep 1  # let tee flush the log into $OUT before the call returns
