@@ -116,8 +116,10 @@ def _run_workers(label: str, sweep: Path, workers: int) -> SweepTiming:
 def measure(quick: bool) -> dict[str, Any]:
     """Run both parts; the sizes are the demo's (full) or a few trials (quick)."""
     WORK_DIR.mkdir(parents=True, exist_ok=True)
-    n_scale, epochs_scale = (4, 4) if quick else (12, 15)
-    n_prune, epochs_prune = (12, 6) if quick else (40, 15)  # full: the demo's own size
+    demo = yaml.safe_load(DEMO.read_text())
+    demo_size = (demo["n_trials"], demo["overrides"]["trainer.max_epochs"])
+    n_scale, epochs_scale = (4, 4) if quick else (12, demo_size[1])
+    n_prune, epochs_prune = (12, 6) if quick else demo_size  # full: the demo itself
     scaling = _sweep_file(
         "scaling",
         study_name="scaling",
@@ -161,7 +163,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         f"{t.trials_per_hour:.0f} | {t.epochs} | {best(t)} |"
         for t in (one, two, pruned, unpruned)
     ]
-    cpus = os.cpu_count()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return "\n".join(
         [
             "## Sweep scaling (digits demo sweep)",
