@@ -58,7 +58,7 @@ PANEL_TAGS = {
 class ParityConfig:
     dataset: str = "fashion_mnist"
     width: int = 16
-    epochs: int = 5
+    epochs: int = 4
     limit_train_batches: int = 250  # 0: full epochs
     val_batches: int = 16
     batch_size: int = 128

@@ -239,6 +239,7 @@ def part_train_lightning() -> dict[str, Any]:
         repeats=3,
         accelerator="gpu",
         num_workers=8,
+        threads=0,
     )
     if DRY_RUN:
         config.accelerator, config.num_workers = "cpu", 0

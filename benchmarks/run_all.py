@@ -88,7 +88,7 @@ def make_plan(quick: bool, output: Path | None) -> Plan:
         quick=False,
         output=output or RESULTS_PATH,
         step_rounds=40,
-        throughput={"dataset": "fashion_mnist", "batches": 60, "repeats": 6},
+        throughput={"dataset": "fashion_mnist", "batches": 40, "repeats": 5},
         parity=FULL_PARITY,
         cifar_arms=["sgdm", "o2nc"],
         cifar_limit_train_batches=None,

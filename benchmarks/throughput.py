@@ -103,6 +103,7 @@ class ThroughputConfig:
     num_workers: int = 0
     with_average_and_monitor: bool = True
     seed: int = 0
+    threads: int = 1  # torch threads; 0 keeps torch's default (1 is robust on a shared 2-core box)
 
 
 def arms(config: ThroughputConfig) -> dict[str, tuple[type[O2NCModule], dict[str, Any]]]:
@@ -169,6 +170,8 @@ def fit_once(
 
 def run(config: ThroughputConfig) -> dict[str, Any]:
     """Interleaved repetitions of every arm; samples/s per run and paired ratios."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
     arm_table = arms(config)
     samples: dict[str, list[float]] = {name: [] for name in arm_table}
     order = list(arm_table)
@@ -223,7 +226,8 @@ def to_markdown(result: dict[str, Any], command: str | None = None) -> str:
     return "\n".join(
         [
             f"{model} on {config['dataset']}, batch {config['batch_size']}, "
-            f"{config['accelerator']}; each run times {config['batches']} training batches after "
+            f"{config['accelerator']} ({config.get('threads') or 'default'} torch thread(s)); "
+            f"each run times {config['batches']} training batches after "
             f"{config['warmup_batches']} warm-up batches; {config['repeats']} interleaved repetitions "
             "per arm (seed = repetition, equal across arms).",
             "",
