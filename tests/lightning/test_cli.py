@@ -69,12 +69,14 @@ def test_cifar_configs_follow_the_papers_recipe():
         assert config["trainer"]["max_epochs"] == 200
         assert config["data"]["init_args"]["batch_size"] == 128
         model = config["model"]
-        assert (model["backbone"], model["lr"], model["beta"], model["weight_decay"]) == (
+        assert (model["backbone"], model["beta"], model["weight_decay"]) == (
             "resnet18_cifar",
-            0.1,
             0.9,
             5e-4,
         )
+        zeta = model["beta"] / (1 + model["lr"] * model["mu"])
+        # torch SGD(lr=zeta*eta, momentum=zeta) must be the paper's SGD(lr=0.1, momentum=0.9)
+        assert (zeta * model["lr"], zeta) == (pytest.approx(0.1), pytest.approx(0.9))
         assert model["schedules"]["lr"]["shape"] == "cosine"
 
 
