@@ -196,9 +196,11 @@ def open_storage(url: str, spec: StorageSpec | None = None) -> RDBStorage:
                         grace_period=spec.grace_period,
                         **{keyword: retry},
                     )
-                except sqlalchemy.exc.OperationalError as error:
-                    # Workers started together race to create the tables: the loser retries.
-                    if attempt == 2 or "already exists" not in str(error.orig):
+                except sqlalchemy.exc.SQLAlchemyError as error:
+                    # Workers started together race to create the tables and the schema version
+                    # row: the loser finds them there on its next attempt.
+                    text = str(getattr(error, "orig", None) or error)
+                    if attempt == 2 or not ("already exists" in text or "UNIQUE" in text.upper()):
                         raise
                     time.sleep(0.5 * (attempt + 1))
             raise AssertionError("unreachable")
