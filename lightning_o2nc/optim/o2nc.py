@@ -22,8 +22,14 @@ Monitoring (all on the device, read only when asked, see :meth:`ExponentiatedO2N
   ``(1 - zeta) / (eta * zeta * (1 - zeta^n)) * (-Delta)``. No extra buffer is needed.
 - With ``average=True``, x_bar is the bias-corrected beta-EMA of the iterates and V their weighted
   spread around it, updated Welford-style with the newest iterate's weight ``a_n = 1 / A_n``,
-  ``A_n = beta_n A_{n-1} + 1``:  ``d = x_n - x_bar``, ``V <- (1 - a_n)(V + a_n ||d||^2)``,
+  ``A_n = beta_n A_{n-1} + 1``:  ``d = x_n - x_bar_{n-1}``, ``V <- (1 - a_n)(V + a_n ||d||^2)``,
   ``x_bar <- x_bar + a_n d``. The (c, eps)-stationarity certificate is ``||m_hat|| + c V``.
+
+  x_bar is stored as its deviation from the weights, ``x - x_bar = k * u``: one buffer u per
+  parameter and one scalar k per group. Since ``d_n = (x_{n-1} - x_bar_{n-1}) + s_n Delta_n``, one
+  in-place pass ``u <- u + (s_n / k) Delta_n`` makes ``k u = d_n``, a norm gives ``||d_n||``, and
+  ``x_n - x_bar_n = (1 - a_n) d_n`` only rescales k. No temporary, and 4 memory passes instead of 7.
+  u is rescaled (``u <- k u``, ``k <- 1``) when k falls below 2^-10, i.e. rarely.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from .scaling import RandomScaling
 __all__ = ["ExponentiatedO2NC", "validate_hyperparameters"]
 
 _STATE_KEY = "o2nc"
+_RESCALE_BELOW = 2.0**-10  # rescale the stored iterate deviation before its factor k gets tiny
 
 
 def validate_hyperparameters(
@@ -88,7 +95,8 @@ class ExponentiatedO2NC(Optimizer):
         seed: seed of the scalar's own generator. ``None`` agrees on a seed across DDP ranks (rank 0's
             ``torch.initial_seed()``), so every rank draws the same s.
         average: keep x_bar, the bias-corrected beta-EMA of the iterates (one extra buffer per
-            parameter), the iterate variance V and the certificate; enables :meth:`eval`/:meth:`train`.
+            parameter), the iterate variance V and the certificate; enables :meth:`eval`/:meth:`train`
+            and :meth:`averaged_iterate`.
         skip_nonfinite: a step whose gradients hold NaN/inf leaves weights, buffers and x_bar
             untouched and is counted in :attr:`skipped_steps`, without a host sync. Uses the
             single-tensor path with masked updates.
@@ -199,9 +207,10 @@ class ExponentiatedO2NC(Optimizer):
 
     # ----------------------------------------------------------------- train / eval (x_bar swap)
     def eval(self) -> None:
-        """Swap the weights to the averaged iterate x_bar (the theory's certified output).
+        """Put the averaged iterate x_bar (the theory's certified output) into the weights.
 
-        The training weights are kept in x_bar's buffer; :meth:`train` swaps them back exactly.
+        The training weights are kept in the optimizer state (``state[p]["training_weights"]``,
+        so a checkpoint taken in eval mode is complete) until :meth:`train` restores them exactly.
         """
         if not self.average:
             raise RuntimeError(
@@ -220,13 +229,37 @@ class ExponentiatedO2NC(Optimizer):
 
     @torch.no_grad()
     def _swap_weights_and_averages(self) -> None:
+        """eval: stash x in the state, write x_bar = x - k u; train: restore x bit for bit."""
         for group in self.param_groups:
             for p in group["params"]:
-                averaged = self.state[p].get("averaged_iterate")
-                if averaged is not None:
-                    weights = p.detach().clone()
-                    p.copy_(averaged)
-                    averaged.copy_(weights)
+                state = self.state[p]
+                if "iterate_deviation" not in state:
+                    continue
+                if self.training:
+                    state["training_weights"] = p.detach().clone()
+                    p.sub_(state["iterate_deviation"], alpha=group["deviation_scale"])
+                else:
+                    p.copy_(state.pop("training_weights"))
+
+    @torch.no_grad()
+    def averaged_iterate(self) -> list[Tensor]:
+        """x_bar for every parameter of every group, in order, as new tensors.
+
+        Parameters that have not been stepped yet are their own average.
+        """
+        averages = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if not self.training or "iterate_deviation" not in state:
+                    averages.append(p.detach().clone())
+                else:
+                    averages.append(
+                        p.detach()
+                        .clone()
+                        .sub_(state["iterate_deviation"], alpha=group["deviation_scale"])
+                    )
+        return averages
 
     # ----------------------------------------------------------------- the step
     @torch.no_grad()
@@ -267,8 +300,10 @@ class ExponentiatedO2NC(Optimizer):
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if self.average and "averaged_iterate" not in state:
-                state["averaged_iterate"] = p.detach().clone()
+            if self.average and "iterate_deviation" not in state:
+                state["iterate_deviation"] = torch.zeros_like(
+                    p, memory_format=torch.preserve_format
+                )
             params.append(p)
             grads.append(p.grad)
             updates.append(state["momentum_buffer"])
@@ -295,24 +330,43 @@ class ExponentiatedO2NC(Optimizer):
             all_finite, zeta * (group["update_weight_sum"] + eta), group["update_weight_sum"]
         )
         if self.average:
-            self._update_average(group, params, beta, all_finite)
+            self._update_average(group, params, updates, beta, scale, all_finite)
 
     def _update_average(
-        self, group: dict[str, Any], params: list[Tensor], beta: float, all_finite: Tensor | None
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        updates: list[Tensor],
+        beta: float,
+        scale: float,
+        all_finite: Tensor | None,
     ) -> None:
-        averages = [self.state[p]["averaged_iterate"] for p in params]
+        """x_bar and V after the move x_n = x_{n-1} + s Delta_n (see the module docstring)."""
+        deviations = [self.state[p]["iterate_deviation"] for p in params]
         weight_sum = beta * group["average_weight_sum"] + 1.0
         newest_weight = 1.0 / weight_sum  # a_n
-        deviations = torch._foreach_sub(params, averages)  # d = x_n - x_bar_{n-1}
-        squared_distance = _sum_of_squares(deviations)
+        k = group["deviation_scale"]
+        if all_finite is None:
+            for u_list, delta_list in _by_device_and_dtype(deviations, updates).values():
+                torch._foreach_add_(u_list, delta_list, alpha=scale / k)  # k u = d_n
+            squared_distance = k * k * _sum_of_squares(deviations)
+            k = (1.0 - newest_weight) * k  # x_n - x_bar_n = (1 - a_n) d_n
+            if k < _RESCALE_BELOW:
+                for (u_list,) in _by_device_and_dtype(deviations).values():
+                    torch._foreach_mul_(u_list, k)
+                k = 1.0
+            group["deviation_scale"] = k
+        else:  # decided on the device: k stays 1 and a skipped step multiplies by exactly 0 and 1
+            move = _where(all_finite, scale, 0.0)
+            for u_list, delta_list in _by_device_and_dtype(deviations, updates).values():
+                torch._foreach_add_(u_list, torch._foreach_mul(delta_list, move))
+            squared_distance = _sum_of_squares(deviations)
+            keep = _where(all_finite, 1.0 - newest_weight, 1.0)
+            for (u_list,) in _by_device_and_dtype(deviations).values():
+                torch._foreach_mul_(u_list, keep)
         variance = (1.0 - newest_weight) * (
             group["iterate_variance"] + newest_weight * squared_distance
         )
-        if all_finite is None:
-            torch._foreach_add_(averages, deviations, alpha=newest_weight)
-        else:
-            torch._foreach_mul_(deviations, _where(all_finite, newest_weight, 0.0))
-            torch._foreach_add_(averages, deviations)
         group["average_weight_sum"] = _where(all_finite, weight_sum, group["average_weight_sum"])
         group["iterate_variance"] = _where(all_finite, variance, group["iterate_variance"])
 
@@ -493,8 +547,10 @@ def _init_group_scalars(group: dict[str, Any]) -> None:
     """Per-group running sums kept in the group, so they travel with ``state_dict()``.
 
     ``update_weight_sum`` is W (for ``m_hat = -Delta / W``), ``average_weight_sum`` is A (for x_bar's
-    newest weight 1/A) and ``iterate_variance`` is this group's V.
+    newest weight 1/A), ``deviation_scale`` is k (``x - x_bar = k u``) and ``iterate_variance`` is
+    this group's V.
     """
     group.setdefault("update_weight_sum", 0.0)
     group.setdefault("average_weight_sum", 0.0)
+    group.setdefault("deviation_scale", 1.0)
     group.setdefault("iterate_variance", 0.0)

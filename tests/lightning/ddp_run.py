@@ -23,11 +23,7 @@ class DumpRankState(Callback):
         optimizer = trainer.optimizers[0]
         state = {
             "weights": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
-            "x_bar": [
-                optimizer.state[p]["averaged_iterate"].cpu()
-                for g in optimizer.param_groups
-                for p in g["params"]
-            ],
+            "x_bar": [x_bar.cpu() for x_bar in optimizer.averaged_iterate()],
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "world_size": trainer.world_size,
             "last_scale": optimizer.last_scale,

@@ -89,8 +89,8 @@ def test_checkpoints_hold_training_weights_and_x_bar_and_test_from_a_checkpoint_
     live = trainer.optimizers[0]
     for index, param in enumerate(p for g in live.param_groups for p in g["params"]):
         assert torch.equal(
-            optimizer_state["state"][index]["averaged_iterate"],
-            live.state[param]["averaged_iterate"],
+            optimizer_state["state"][index]["iterate_deviation"],
+            live.state[param]["iterate_deviation"],
         )
 
     live.eval()

@@ -289,7 +289,7 @@ def test_eval_swaps_in_the_averaged_iterate_and_train_restores_weights_bit_for_b
     opt = ExponentiatedO2NC(model.parameters(), lr=0.1, average=True, seed=0)
     train_steps(model, opt, 10)
     weights = [p.detach().clone() for p in model.parameters()]
-    averages = [opt.state[p]["averaged_iterate"].clone() for p in model.parameters()]
+    averages = opt.averaged_iterate()
     assert not all(torch.equal(w, a) for w, a in zip(weights, averages))
     opt.eval()
     assert not opt.training
@@ -332,7 +332,7 @@ def test_the_train_eval_mode_is_saved_in_the_state_dict():
 def test_exactly_one_state_buffer_per_parameter_without_averaging_and_two_with():
     for average, expected in (
         (False, {"momentum_buffer"}),
-        (True, {"momentum_buffer", "averaged_iterate"}),
+        (True, {"momentum_buffer", "iterate_deviation"}),
     ):
         model = tiny_model()
         opt = ExponentiatedO2NC(model.parameters(), lr=0.1, average=average)
