@@ -55,6 +55,8 @@ class Plan:
     targets: list[tuple[str, str, str, str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     facts: dict[str, str] = field(default_factory=dict)
+    reuse: bool = False  # re-render from the last run's saved raw results where they exist
+    reused: set[str] = field(default_factory=set)
 
     @property
     def figure_dir(self) -> Path:
@@ -109,8 +111,10 @@ def _relative(path: Path, plan: Plan) -> str:
 def section_step_overhead(plan: Plan) -> str:
     from . import step_overhead
 
-    result = step_overhead.run("cpu", rounds=plan.step_rounds)
-    _save(plan, "step_overhead", result)
+    result = _load(plan, "step_overhead")
+    if result is None:
+        result = step_overhead.run("cpu", rounds=plan.step_rounds)
+        _save(plan, "step_overhead", result)
     for target, measured, verdict, _ in step_overhead.targets(result):
         plan.targets.append(("step overhead (CPU)", target, measured, verdict))
     rows = {row["arm"]: row for row in result["rows"]}
@@ -138,8 +142,10 @@ def section_throughput(plan: Plan) -> str:
     from . import throughput
 
     config = throughput.ThroughputConfig(**plan.throughput)
-    result = throughput.run(config)
-    _save(plan, "throughput", result)
+    result = _load(plan, "throughput")
+    if result is None:
+        result = throughput.run(config)
+        _save(plan, "throughput", result)
     import statistics
 
     ratio_text = []
@@ -170,8 +176,10 @@ def _parity_section(plan: Plan, overrides: dict[str, Any], note: str = "") -> tu
     from . import accuracy_parity as parity
 
     config = parity.ParityConfig(**overrides)
-    result = parity.run(config)
-    _save(plan, f"parity_{config.dataset}", result)
+    result = _load(plan, f"parity_{config.dataset}")
+    if result is None:
+        result = parity.run(config)
+        _save(plan, f"parity_{config.dataset}", result)
     png = plan.figure_dir / f"parity_{config.dataset}.png"
     parity.plot_curves(result, png)
     accuracies = parity.test_accuracies(result)
@@ -251,10 +259,18 @@ def section_sweep(plan: Plan) -> str:
         from . import sweep_scaling
     except ImportError as error:
         return f"Not available: `benchmarks/sweep_scaling.py` could not be imported ({error})."
-    return sweep_scaling.run(plan.quick)
+    saved = _load(plan, "sweep")
+    if saved is not None:
+        return saved["markdown"]
+    text = sweep_scaling.run(plan.quick)
+    _save(plan, "sweep", {"markdown": text})
+    return text
 
 
 def section_cifar(plan: Plan) -> str:
+    saved = _load(plan, "cifar_fixture")
+    if saved is not None:
+        return _cifar_text(plan, saved["rows"], saved["seconds"], saved["args"])
     check_file = work_dir() / "cifar10_fixture_check.md"
     check_file.unlink(missing_ok=True)
     args = [
@@ -271,6 +287,11 @@ def section_cifar(plan: Plan) -> str:
     started = time.perf_counter()
     rows = cifar10_resnet18.main(args)
     seconds = time.perf_counter() - started
+    _save(plan, "cifar_fixture", {"rows": rows, "seconds": seconds, "args": args})
+    return _cifar_text(plan, rows, seconds, args)
+
+
+def _cifar_text(plan: Plan, rows: list[dict], seconds: float, args: list[str]) -> str:
     arms = ", ".join(cifar10_resnet18.ARM_LABELS[r["arm"]] for r in rows)
     rows_block = read_block(cifar10_resnet18.BLOCK, plan.output)
     kept = rows_block if rows_block is not None else cifar10_resnet18.block_markdown([])
@@ -314,10 +335,24 @@ def section_gpu(plan: Plan) -> str:
 
 
 # ----------------------------------------------------------------------------- driver
+def _results_dir(plan: Plan) -> Path:
+    return work_dir() / ("results-quick" if plan.quick else "results")
+
+
 def _save(plan: Plan, name: str, result: dict[str, Any]) -> None:
-    folder = work_dir() / ("results-quick" if plan.quick else "results")
+    folder = _results_dir(plan)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(result, default=str))
+
+
+def _load(plan: Plan, name: str) -> dict[str, Any] | None:
+    """The saved raw result ``name`` when re-rendering (``--reuse``) and it exists, else None."""
+    path = _results_dir(plan) / f"{name}.json"
+    if not plan.reuse or not path.exists():
+        return None
+    plan.reused.add(name)
+    print(f"reusing {path}", flush=True)
+    return json.loads(path.read_text())
 
 
 def _guarded(plan: Plan, name: str, build: Callable[[], Any]) -> Any:
@@ -335,14 +370,18 @@ def _guarded(plan: Plan, name: str, build: Callable[[], Any]) -> Any:
 
 def run(plan: Plan, only: set[str] | None = None) -> str:
     started = time.perf_counter()
-    machine = machine_description()
+    saved_run = _load(plan, "run")
+    machine = saved_run["machine"] if saved_run else machine_description()
     plan.output.parent.mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, str, float | None]] = []
 
     def add(key: str, title: str, build: Callable[[], Any]) -> Any:
         if only and key not in only:
             return None
+        reused_before = set(plan.reused)
         value, seconds = _guarded(plan, title, build)
+        if plan.reused - reused_before and saved_run and title in saved_run["seconds"]:
+            seconds = saved_run["seconds"][title]  # the measuring run's time, not the re-render's
         extra = None
         if isinstance(value, tuple):
             value, extra = value
@@ -366,15 +405,29 @@ def run(plan: Plan, only: set[str] | None = None) -> str:
     add("gpu", "7. GPU check (H200)", lambda: section_gpu(plan))
 
     total = time.perf_counter() - started
+    if saved_run:
+        total = saved_run["total"]
+    else:
+        _save(
+            plan,
+            "run",
+            {"machine": machine, "total": total, "seconds": {t: s for t, _, s in sections}},
+        )
     mode = "--quick" if plan.quick else "(full)"
     command = "make bench-quick" if plan.quick else "make bench"
+    rerendered = (
+        f" This file was re-rendered (`--reuse`) from that run's saved raw results "
+        f"({', '.join(sorted(plan.reused - {'run'}))})."
+        if plan.reused - {"run"}
+        else ""
+    )
     header = [
         "# Benchmark results" + (" (quick smoke run)" if plan.quick else ""),
         "",
-        f"Written by `{command}` (`python -m benchmarks.run_all {mode}`) in "
+        f"Measured by `{command}` (`python -m benchmarks.run_all {mode}`) in "
         f"{total / 60:.1f} minutes; every number and figure below comes from the scripts in "
         "`benchmarks/` (each table names its command). Rerun the whole file with "
-        f"`{command}`.",
+        f"`{command}`.{rerendered}",
         "",
         "## Machine",
         "",
@@ -400,13 +453,12 @@ def run(plan: Plan, only: set[str] | None = None) -> str:
     plan.output.write_text(content)
     print(f"\nwrote {plan.output} in {total / 60:.1f} min", flush=True)
     if plan.output.resolve() == RESULTS_PATH.resolve() and not only:
-        write_readme_summary(plan)
+        write_readme_summary(plan, machine)
     return content
 
 
-def write_readme_summary(plan: Plan) -> None:
+def write_readme_summary(plan: Plan, machine: dict[str, str]) -> None:
     """Fill the README's generated summary paragraph (between its markers) from this run."""
-    machine = machine_description()
     gpu = read_block(gpu_check.BLOCK, plan.output) or ""
     cifar_rows = cifar10_resnet18.read_rows(plan.output)
     sentences = [plan.facts[k] for k in ("step", "throughput", "parity") if k in plan.facts]
@@ -439,12 +491,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a few-minute smoke version")
     parser.add_argument("--output", type=Path, help="the markdown file to write")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="re-render from the last run's raw results (benchmarks/_work/results) where they "
+        "exist, running only what is missing",
+    )
+    parser.add_argument(
         "--only",
         help="comma-separated sections: step, throughput, parity, sweep, cifar, gpu "
         "(stationarity comes with parity)",
     )
     args = parser.parse_args(argv)
     plan = make_plan(args.quick, args.output)
+    plan.reuse = args.reuse
     only = set(args.only.split(",")) if args.only else None
     print(
         f"benchmarks.run_all: {'quick' if plan.quick else 'full'} mode -> {plan.output} "

@@ -61,6 +61,14 @@ def test_quick_pipeline_writes_every_section_its_targets_and_modest_pngs(tmp_pat
         assert png.stat().st_size < 300_000
         assert f"]({name})" in text
     assert "Command: `python -m benchmarks." in text
+
+    # --reuse re-renders from the saved raw results: the same measured rows, nothing rerun
+    again = tiny_plan(output)
+    again.reuse = True
+    rerendered = run_all.run(again, only={"step", "throughput", "parity", "gpu"})
+    measured_rows = [line for line in text.splitlines() if line.startswith("| O2NC")]
+    assert measured_rows and all(line in rerendered for line in measured_rows)
+    assert "re-rendered (`--reuse`)" in rerendered
     assert "Not run yet" in read_block(gpu_check.BLOCK, output)
 
 
