@@ -17,6 +17,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -345,6 +346,14 @@ def _save(plan: Plan, name: str, result: dict[str, Any]) -> None:
     (folder / f"{name}.json").write_text(json.dumps(result, default=str))
 
 
+# Sections whose finished text is kept by --reuse when their raw result was not saved.
+KEEP_WHEN_REUSING = {"sweep": "sweep", "cifar": "cifar_fixture"}
+
+
+def _saved_exists(plan: Plan, name: str) -> bool:
+    return (_results_dir(plan) / f"{name}.json").exists()
+
+
 def _load(plan: Plan, name: str) -> dict[str, Any] | None:
     """The saved raw result ``name`` when re-rendering (``--reuse``) and it exists, else None."""
     path = _results_dir(plan) / f"{name}.json"
@@ -368,9 +377,42 @@ def _guarded(plan: Plan, name: str, build: Callable[[], Any]) -> Any:
         return f"**FAILED**: `{type(error).__name__}: {error}` (see the run's log).", None
 
 
+def previous_run(path: Path) -> dict[str, Any] | None:
+    """Machine, total minutes and sections (text, seconds) of a RESULTS.md written by :func:`run`.
+
+    Lets ``--reuse`` re-render a file whose run saved no ``run.json`` (or keep the text of a
+    section whose raw result was not saved, such as the sweep's).
+    """
+    if not path.exists():
+        return None
+    text = path.read_text()
+    total = re.search(r"in ([0-9.]+) minutes", text)
+    machine_part = text.split("## Machine", 1)[-1].split("\n## ", 1)[0]
+    machine = dict(re.findall(r"^- \*\*(.+?)\*\*: (.*)$", machine_part, re.M))
+    sections: dict[str, tuple[str, float | None]] = {}
+    for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
+        title, _, body = chunk.partition("\n")
+        timing = re.match(r"\s*_Section wall time(?: \(([0-9.]+) min\))?[^\n]*_\n", body)
+        if timing:
+            body = body[timing.end() :]
+            minutes = timing.group(1)
+            sections[title.strip()] = (body.strip("\n"), float(minutes) * 60 if minutes else None)
+    if not machine or total is None:
+        return None
+    return {"machine": machine, "total": float(total.group(1)) * 60, "sections": sections}
+
+
 def run(plan: Plan, only: set[str] | None = None) -> str:
     started = time.perf_counter()
     saved_run = _load(plan, "run")
+    previous = previous_run(plan.output) if plan.reuse else None
+    if saved_run is None and previous is not None:
+        saved_run = {
+            "machine": previous["machine"],
+            "total": previous["total"],
+            "seconds": {t: sec for t, (_, sec) in previous["sections"].items()},
+        }
+        plan.reused.add("run")
     machine = saved_run["machine"] if saved_run else machine_description()
     plan.output.parent.mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, str, float | None]] = []
@@ -379,6 +421,11 @@ def run(plan: Plan, only: set[str] | None = None) -> str:
         if only and key not in only:
             return None
         reused_before = set(plan.reused)
+        kept = previous["sections"].get(title) if previous else None
+        if kept and key in KEEP_WHEN_REUSING and not _saved_exists(plan, KEEP_WHEN_REUSING[key]):
+            plan.reused.add(f"{key} (text)")
+            sections.append((title, kept[0], kept[1]))
+            return None
         value, seconds = _guarded(plan, title, build)
         if plan.reused - reused_before and saved_run and title in saved_run["seconds"]:
             seconds = saved_run["seconds"][title]  # the measuring run's time, not the re-render's
