@@ -290,8 +290,10 @@ def report_markdown(out: Path) -> str:
                 )
             )
         lines += [
-            'Each option steps 4 times under `torch.cuda.set_sync_debug_mode("error")`; "ok" means '
-            "no synchronizing CUDA call happened.",
+            'Each option steps 4 times under `torch.cuda.set_sync_debug_mode("error")` after one '
+            "unchecked step that allocates the state (a NaN gradient in the third step with "
+            "`skip_nonfinite`); a fresh optimizer's very first step is checked too and reported "
+            'only when it syncs. "ok" means no synchronizing CUDA call happened.',
             "",
             "Command: `python -m benchmarks.gpu_check sync --out DIR`",
             "",

@@ -166,7 +166,9 @@ def profile_step(arm: Arm, device: torch.device, steps: int = 5, top: int = 8) -
 def check_no_host_sync(device: torch.device) -> dict[str, str]:
     """Run each option of the O2NC step under ``set_sync_debug_mode("error")`` (CUDA only).
 
-    Returns ``{option: "ok" | "<error>"}``; the statistics are computed (not read) inside the check.
+    Returns ``{option: "ok" | "<error> [file:line]"}`` for the steady state, with the result of a
+    fresh optimizer's first step appended when that one syncs; the statistics are computed (not
+    read) inside the check.
     """
     options: dict[str, dict[str, Any]] = {
         "defaults": {},
@@ -184,39 +186,53 @@ def check_no_host_sync(device: torch.device) -> dict[str, str]:
     }
     results: dict[str, str] = {}
     for name, kwargs in options.items():
-        params = [torch.randn(64, 32, device=device), torch.randn(32, device=device)]
-        for p in params:
-            p.requires_grad_()
-            p.grad = torch.randn_like(p)
         kwargs = {"seed": 0, **kwargs}
-        optimizer = ExponentiatedO2NC(params, lr=0.1, beta=0.9, **kwargs)
-        torch.cuda.synchronize(device)
-        try:
-            torch.cuda.set_sync_debug_mode("error")
-            for step in range(4):
-                if kwargs.get("skip_nonfinite") and step == 2:
-                    torch.cuda.set_sync_debug_mode("default")  # the test's own write is not checked
-                    params[0].grad[0, 0] = float("nan")
-                    torch.cuda.set_sync_debug_mode("error")
-                optimizer.step()
-                if "statistics" in name:
-                    optimizer.statistics()
-            results[name] = "ok"
-        except Exception as error:
-            frames = traceback.extract_tb(error.__traceback__)
-            where = next(
-                (
-                    f"{f.filename.split('/')[-1]}:{f.lineno} {f.line}"
-                    for f in reversed(frames)
-                    if "lightning_o2nc" in f.filename
-                ),
-                "",
-            )
-            results[name] = f"{type(error).__name__}: {str(error).splitlines()[0]} [{where}]"
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        torch.cuda.synchronize(device)
+        # Steady state: the first step (which allocates the state) runs unchecked, then 4 checked
+        # steps (a NaN gradient in the third with skip_nonfinite). Then, separately, a fresh
+        # optimizer's very first step, checked.
+        steady = _checked_steps(device, name, kwargs, warmup=1, checked=4)
+        first = _checked_steps(device, name, kwargs, warmup=0, checked=1)
+        results[name] = steady if first == "ok" else f"{steady}; first step: {first}"
     return results
+
+
+def _checked_steps(
+    device: torch.device, name: str, kwargs: dict[str, Any], warmup: int, checked: int
+) -> str:
+    """Step an O2NC optimizer ``warmup`` times, then ``checked`` times in sync-debug "error" mode."""
+    params = [torch.randn(64, 32, device=device), torch.randn(32, device=device)]
+    for p in params:
+        p.requires_grad_()
+        p.grad = torch.randn_like(p)
+    optimizer = ExponentiatedO2NC(params, lr=0.1, beta=0.9, **kwargs)
+    for _ in range(warmup):
+        optimizer.step()
+    torch.cuda.synchronize(device)
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        for step in range(checked):
+            if kwargs.get("skip_nonfinite") and step == 2:
+                torch.cuda.set_sync_debug_mode("default")  # the check's own write is not checked
+                params[0].grad[0, 0] = float("nan")
+                torch.cuda.set_sync_debug_mode("error")
+            optimizer.step()
+            if "statistics" in name:
+                optimizer.statistics()
+        return "ok"
+    except Exception as error:
+        frames = traceback.extract_tb(error.__traceback__)
+        where = next(
+            (
+                f"{f.filename.split('/')[-1]}:{f.lineno} `{f.line}`"
+                for f in reversed(frames)
+                if "lightning_o2nc" in f.filename
+            ),
+            "",
+        )
+        return f"{type(error).__name__}: {str(error).splitlines()[0]} [{where}]"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize(device)
 
 
 def run(
