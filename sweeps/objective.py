@@ -22,13 +22,15 @@ from optuna_integration import PyTorchLightningPruningCallback
 from typing_extensions import override
 
 from .callbacks import EpochReporter, NonFiniteLossGuard
-from .config import SweepConfig
+from .config import SweepConfig, SweepConfigError
 from .paths import get_path
 from .progress import SweepProgress
 from .study import FAIL_REASON
 
 __all__ = ["NonFiniteObjective", "SweepObjective", "SweepTensorBoardLogger", "trial_run_dir"]
 
+#: Strategies whose launcher re-runs the command and have no spawn-based twin.
+_RELAUNCHING = ("fsdp", "deepspeed")
 _SPAWN_EQUIVALENT = {
     "ddp": "ddp_spawn",
     "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
@@ -101,7 +103,7 @@ def spawn_strategy(trainer_config: Mapping[str, Any]) -> str | None:
         return None
     if strategy in _SPAWN_EQUIVALENT:
         return _SPAWN_EQUIVALENT[strategy]
-    if strategy != "auto":
+    if strategy != "auto" and not strategy.startswith(_RELAUNCHING):
         return None
     devices = trainer_config.get("devices", "auto")
     nodes = trainer_config.get("num_nodes", 1)
@@ -116,7 +118,15 @@ def spawn_strategy(trainer_config: Mapping[str, Any]) -> str | None:
         count = int(devices)
     else:
         count = 1
-    return "ddp_spawn" if count * (nodes if isinstance(nodes, int) else 1) > 1 else None
+    if count * (nodes if isinstance(nodes, int) else 1) <= 1:
+        return None
+    if strategy != "auto":
+        raise SweepConfigError(
+            f"trainer.strategy: {strategy!r} relaunches the script for its ranks, which works "
+            "once per process, but a sweep worker fits one Trainer per trial; use `ddp` (run as "
+            "ddp_spawn) for multi-device trials, or one device per trial and several workers"
+        )
+    return "ddp_spawn"
 
 
 class SweepObjective:

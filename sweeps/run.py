@@ -13,7 +13,7 @@ import optuna
 from rich.console import Console
 
 from .config import SweepConfig
-from .objective import NonFiniteObjective, SweepObjective
+from .objective import NonFiniteObjective, SweepObjective, spawn_strategy
 from .progress import SweepProgress
 from .report import Report, write_report
 from .storage import open_storage, redact, resolve_storage_url
@@ -84,6 +84,7 @@ def run_sweep(
         console: where the display and messages go.
         plots: draw the report's plots (the report itself is always written).
     """
+    spawn_strategy(sweep.trial_config({}).get("trainer") or {})  # refuse before any trial
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     url = resolve_storage_url(storage, logdir)

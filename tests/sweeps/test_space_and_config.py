@@ -277,6 +277,7 @@ def test_shipped_sweep_configs_are_valid():
 
 
 def test_multi_process_trials_are_run_with_the_spawn_launcher_and_single_ones_untouched():
+    # A relaunching strategy without a spawn twin is refused rather than left to hang.
     from sweeps.objective import spawn_strategy
 
     assert spawn_strategy({"strategy": "ddp", "devices": 2}) == "ddp_spawn"
@@ -287,4 +288,6 @@ def test_multi_process_trials_are_run_with_the_spawn_launcher_and_single_ones_un
     assert spawn_strategy({"devices": 1, "num_nodes": 2}) == "ddp_spawn"
     assert spawn_strategy({"accelerator": "cpu", "devices": 1}) is None
     assert spawn_strategy({"accelerator": "cpu", "devices": "auto"}) is None
-    assert spawn_strategy({"strategy": "fsdp", "devices": 4}) is None  # left as the user set it
+    assert spawn_strategy({"strategy": "fsdp", "devices": 1}) is None
+    with pytest.raises(SweepConfigError, match="trainer.strategy"):
+        spawn_strategy({"strategy": "fsdp", "devices": 4})
