@@ -64,6 +64,7 @@ class Plan:
         return self.output.parent
 
 
+DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "digits": "digits"}
 FULL_PARITY = {"dataset": "fashion_mnist"}
 QUICK_PARITY = {
     "dataset": "digits",
@@ -166,7 +167,7 @@ def section_throughput(plan: Plan) -> str:
                 )
             )
     plan.facts["throughput"] = (
-        f"A Lightning fit on {config.dataset} runs O2NC at "
+        f"A Lightning fit on {DATASET_NAMES.get(config.dataset, config.dataset)} runs O2NC at "
         + " and ".join(ratio_text)
         + f" in samples per second over {config.repeats} interleaved repetitions."
     )
@@ -204,7 +205,8 @@ def _parity_section(plan: Plan, overrides: dict[str, Any], note: str = "") -> tu
     diff = 100 * (statistics.fmean(exponential) - statistics.fmean(base))
     _, p_value = parity.welch(exponential, base)
     plan.facts["parity"] = (
-        f"On {config.dataset} (small CNN, {len(config.seeds)} seeds, equal epochs and (η, β)) "
+        f"On {DATASET_NAMES.get(config.dataset, config.dataset)} (small CNN, "
+        f"{len(config.seeds)} seeds, {config.epochs} short epochs, equal (η, β)) "
         f"O2NC reaches {mean_std(exponential, 100)}% test accuracy against SGDM's "
         f"{mean_std(base, 100)}% (Δ = {diff:+.2f} points, Welch p = {p_value:.2f}); the averaged "
         f"iterate x̄ gives {mean_std(accuracies[parity.AVERAGED_ARM], 100)}% and uniform scaling "
@@ -262,10 +264,15 @@ def section_sweep(plan: Plan) -> str:
         return f"Not available: `benchmarks/sweep_scaling.py` could not be imported ({error})."
     saved = _load(plan, "sweep")
     if saved is not None:
-        return saved["markdown"]
+        return _demote_headings(saved["markdown"])
     text = sweep_scaling.run(plan.quick)
     _save(plan, "sweep", {"markdown": text})
-    return text
+    return _demote_headings(text)
+
+
+def _demote_headings(text: str) -> str:
+    """Nest a section's own markdown headings one level under this file's ``##`` sections."""
+    return re.sub(r"^(#{2,5}) ", r"#\1 ", text, flags=re.M)
 
 
 def section_cifar(plan: Plan) -> str:
@@ -390,7 +397,8 @@ def previous_run(path: Path) -> dict[str, Any] | None:
     machine_part = text.split("## Machine", 1)[-1].split("\n## ", 1)[0]
     machine = dict(re.findall(r"^- \*\*(.+?)\*\*: (.*)$", machine_part, re.M))
     sections: dict[str, tuple[str, float | None]] = {}
-    for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
+    # split on this file's own headings only (a section's text may hold "## " headings of its own)
+    for chunk in re.split(r"^## (?=\d+\. |Machine$|Targets at a glance$)", text, flags=re.M)[1:]:
         title, _, body = chunk.partition("\n")
         timing = re.match(r"\s*_Section wall time(?: \(([0-9.]+) min\))?[^\n]*_\n", body)
         if timing:
@@ -424,7 +432,7 @@ def run(plan: Plan, only: set[str] | None = None) -> str:
         kept = previous["sections"].get(title) if previous else None
         if kept and key in KEEP_WHEN_REUSING and not _saved_exists(plan, KEEP_WHEN_REUSING[key]):
             plan.reused.add(f"{key} (text)")
-            sections.append((title, kept[0], kept[1]))
+            sections.append((title, _demote_headings(kept[0]), kept[1]))
             return None
         value, seconds = _guarded(plan, title, build)
         if plan.reused - reused_before and saved_run and title in saved_run["seconds"]:
@@ -460,7 +468,7 @@ def run(plan: Plan, only: set[str] | None = None) -> str:
             "run",
             {"machine": machine, "total": total, "seconds": {t: s for t, _, s in sections}},
         )
-    mode = "--quick" if plan.quick else "(full)"
+    mode = " --quick" if plan.quick else ""
     command = "make bench-quick" if plan.quick else "make bench"
     rerendered = (
         f" This file was re-rendered (`--reuse`) from that run's saved raw results "
@@ -471,7 +479,7 @@ def run(plan: Plan, only: set[str] | None = None) -> str:
     header = [
         "# Benchmark results" + (" (quick smoke run)" if plan.quick else ""),
         "",
-        f"Measured by `{command}` (`python -m benchmarks.run_all {mode}`) in "
+        f"Measured by `{command}` (`python -m benchmarks.run_all{mode}`) in "
         f"{total / 60:.1f} minutes; every number and figure below comes from the scripts in "
         "`benchmarks/` (each table names its command). Rerun the whole file with "
         f"`{command}`.{rerendered}",
