@@ -346,9 +346,66 @@ def report_markdown(out: Path) -> str:
     return "\n".join(lines)
 
 
+def facts(out: Path) -> dict[str, Any]:
+    """Targets and one summary sentence from the finished parts (for RESULTS.md and the README)."""
+    from .step_overhead import targets as step_targets
+
+    rows: list[tuple[str, str, str, str]] = []
+    words: list[str] = []
+    sync, step = _read(out, "sync"), _read(out, "step")
+    plain, fit = _read(out, "train_plain"), _read(out, "train_lightning")
+    env = _read(out, "env") or {}
+    if sync:
+        failed = [
+            k for k, v in sync["sync_check"].items() if v != "ok" and not v.startswith("skipped")
+        ]
+        if plain and plain["whole_step_sync_check"] not in ("ok", "skipped: needs CUDA"):
+            failed.append("whole training step")
+        rows.append(
+            (
+                "GPU",
+                "zero host syncs per step, every option",
+                "all ok" if not failed else "syncs: " + ", ".join(failed),
+                "met" if not failed else "**missed**",
+            )
+        )
+        words.append(
+            "no host sync in any option" if not failed else f"host syncs in {', '.join(failed)}"
+        )
+    if step:
+        for target, measured, verdict, _ in step_targets(step):
+            if "sync" not in target:
+                rows.append(("GPU step", target, measured, verdict))
+        default = next(r for r in step["rows"] if r["arm"].startswith("O2NC defaults"))
+        averaged = next(r for r in step["rows"] if "statistics" in r["arm"])
+        words.append(
+            f"a step at {default['ratio']:.2f}× the faster SGD path ({step['fastest_sgd']}) with the "
+            f"defaults and {averaged['ratio']:.2f}× with averaging and statistics"
+        )
+    for part, label, key in (
+        (plain, "ResNet-18 training, data on the GPU", "O2NC / SGDM (factory)"),
+        (fit, "ResNet-18 Lightning fit", "O2NC / SGDM (factory)"),
+    ):
+        if part and key in part["ratios"]:
+            median = statistics.median(part["ratios"][key])
+            rows.append(
+                (
+                    "GPU throughput",
+                    f"{label}: {key} ≥ 0.99",
+                    f"{median:.3f} (range {min(part['ratios'][key]):.3f}–{max(part['ratios'][key]):.3f})",
+                    "met" if median >= 0.99 else "**missed**",
+                )
+            )
+            words.append(f"{label} at {median:.3f}× SGDM")
+    gpu = env.get("gpu", {}).get("name", "the GPU")
+    sentence = f"On {gpu}: " + "; ".join(words) + "." if words else ""
+    return {"targets": rows, "sentence": sentence}
+
+
 def merge(out: Path, results: Path) -> None:
     """Write the GPU section into ``results`` (replacing an earlier one)."""
-    write_block(BLOCK, report_markdown(out), results, heading="## GPU check (H200)")
+    text = report_markdown(out) + f"\n\n<!-- gpu-facts: {json.dumps(facts(out))} -->"
+    write_block(BLOCK, text, results, heading="## GPU check (H200)")
     print(f"merged the GPU results of {out} into {results}")
 
 

@@ -7,6 +7,7 @@
 #     bash benchmarks/gpu_check.sh
 # Back here, with the folder the device returned:
 #     .venv/bin/python -m benchmarks.gpu_check merge FOLDER     # writes the GPU section of RESULTS.md
+#     .venv/bin/python -m benchmarks.run_all --reuse            # targets table + README summary, no rerun
 #
 # Parts (each a separate, time-limited process; a failure loses only that part's numbers):
 #   env (machine), sync (no host sync in any O2NC option), step (CUDA step time vs SGD foreach/fused),

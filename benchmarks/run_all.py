@@ -328,6 +328,12 @@ def _cifar_text(plan: Plan, rows: list[dict], seconds: float, args: list[str]) -
 
 def section_gpu(plan: Plan) -> str:
     kept = read_block(gpu_check.BLOCK, plan.output)
+    found = re.search(r"<!-- gpu-facts: (.*?) -->", kept or "", re.S)
+    if found:
+        gpu_facts = json.loads(found.group(1))
+        plan.targets += [tuple(row) for row in gpu_facts["targets"]]
+        if gpu_facts["sentence"]:
+            plan.facts["gpu"] = gpu_facts["sentence"]
     if kept is None:
         kept = (
             "**Not run yet.** `benchmarks/gpu_check.sh` is ready: one call on one GPU (about 8 "
@@ -337,7 +343,9 @@ def section_gpu(plan: Plan) -> str:
             "on Fashion-MNIST (plain loop with the data on the GPU, and a Lightning fit). Steps: "
             "`python -m benchmarks.gpu_check prepare` here; `bash benchmarks/gpu_check.sh` on the "
             "GPU machine (carry `benchmarks/_work/fashion-mnist-gz`); then "
-            "`python -m benchmarks.gpu_check merge OUT_FOLDER` writes this section."
+            "`python -m benchmarks.gpu_check merge OUT_FOLDER` writes this section and "
+            "`python -m benchmarks.run_all --reuse` adds its targets to the table at the top "
+            "(without rerunning the CPU benchmarks)."
         )
     return wrap_block(gpu_check.BLOCK, kept)
 
@@ -524,11 +532,14 @@ def write_readme_summary(plan: Plan, machine: dict[str, str]) -> None:
         "here (no data, no GPU)"
     )
     merged = gpu and "Not run yet" not in gpu
-    last += (
-        "; the GPU check is merged."
-        if merged
-        else "; the GPU check script is ready and has not run yet."
-    )
+    if "gpu" in plan.facts:
+        last += ". " + plan.facts["gpu"]
+    else:
+        last += (
+            "; the GPU check is merged (section 7)."
+            if merged
+            else "; the GPU check script is ready and has not run yet."
+        )
     summary = (
         f"Measured {machine['date (UTC)']} UTC on {machine['CPU']}: "
         + " ".join([*sentences, last])

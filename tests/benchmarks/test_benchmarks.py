@@ -5,6 +5,8 @@ No test asserts a time: timings depend on the machine and its load.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -135,3 +137,32 @@ def test_a_rerun_keeps_the_gpu_section_that_was_merged_into_the_file(tmp_path):
     assert "Part `step` did not finish" in merged  # an empty output folder says what is missing
     run_all.run(tiny_plan(output), only={"gpu"})
     assert read_block(gpu_check.BLOCK, output) == merged
+
+
+def test_merged_gpu_results_reach_the_targets_table_and_name_every_syncing_option(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    parts = {
+        "sync": {"sync_check": {"defaults": "ok", "skip_nonfinite=True": "RuntimeError: sync [x]"}},
+        "train_plain": {
+            "batch_size": 128,
+            "steps": 1,
+            "rounds": 2,
+            "samples_per_second": {"O2NC": [2.0, 2.0], "SGDM (factory)": [2.0, 2.1]},
+            "ratios": {"O2NC / SGDM (factory)": [1.0, 0.95]},
+            "whole_step_sync_check": "ok",
+        },
+    }
+    for name, part in parts.items():
+        (out / f"part_{name}.json").write_text(json.dumps(part))
+    output = tmp_path / "RESULTS.md"
+    gpu_check.merge(out, output)
+    plan = tiny_plan(output)
+    text = run_all.run(plan, only={"gpu"})
+    rows = {row[1]: row for row in plan.targets}
+    assert rows["zero host syncs per step, every option"][2:] == (
+        "syncs: skip_nonfinite=True",
+        "**missed**",
+    )
+    assert "Part `step` did not finish" in text
+    assert any("O2NC / SGDM (factory) ≥ 0.99" in target for target in rows)
