@@ -391,18 +391,26 @@ def explain_misses(result: dict[str, Any]) -> list[str]:
         elif name.startswith("average"):
             averaged = next(r for n, r in rows.items() if "statistics" in n)
             plain = next(r for n, r in rows.items() if n == "O2NC average=True")
+            top = ", ".join(
+                f"`{op}` {ms:.2f} ms ({calls}×)"
+                for op, calls, ms, _ in result.get("profile", [])[:4]
+            )
             notes.append(
-                f"- *Why averaging + statistics misses ({measured})*: the averaged iterate has to "
-                "read and write x̄ every step, so even a single fused kernel moves "
+                f"- *Why averaging + statistics misses ({measured})*: the averaged iterate keeps "
+                "one more parameter-sized buffer that must be read and written every step, so "
+                "even one fused kernel would move "
                 f"{MINIMAL_PASSES['o2nc_average']}/{MINIMAL_PASSES['sgd']} of SGD's bytes "
-                f"({MINIMAL_PASSES['o2nc_average'] / MINIMAL_PASSES['sgd']:.1f}×). The current "
-                "implementation does it with three separate multi-tensor operations "
-                "(`_foreach_sub` into a parameter-sized temporary d = x − x̄, `_foreach_norm` of d "
-                "for V, `_foreach_add_` of a·d into x̄: seven parameter-sized passes and an "
-                "allocation), and `statistics()` adds one more norm pass over Δ; on the CPU the "
-                "foreach operations are per-tensor loops without cache reuse between them. "
-                f"Averaging alone costs {plain['ratio']:.2f}×, and statistics bring it to "
-                f"{averaged['ratio']:.2f}× (profile below)."
+                f"({MINIMAL_PASSES['o2nc_average'] / MINIMAL_PASSES['sgd']:.1f}×); torch's "
+                "separate (multi-tensor) operations add passes of their own: the buffer update, "
+                "a norm of it for V, and `statistics()`' norm of Δ"
+                + (
+                    ", each a per-tensor loop on the CPU without cache reuse between them"
+                    if not result["device"].startswith("cuda")
+                    else ""
+                )
+                + f". Averaging alone costs {plain['ratio']:.2f}×, statistics bring it to "
+                f"{averaged['ratio']:.2f}×"
+                + (f"; per step the profile's top operators are {top}." if top else ".")
             )
         else:
             notes.append(f"- *{name}*: {measured}.")
