@@ -391,11 +391,13 @@ def to_markdown(
         ]
     missed = [r for r in rows if "missed" in r[-1]]
     if missed:
+        significant = [r[0] for r in missed if float(r[3].rsplit("p = ", 1)[-1]) < 0.05]
         lines += [
             "",
-            "A miss of the 0.3-point target is not evidence of a difference unless the test says "
-            "so: with this many seeds the standard error (SE) of the difference in means is shown "
-            "beside it, and the Welch p-value tests Δ = 0.",
+            "Δ is shown with its standard error (SE), and the Welch p-value tests Δ = 0: a miss "
+            "of the 0.3-point target with p ≥ 0.05 is within the seed-to-seed noise, one with "
+            "p < 0.05 is a real difference at this budget"
+            + (f" (here: {', '.join(significant)})." if significant else " (none here)."),
         ]
     if curves_png:
         lines += ["", f"![training curves]({curves_png})"]
