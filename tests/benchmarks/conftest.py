@@ -1,18 +1,12 @@
-"""The benchmarks package lives at the repository root (it is not installed): make it importable,
-and send every benchmark's scratch files to the test's own folder."""
+"""Send every benchmark's scratch files to the test's own folder (``benchmarks`` is importable
+through pytest's ``pythonpath``)."""
 
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 @pytest.fixture(autouse=True)
