@@ -20,6 +20,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .paths import flatten_paths
+
 __all__ = ["main"]
 
 _DEFAULT_LOGDIR = "runs/sweeps"
@@ -94,16 +96,6 @@ def _report(argv: Sequence[str], console: Console) -> int:
     return 0
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
-    flat: dict = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _print_summary(console: Console, report, study, logdir: Path) -> None:
     from .report import retrain_command, tensorboard_command
     from .study import STUDY_ATTR
@@ -115,7 +107,7 @@ def _print_summary(console: Console, report, study, logdir: Path) -> None:
         console.print("no completed trial yet")
     else:
         console.print(f"[bold]best trial {best.number}[/bold]: {metric} = {best.value:.6g}")
-        values = _flatten(best.user_attrs.get("values") or best.params)
+        values = flatten_paths(best.user_attrs.get("values") or best.params)
         for name, value in values.items():
             shown = f"{value:.6g}" if isinstance(value, float) else str(value)
             console.print(f"  {name} = {shown}", highlight=False)

@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from .callbacks import EpochReporter, NonFiniteLossGuard
 from .config import SweepConfig, SweepConfigError
-from .paths import get_path
+from .paths import flatten_paths, get_path
 from .progress import SweepProgress
 from .study import FAIL_REASON
 
@@ -77,17 +77,6 @@ def _plain(params: Any) -> dict[str, Any]:
     if isinstance(params, Mapping):
         return dict(params)
     return dict(vars(params))
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def spawn_strategy(trainer_config: Mapping[str, Any]) -> str | None:
@@ -174,7 +163,7 @@ class SweepObjective:
         logger = SweepTensorBoardLogger(
             run_dir.parent,
             run_dir.name,
-            {"trial/number": trial.number, **_flatten(assignment)},
+            {"trial/number": trial.number, **flatten_paths(assignment)},
         )
         guard = NonFiniteLossGuard()
         # Always attached: with the ``none`` pruner it still records the per-epoch curve.

@@ -68,6 +68,17 @@ def set_path(config: MutableMapping[str, Any], path: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def flatten_paths(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"lr": 0.1}}`` -> ``{"model.lr": 0.1}``: nested mappings to dotted paths."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_paths(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _import_class(class_path: str) -> type | None:
     module_name, _, name = class_path.rpartition(".")
     if not module_name:

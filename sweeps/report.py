@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .paths import flatten_paths
 from .storage import redact
 from .study import FAIL_REASON, STUDY_ATTR, is_finished_for_good
 
@@ -55,16 +56,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "\\|")
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _figure_of(axes: Any) -> Any:
@@ -241,7 +232,9 @@ def _markdown(
                 "| config path | value |",
                 "| --- | --- |",
             ]
-            lines += [f"| `{path}` | {_fmt(value)} |" for path, value in _flatten(values).items()]
+            lines += [
+                f"| `{path}` | {_fmt(value)} |" for path, value in flatten_paths(values).items()
+            ]
         lines.append("")
         if best.user_attrs.get("tensorboard_run"):
             lines.append(f"- TensorBoard run: `{best.user_attrs['tensorboard_run']}`")
