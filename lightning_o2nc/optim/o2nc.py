@@ -343,13 +343,22 @@ class ExponentiatedO2NC(Optimizer):
         all_finite: Tensor | None,
         foreach: bool,
     ) -> None:
-        """x_bar and V after the move x_n = x_{n-1} + s Delta_n (see the module docstring)."""
-        deviations = [self.state[p]["iterate_deviation"] for p in params]
+        """x_bar and V after the move x_n = x_{n-1} + s Delta_n (see the module docstring).
+
+        Parameters without a gradient this step did not move (``d = k u`` as it is), but they
+        share the group's k, so the norm and the rescaling cover every deviation of the group.
+        """
+        moved = [self.state[p]["iterate_deviation"] for p in params]
+        deviations = [
+            self.state[p]["iterate_deviation"]
+            for p in group["params"]
+            if "iterate_deviation" in self.state[p]
+        ]
         weight_sum = beta * group["average_weight_sum"] + 1.0
         newest_weight = 1.0 / weight_sum  # a_n
         k = group["deviation_scale"]
         if all_finite is None:
-            _add_scaled_(deviations, updates, scale / k, foreach)  # now k u = d_n
+            _add_scaled_(moved, updates, scale / k, foreach)  # now k u = d_n
             squared_distance = k * k * _sum_of_squares(deviations)
             k = (1.0 - newest_weight) * k  # x_n - x_bar_n = (1 - a_n) d_n
             if k < _RESCALE_BELOW:
@@ -359,7 +368,7 @@ class ExponentiatedO2NC(Optimizer):
             group["deviation_scale"] = k
         else:  # decided on the device: k stays 1 and a skipped step multiplies by exactly 0 and 1
             move = _where(all_finite, scale, 0.0)
-            for u_list, delta_list in _by_device_and_dtype(deviations, updates).values():
+            for u_list, delta_list in _by_device_and_dtype(moved, updates).values():
                 torch._foreach_add_(u_list, torch._foreach_mul(delta_list, move))
             squared_distance = _sum_of_squares(deviations)
             keep = _where(all_finite, 1.0 - newest_weight, 1.0)

@@ -394,3 +394,26 @@ def test_averaged_iterate_and_variance_stay_exact_across_deviation_rescalings():
     assert opt.statistics()["iterate_variance"].item() == pytest.approx(variance, rel=1e-9)
     for ours, avg in zip(opt.averaged_iterate(), averages):
         torch.testing.assert_close(ours, avg, rtol=1e-10, atol=1e-12)
+
+
+def test_a_parameter_without_gradient_keeps_an_exact_average_while_its_group_steps():
+    weights, loss_fn, groups = make_problem(torch.float64)
+    params, opt, ref_groups = build(weights, groups, torch.float64, average=True)
+    reference = ReferenceO2NC(params, ref_groups)
+    for step in range(80):
+        compute_grads(params, loss_fn)
+        grads = [p.grad for p in params]
+        if step % 3 == 2:  # params[1] gets no gradient this step: it stays where it is
+            params[1].grad = None
+            grads[1] = torch.zeros_like(params[1])
+            reference_delta = reference.deltas[1].clone()
+        opt.step()
+        reference.step(grads, opt.last_scale)
+        if step % 3 == 2:  # the reference must not move it either: undo its momentum step
+            reference.weights[1] = reference.history[-2]["iterates"][1].clone()
+            reference.history[-1]["iterates"][1] = reference.weights[1].clone()
+            reference.deltas[1] = reference_delta
+    averages, variance = reference.averaged_iterate_and_variance()
+    assert opt.statistics()["iterate_variance"].item() == pytest.approx(variance, rel=1e-9)
+    for ours, avg in zip(opt.averaged_iterate(), averages):
+        torch.testing.assert_close(ours, avg, rtol=1e-10, atol=1e-12)

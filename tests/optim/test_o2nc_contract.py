@@ -123,6 +123,7 @@ DDP_SCRIPT = textwrap.dedent(
     dist.all_gather_object(gathered, {"scales": scales,
                                       "weights": [p.detach().tolist() for p in model.parameters()]})
     # after the first step the ranks need no communication at all to keep agreeing
+    dist.barrier()
     dist.destroy_process_group()
     for step in range(5):
         for p in model.parameters():
@@ -131,6 +132,7 @@ DDP_SCRIPT = textwrap.dedent(
         scales.append(opt.last_scale)
     with open(sys.argv[1] + f".{rank}.json", "w") as f:
         json.dump({"gathered": gathered, "scales": scales}, f)
+    os._exit(0)  # skip interpreter teardown, where gloo's threads can abort the process
     """
 )
 
