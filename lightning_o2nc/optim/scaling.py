@@ -80,11 +80,16 @@ class RandomScaling:
         return s
 
     def state_dict(self) -> dict[str, Any]:
-        self._ensure_seeded()
+        """The generator's state, or ``None`` before the first draw.
+
+        Never seeds here: with ``seed=None`` seeding may broadcast, and ``state_dict()`` can be
+        called on one rank only (a checkpoint written by rank 0 before training), which must not
+        wait for the others.
+        """
         return {
             "kind": self.kind,
             "seed": self.seed,
-            "generator_state": self.generator.get_state(),
+            "generator_state": self.generator.get_state() if self._seeded else None,
             "last": self.last,
         }
 
@@ -94,6 +99,9 @@ class RandomScaling:
                 f"Checkpoint was saved with scaling={state['kind']!r}, "
                 f"but this optimizer uses scaling={self.kind!r}"
             )
-        self.generator.set_state(state["generator_state"].to("cpu", torch.uint8))
         self.last = float(state["last"])
+        if state["generator_state"] is None:  # saved before the first draw: seed as usual later
+            self._seeded = False
+            return
+        self.generator.set_state(state["generator_state"].to("cpu", torch.uint8))
         self._seeded = True
