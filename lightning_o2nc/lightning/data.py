@@ -124,6 +124,7 @@ class SyntheticDataModule(ClassificationDataModule):
         test_fraction: Fraction of examples held out for testing.
         batch_size: Examples per batch.
         num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory for faster copies to a GPU.
         seed: Seed of the data, the split and the training order.
     """
 
@@ -137,9 +138,12 @@ class SyntheticDataModule(ClassificationDataModule):
         test_fraction: float = 0.25,
         batch_size: int = 32,
         num_workers: int = 0,
+        pin_memory: bool = False,
         seed: int = 0,
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory
+        )
         self.num_samples = num_samples
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
@@ -179,6 +183,7 @@ class DigitsDataModule(ClassificationDataModule):
         val_fraction: Fraction of all examples held out for validation.
         test_fraction: Fraction of all examples held out for testing.
         num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory for faster copies to a GPU.
         seed: Seed of the split and of the training order.
     """
 
@@ -191,9 +196,12 @@ class DigitsDataModule(ClassificationDataModule):
         val_fraction: float = 0.15,
         test_fraction: float = 0.2,
         num_workers: int = 0,
+        pin_memory: bool = False,
         seed: int = 0,
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory
+        )
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
 
@@ -260,6 +268,7 @@ class FashionMNISTDataModule(ClassificationDataModule):
         val_size: Training images held out for validation (fixed by ``seed``).
         batch_size: Examples per batch.
         num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory for faster copies to a GPU.
         seed: Seed of the split and of the training order.
     """
 
@@ -281,9 +290,12 @@ class FashionMNISTDataModule(ClassificationDataModule):
         val_size: int = 5000,
         batch_size: int = 128,
         num_workers: int = 0,
+        pin_memory: bool = False,
         seed: int = 0,
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory
+        )
         self.root = Path(root)
         self.download = download
         self.system_dirs = [Path(d) for d in system_dirs]
@@ -391,6 +403,7 @@ class CIFAR10DataModule(ClassificationDataModule):
         augment: Apply crop+flip to training images.
         batch_size: Examples per batch.
         num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory for faster copies to a GPU.
         seed: Seed of the split and of the training order.
     """
 
@@ -407,9 +420,12 @@ class CIFAR10DataModule(ClassificationDataModule):
         augment: bool = True,
         batch_size: int = 128,
         num_workers: int = 4,
+        pin_memory: bool = False,
         seed: int = 0,
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(
+            batch_size=batch_size, num_workers=num_workers, seed=seed, pin_memory=pin_memory
+        )
         self.root = Path(root)
         self.download = download
         self.val_size = val_size
