@@ -218,17 +218,17 @@ class ExponentiatedO2NC(Optimizer):
                 "average=True"
             )
         if self.training:
-            self._swap_weights_and_averages()
+            self._switch_weights()
             self.training = False
 
     def train(self) -> None:
         """Swap the training weights back in after :meth:`eval` (bit for bit)."""
         if not self.training:
-            self._swap_weights_and_averages()
+            self._switch_weights()
             self.training = True
 
     @torch.no_grad()
-    def _swap_weights_and_averages(self) -> None:
+    def _switch_weights(self) -> None:
         """eval: stash x in the state, write x_bar = x - k u; train: restore x bit for bit."""
         for group in self.param_groups:
             for p in group["params"]:
@@ -237,7 +237,7 @@ class ExponentiatedO2NC(Optimizer):
                     continue
                 if self.training:
                     state["training_weights"] = p.detach().clone()
-                    p.sub_(state["iterate_deviation"], alpha=group["deviation_scale"])
+                    _to_averaged_iterate_(p, state["iterate_deviation"], group["deviation_scale"])
                 else:
                     p.copy_(state.pop("training_weights"))
 
@@ -255,9 +255,9 @@ class ExponentiatedO2NC(Optimizer):
                     averages.append(p.detach().clone())
                 else:
                     averages.append(
-                        p.detach()
-                        .clone()
-                        .sub_(state["iterate_deviation"], alpha=group["deviation_scale"])
+                        _to_averaged_iterate_(
+                            p.detach().clone(), state["iterate_deviation"], group["deviation_scale"]
+                        )
                     )
         return averages
 
@@ -500,6 +500,11 @@ def _masked_o2nc(
             new_delta.add_(p, alpha=-zeta * eta * weight_decay)
         delta.copy_(torch.where(all_finite, new_delta, delta))
         p.add_(delta * all_finite, alpha=scale)  # delta is finite here, so a skipped step adds 0
+
+
+def _to_averaged_iterate_(weights: Tensor, deviation: Tensor, scale: float) -> Tensor:
+    """x_bar = x - k u in place; eval() and averaged_iterate() share it so they agree bit for bit."""
+    return weights.sub_(deviation, alpha=scale)
 
 
 def _add_scaled_(targets: list[Tensor], sources: list[Tensor], alpha: float, foreach: bool) -> None:
