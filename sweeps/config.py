@@ -12,7 +12,7 @@ Layout::
     space: {...}                      # see sweeps.space
     sampler: {name: tpe, options: {}} # tpe | cmaes | gp | random | grid
     pruner: {name: median, options: {}}  # median | hyperband | none
-    storage: {heartbeat_interval: 60, grace_period: 180, max_retry: 3}
+    storage: {heartbeat_interval: 60, grace_period: 180, max_retry: 3}  # + storage_class, journal_lock
 """
 
 from __future__ import annotations
@@ -191,16 +191,26 @@ class PrunerSpec:
 class StorageSpec:
     """Failed-worker recovery: a worker that stops beating for ``grace_period`` seconds has its
     trial failed and re-queued (up to ``max_retry`` times) by the next worker that starts a trial.
+
+    ``storage_class`` (``JournalFileBackend`` for a journal file, as in Optuna's CLI) applies when
+    neither ``--storage-class`` nor ``$O2NC_SWEEP_STORAGE_CLASS`` is given; ``journal_lock``
+    (``symlink`` or ``open``) is the journal file's lock (see sweeps.storage).
     """
 
     heartbeat_interval: int = 60
     grace_period: int = 180
     max_retry: int | None = 3
+    storage_class: str | None = None
+    journal_lock: str = "symlink"
 
     @classmethod
     def parse(cls, spec: Any) -> StorageSpec:
         spec = _mapping(spec, "storage")
-        _check_keys(spec, {"heartbeat_interval", "grace_period", "max_retry"}, "storage")
+        _check_keys(
+            spec,
+            {"heartbeat_interval", "grace_period", "max_retry", "storage_class", "journal_lock"},
+            "storage",
+        )
         interval = _positive_int(spec.get("heartbeat_interval", 60), "storage.heartbeat_interval")
         grace = _positive_int(spec.get("grace_period", 3 * interval), "storage.grace_period")
         if grace <= interval:
@@ -214,7 +224,15 @@ class StorageSpec:
             raise SweepConfigError(
                 f"storage.max_retry must be a non-negative integer or null, got {max_retry!r}"
             )
-        return cls(interval, grace, max_retry)
+        storage_class = spec.get("storage_class")
+        if storage_class is not None and not isinstance(storage_class, str):
+            raise SweepConfigError(
+                f"storage.storage_class must be a class name, got {storage_class!r}"
+            )
+        lock = spec.get("journal_lock", "symlink")
+        if lock not in ("symlink", "open"):
+            raise SweepConfigError(f"storage.journal_lock must be symlink or open, got {lock!r}")
+        return cls(interval, grace, max_retry, storage_class, lock)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,12 @@
-"""Where a study lives: an embedded SQLite file by default, PostgreSQL or MySQL across machines.
+"""Where a study lives, named the way Optuna's own CLI names it (``--storage`` plus
+``--storage-class``):
+
+- a relational database URL: ``sqlite:///file.db`` (the embedded default), ``postgresql://...``
+  or ``mysql://...`` across machines;
+- a journal file on a shared file system, ``--storage PATH --storage-class JournalFileBackend``
+  (Optuna's ``JournalStorage``; no database server needed);
+- ``grpc://HOST:PORT``: Optuna's gRPC storage proxy (``o2nc-sweep serve``) in front of a
+  database, so hundreds of workers share a few database connections.
 
 Every URL that reaches a message, a log line or a report goes through :func:`redact` first, and
 errors raised here never chain the driver's exception (whose text could quote the URL).
@@ -14,23 +22,44 @@ from typing import Any
 from urllib.parse import unquote
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 
 from .config import StorageSpec
 
 __all__ = [
+    "GRPC_SCHEME",
+    "JOURNAL_CLASS",
+    "STORAGE_CLASS_ENV",
     "STORAGE_ENV",
     "StorageError",
     "default_storage_url",
+    "describe_storage",
+    "is_relational",
     "open_storage",
     "redact",
+    "refuse_ddp_without_rdb",
+    "resolve_storage_class",
     "resolve_storage_url",
 ]
 
 #: Read when ``--storage`` is not given, so a password needs to appear neither in the shell
 #: history nor in the process list.
 STORAGE_ENV = "O2NC_SWEEP_STORAGE"
+#: Read when ``--storage-class`` is not given (``JournalFileBackend`` for a journal file).
+STORAGE_CLASS_ENV = "O2NC_SWEEP_STORAGE_CLASS"
+#: ``--storage-class`` of a journal file, as Optuna's CLI spells it.
+JOURNAL_CLASS = "JournalFileBackend"
+#: Workers reach ``o2nc-sweep serve`` (Optuna's gRPC storage proxy) at ``grpc://HOST:PORT``.
+GRPC_SCHEME = "grpc"
+#: ``--storage-class`` values and what they mean; ``JournalFileStorage`` is Optuna's old name.
+_STORAGE_CLASSES = {
+    "RDBStorage": "rdb",
+    JOURNAL_CLASS: "journal",
+    "JournalFileStorage": "journal",
+    "GrpcStorageProxy": "grpc",
+}
 _DEFAULT_DB = "optuna.db"
+_DEFAULT_JOURNAL = "optuna-journal.log"
 _SUPPORTED = ("sqlite", "postgresql", "mysql")
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@:?#\s]*):(?P<password>[^@/\s]*)@")
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<password>[^&#\s]*)", re.I)
@@ -65,23 +94,93 @@ def _passwords(url: str) -> list[str]:
     return [p for p in {*found, *(unquote(p) for p in found)} if p and p != "***"]
 
 
-def default_storage_url(logdir: str | Path) -> str:
-    """The embedded storage: ``sqlite:///<logdir>/optuna.db``."""
+def default_storage_url(logdir: str | Path, storage_class: str | None = None) -> str:
+    """The embedded storage: ``sqlite:///<logdir>/optuna.db``, or ``<logdir>/optuna-journal.log``
+    for a journal file."""
+    if _kind_of_class(storage_class) == "journal":
+        return str((Path(logdir) / _DEFAULT_JOURNAL).resolve())
     return f"sqlite:///{(Path(logdir) / _DEFAULT_DB).resolve()}"
 
 
-def resolve_storage_url(storage: str | None, logdir: str | Path) -> str:
-    """The storage URL to use: the argument, else ``$O2NC_SWEEP_STORAGE``, else SQLite.
+def resolve_storage_class(
+    storage_class: str | None = None, spec: StorageSpec | None = None
+) -> str | None:
+    """The storage class to use: the argument (``--storage-class``), else
+    ``$O2NC_SWEEP_STORAGE_CLASS``, else the sweep file's ``storage.storage_class``, else ``None``
+    (the kind follows from the URL).
 
-    A bare file path (no ``://``) means a SQLite file.
+    Raises:
+        StorageError: for a class this project cannot open, naming where it came from.
+    """
+    sources = [
+        ("--storage-class", storage_class),
+        (f"${STORAGE_CLASS_ENV}", os.environ.get(STORAGE_CLASS_ENV)),
+        ("storage.storage_class", getattr(spec, "storage_class", None)),
+    ]
+    for source, value in sources:
+        if value and value.strip():
+            value = value.strip()
+            if value not in _STORAGE_CLASSES:
+                raise StorageError(
+                    f"{source}: unsupported storage class {value!r}; use one of "
+                    f"{sorted(_STORAGE_CLASSES)} (or none: a URL names its database)"
+                )
+            return value
+    return None
+
+
+def _kind_of_class(storage_class: str | None) -> str | None:
+    return _STORAGE_CLASSES.get(storage_class) if storage_class else None
+
+
+def storage_kind(url: str, storage_class: str | None = None) -> str:
+    """``"rdb"``, ``"journal"`` or ``"grpc"``: what :func:`open_storage` will open."""
+    kind = _kind_of_class(storage_class)
+    if url.startswith(f"{GRPC_SCHEME}://"):
+        if kind not in (None, "grpc"):
+            raise StorageError(
+                f"--storage-class {storage_class} cannot open {redact(url, url)!r}: a grpc:// "
+                "URL is the gRPC storage proxy (leave --storage-class out)"
+            )
+        return "grpc"
+    if kind == "grpc":
+        raise StorageError(f"GrpcStorageProxy needs a grpc://HOST:PORT URL, got {url!r}")
+    return kind or "rdb"
+
+
+def resolve_storage_url(
+    storage: str | None, logdir: str | Path, storage_class: str | None = None
+) -> str:
+    """The storage to use: the argument, else ``$O2NC_SWEEP_STORAGE``, else the default file
+    under ``logdir``.
+
+    Without a storage class a bare file path (no ``://``) means a SQLite file; with
+    ``storage_class="JournalFileBackend"`` it is the journal file (made absolute, its directory
+    created).
     """
     value = storage or os.environ.get(STORAGE_ENV) or None
     if value is None:
-        return default_storage_url(logdir)
+        return default_storage_url(logdir, storage_class)
     value = value.strip()
+    if storage_kind(value, storage_class) == "journal":
+        if "://" in value:
+            raise StorageError(
+                f"--storage-class {storage_class} takes a file path (on a file system every "
+                f"worker sees), got the URL {redact(value, value)!r}"
+            )
+        return str(Path(value).expanduser().resolve())
     if "://" not in value:
         return f"sqlite:///{Path(value).expanduser().resolve()}"
     return value
+
+
+def describe_storage(url: str, storage_class: str | None = None) -> str:
+    """How a message names a storage: the redacted URL, plus ``--storage-class`` where needed."""
+    shown = redact(url, url)
+    kind = _kind_of_class(storage_class)
+    if kind == "journal" and "://" not in url:
+        return f"{shown} (--storage-class {storage_class})"
+    return shown
 
 
 def _engine_kwargs(dialect: str) -> dict[str, Any]:
@@ -111,8 +210,8 @@ def _dialect(url: str) -> str:
     dialect = parsed.get_backend_name()
     if dialect not in _SUPPORTED:
         raise StorageError(
-            f"unsupported storage {dialect!r} in {redact(url, url)!r}; use one of {_SUPPORTED} "
-            "(pruning under DDP needs a relational database)"
+            f"unsupported storage {dialect!r} in {redact(url, url)!r}; use one of {_SUPPORTED}, "
+            f"a journal file (--storage-class {JOURNAL_CLASS}) or a gRPC proxy (grpc://HOST:PORT)"
         )
     if dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -165,21 +264,96 @@ def _retry_callback(max_retry: int | None) -> tuple[str, Any]:
     return keyword, Retry(max_retry=max_retry, inherit_intermediate_values=False)
 
 
-def open_storage(url: str, spec: StorageSpec | None = None) -> RDBStorage:
-    """Connect to (and if needed create the tables of) the study database.
+def open_storage(
+    url: str,
+    spec: StorageSpec | None = None,
+    storage_class: str | None = None,
+    *,
+    heartbeat: bool = True,
+) -> BaseStorage:
+    """Open the storage named by ``url`` (and ``storage_class``; see :func:`storage_kind`).
 
-    Heartbeats are on: a worker that dies mid-trial stops beating, and after ``grace_period``
-    the next worker to start a trial marks it failed and re-queues its parameters.
+    - A database: connects and, if needed, creates the tables. Heartbeats are on (unless
+      ``heartbeat=False``): a worker that dies mid-trial stops beating, and after
+      ``grace_period`` the next worker to start a trial marks it failed and re-queues it.
+    - A journal file: Optuna's ``JournalStorage`` with the lock ``spec.journal_lock`` names.
+    - ``grpc://HOST:PORT``: a ``GrpcStorageProxy``, once the proxy answers.
+
+    Journal files and the proxy have no heartbeats: a worker killed with SIGKILL leaves its
+    trial RUNNING (one stopped by SIGINT/SIGTERM records it as failed).
 
     Raises:
-        StorageError: for a malformed URL, a missing driver or an unreachable database. The
-            message shows the URL with its password replaced by ``***``.
+        StorageError: for a malformed URL, a missing driver or an unreachable database or proxy.
+            The message shows the URL with its password replaced by ``***``.
     """
+    spec = spec or StorageSpec()
+    kind = storage_kind(url, storage_class)
+    if kind == "journal":
+        return _open_journal(url, getattr(spec, "journal_lock", "symlink"))
+    if kind == "grpc":
+        from .grpc_proxy import open_grpc_proxy
+
+        return open_grpc_proxy(url)
+    return _open_rdb(url, spec, heartbeat)
+
+
+def is_relational(storage: BaseStorage) -> bool:
+    """Whether ``storage`` is (a cache in front of) an ``RDBStorage``."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    if isinstance(storage, _CachedStorage):
+        storage = storage._backend
+    return isinstance(storage, RDBStorage)
+
+
+def refuse_ddp_without_rdb(storage: BaseStorage, url: str, strategy: str) -> None:
+    """Refuse DDP trials on a storage that optuna-integration's pruning callback refuses.
+
+    ``PyTorchLightningPruningCallback`` accepts only ``RDBStorage`` under DDP (it keeps the
+    ranks' intermediate values in the trial's system attributes of the database). It would
+    raise inside the first trial's spawned ranks; this says so before any trial runs.
+
+    Raises:
+        StorageError: naming the storage to use instead.
+    """
+    if is_relational(storage):
+        return
+    what = "the gRPC storage proxy" if url.startswith(f"{GRPC_SCHEME}://") else "a journal file"
+    raise StorageError(
+        f"trials run DDP ({strategy}) and optuna-integration's pruning callback accepts only a "
+        f"relational database under DDP, but the storage {redact(url, url)!r} is {what}; use "
+        "--storage postgresql://USER@HOST/DB (or mysql://..., or sqlite:///FILE.db on one "
+        "machine) for DDP trials, or run one device per trial with several workers"
+    )
+
+
+def _open_journal(path: str, lock: str) -> BaseStorage:
+    from optuna.storages.journal import (
+        JournalFileBackend,
+        JournalFileOpenLock,
+        JournalFileSymlinkLock,
+        JournalStorage,
+    )
+
+    locks = {"symlink": JournalFileSymlinkLock, "open": JournalFileOpenLock}
+    if lock not in locks:
+        raise StorageError(f"storage.journal_lock must be one of {sorted(locks)}, got {lock!r}")
+    file = Path(path)
+    if file.is_dir():
+        raise StorageError(f"journal file {path!r} is a directory; give a file path")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        backend = JournalFileBackend(str(file), lock_obj=locks[lock](str(file)))
+        return JournalStorage(backend)
+    except (OSError, ValueError) as error:
+        raise StorageError(f"cannot open journal file {path!r}: {error}") from None
+
+
+def _open_rdb(url: str, spec: StorageSpec, heartbeat: bool) -> RDBStorage:
     import warnings
 
     import sqlalchemy.exc
 
-    spec = spec or StorageSpec()
     dialect = _dialect(url)
     url = with_available_driver(url)
     try:
@@ -189,13 +363,16 @@ def open_storage(url: str, spec: StorageSpec | None = None) -> RDBStorage:
             keyword, retry = _retry_callback(spec.max_retry)
             for attempt in range(3):
                 try:
-                    return RDBStorage(
-                        url,
-                        engine_kwargs=_engine_kwargs(dialect),
-                        heartbeat_interval=spec.heartbeat_interval,
-                        grace_period=spec.grace_period,
-                        **{keyword: retry},
+                    beats = (
+                        {
+                            "heartbeat_interval": spec.heartbeat_interval,
+                            "grace_period": spec.grace_period,
+                            keyword: retry,
+                        }
+                        if heartbeat
+                        else {}
                     )
+                    return RDBStorage(url, engine_kwargs=_engine_kwargs(dialect), **beats)
                 except sqlalchemy.exc.SQLAlchemyError as error:
                     # Workers started together race to create the tables and the schema version
                     # row: the loser finds them there on its next attempt.
