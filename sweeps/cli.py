@@ -147,7 +147,7 @@ def _run(argv: Sequence[str], console: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``o2nc-sweep`` console script."""
-    from .paths import SweepConfigError
+    from .errors import SweepConfigError
     from .storage import STORAGE_ENV, StorageError, redact
 
     argv = list(sys.argv[1:] if argv is None else argv)

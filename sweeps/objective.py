@@ -22,10 +22,10 @@ from optuna_integration import PyTorchLightningPruningCallback
 from typing_extensions import override
 
 from .callbacks import EpochReporter, NonFiniteLossGuard
-from .config import SweepConfig, SweepConfigError
+from .config import SweepConfig
+from .errors import FAIL_REASON, SweepConfigError
 from .paths import flatten_paths, get_path
 from .progress import SweepProgress
-from .study import FAIL_REASON
 
 __all__ = ["NonFiniteObjective", "SweepObjective", "SweepTensorBoardLogger", "trial_run_dir"]
 

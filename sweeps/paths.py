@@ -13,20 +13,17 @@ argument of the class that section configures (``Trainer`` for ``trainer``, the 
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["SweepConfigError", "check_path", "get_path", "set_path", "split_path"]
+from .errors import SweepConfigError
+
+__all__ = ["check_path", "flatten_paths", "get_path", "set_path", "split_path"]
 
 #: The LightningModule used when a train config's ``model`` section has no ``class_path``.
 DEFAULT_MODEL_CLASS = "lightning_o2nc.O2NCModule"
 
 _MISSING = object()
-
-
-class SweepConfigError(ValueError):
-    """A sweep definition is malformed. The message names the offending key."""
 
 
 def split_path(path: str) -> list[str]:
@@ -90,26 +87,22 @@ def _import_class(class_path: str) -> type | None:
 
 
 def _constructor_arguments(cls: type | None) -> set[str] | None:
-    """Names a class's ``__init__`` accepts, over its MRO when it forwards ``**kwargs``."""
+    """The arguments LightningCLI accepts for ``cls``, read by jsonargparse as LightningCLI reads them.
+
+    jsonargparse follows ``**kwargs`` into the parent classes' constructors, so a subclass that
+    forwards its keyword arguments still offers its parents' ones.
+    """
     if cls is None:
         return None
-    names: set[str] = set()
-    for klass in inspect.getmro(cls):
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        try:
-            parameters = inspect.signature(klass.__init__).parameters.values()
-        except (TypeError, ValueError):
-            continue
-        forwards = False
-        for parameter in parameters:
-            if parameter.kind is parameter.VAR_KEYWORD:
-                forwards = True
-            elif parameter.name != "self" and parameter.kind is not parameter.VAR_POSITIONAL:
-                names.add(parameter.name)
-        if not forwards:
-            break
-    return names
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    try:
+        parser.add_class_arguments(cls, "init_args", fail_untyped=False)
+    except (TypeError, ValueError):
+        return None
+    defaults = parser.get_defaults()  # a jsonargparse Namespace: dotted keys, not iterable
+    return {key.split(".")[1] for key in defaults.keys()}  # noqa: SIM118
 
 
 def _section_arguments(config: Mapping[str, Any], keys: list[str]) -> tuple[int, set[str]] | None:

@@ -17,7 +17,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from .study import FAIL_REASON, count_finished
+from .errors import FAIL_REASON
+from .study import count_finished
 
 __all__ = ["SweepProgress", "format_params"]
 

@@ -6,7 +6,6 @@ study's storage; the storage URL appears only with its password replaced by ``**
 
 from __future__ import annotations
 
-import math
 import shlex
 import warnings
 from collections.abc import Callable
@@ -17,9 +16,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .errors import FAIL_REASON
 from .paths import flatten_paths
 from .storage import redact
-from .study import FAIL_REASON, STUDY_ATTR, is_finished_for_good
+from .study import STUDY_ATTR, is_finished_for_good
 
 __all__ = ["Report", "retrain_command", "tensorboard_command", "write_report"]
 
@@ -285,14 +285,3 @@ def _markdown(
         lines.append(f"- {name}: not drawn ({_fmt(redact(reason, storage_url))})")
     lines += ["", f"All trials: [{report.csv.name}]({report.csv.name})", ""]
     return "\n".join(lines)
-
-
-def best_summary(best: FrozenTrial | None) -> dict[str, Any]:
-    """The best trial's number, value and parameters, for printing."""
-    if best is None:
-        return {}
-    return {
-        "trial": best.number,
-        "value": best.value if best.value is None or math.isfinite(best.value) else None,
-        "params": dict(best.params),
-    }

@@ -7,7 +7,6 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 from rich.console import Console
@@ -126,16 +125,3 @@ def run_sweep(
                     )
         written = write_report(study, storage_url=url, logdir=logdir, plots=plots)
     return SweepOutcome(study, url, logdir, written, objective.trials_run, interrupted)
-
-
-def describe(outcome: SweepOutcome) -> dict[str, Any]:
-    """The facts the CLI prints at the end of a sweep."""
-    best = outcome.report.best
-    return {
-        "study": outcome.study.study_name,
-        "storage": outcome.redacted_storage,
-        "best_trial": None if best is None else best.number,
-        "best_value": None if best is None else best.value,
-        "best_params": {} if best is None else dict(best.params),
-        "report": str(outcome.report.markdown),
-    }

@@ -22,14 +22,15 @@ the train config. With the grid sampler every dimension is a fixed list of value
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import optuna
 
-from .paths import SweepConfigError, split_path
+from .checks import Scalar, check_keys, number, scalar_list
+from .errors import SweepConfigError
+from .paths import split_path
 
 __all__ = [
     "SCHEDULE_PARAMETERS",
@@ -62,61 +63,49 @@ def _schedule_parameters() -> dict[str, frozenset[str]]:
 #: ``interval`` ("step" or "epoch") is accepted by every shape.
 SCHEDULE_PARAMETERS: dict[str, frozenset[str]] = _schedule_parameters()
 _SCHEDULE_COMMON = frozenset({"interval"})
-_SCHEDULED_FIELDS = ("lr", "beta", "mu")
-
-Scalar = str | int | float | bool | None
-
-
-def _number(value: Any, key: str, *, integer: bool = False) -> float | int:
-    """A YAML number; also accepts ``"1e-3"``, which YAML 1.1 (PyYAML) reads as a string."""
-    if isinstance(value, bool):
-        raise SweepConfigError(f"{key} must be a number, got {value!r}")
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise SweepConfigError(f"{key} must be a number, got {value!r}") from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SweepConfigError(f"{key} must be a finite number, got {value!r}")
-    if integer:
-        if float(value) != int(value):
-            raise SweepConfigError(f"{key} must be an integer, got {value!r}")
-        return int(value)
-    return float(value)
-
-
-def _check_keys(spec: Mapping[str, Any], allowed: set[str], key: str) -> None:
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise SweepConfigError(f"{key}: unknown key(s) {unknown}; allowed here: {sorted(allowed)}")
-
-
-def _scalar_list(values: Any, key: str) -> list[Scalar]:
-    if not isinstance(values, list) or not values:
-        raise SweepConfigError(f"{key} must be a non-empty list, got {values!r}")
-    for value in values:
-        if not isinstance(value, (str, int, float, bool)) and value is not None:
-            raise SweepConfigError(
-                f"{key}: choices must be strings, numbers, booleans or null, got {value!r}"
-            )
-    if len(set(map(repr, values))) != len(values):
-        raise SweepConfigError(f"{key} lists a value twice: {values!r}")
-    return list(values)
+SCHEDULED_FIELDS = ("lr", "beta", "mu")
 
 
 @dataclass(frozen=True)
 class Dimension:
-    """One searched config field. Subclasses implement :meth:`suggest` and :meth:`grid_values`."""
+    """One searched config field, written in YAML as ``{type: <type_name>, ...}``.
+
+    Subclasses implement :meth:`parse` (the YAML keys of their type), :meth:`suggest` and, where
+    the grid sampler can enumerate them without a ``grid`` list, :meth:`grid_values`.
+    """
 
     path: str
     name: str
     grid: tuple[Scalar, ...] | None = None
 
     type_name: ClassVar[str] = ""
+    #: The YAML keys of this type, besides ``type``, ``name`` and ``grid``.
+    keys: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def default_name(cls, path: str) -> str:
+        """The Optuna parameter name when the YAML gives no ``name``."""
+        return path
+
+    @classmethod
+    def parse(
+        cls,
+        path: str,
+        name: str,
+        grid: tuple[Scalar, ...] | None,
+        spec: Mapping[str, Any],
+        key: str,
+    ) -> Dimension:
+        """Build the dimension from its YAML mapping, whose keys are already checked."""
+        raise NotImplementedError
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
         """Sample this dimension from ``trial`` and return the config value."""
         raise NotImplementedError
+
+    def endpoint(self, end: str) -> Any:
+        """The config value at the ``"low"`` or ``"high"`` end of the range."""
+        return getattr(self, end)
 
     def param_names(self) -> tuple[str, ...]:
         """Every Optuna parameter name this dimension may suggest."""
@@ -136,8 +125,31 @@ class Dimension:
         return trial.suggest_categorical(self.path, self.grid_values())
 
 
+class _RangeDimension(Dimension):
+    """Shared parsing of ``{low, high, log, step}`` for the float and int dimensions."""
+
+    integer: ClassVar[bool] = False
+    keys: ClassVar[frozenset[str]] = frozenset({"low", "high", "log", "step"})
+
+    @classmethod
+    def parse(cls, path, name, grid, spec, key):
+        low, high, log = _parse_bounds(spec, key, integer=cls.integer)
+        step = spec.get("step")
+        if step is not None:
+            step = number(step, f"{key}.step", integer=cls.integer)
+            if step <= 0:
+                raise SweepConfigError(f"{key}.step must be > 0, got {step}")
+            if log:
+                raise SweepConfigError(f"{key}: `step` cannot be combined with `log: true`")
+        if log and low <= 0:
+            raise SweepConfigError(f"{key}: log scale needs low > 0, got low={low}")
+        if step is None:
+            return cls(path, name, grid, low, high, log)
+        return cls(path, name, grid, low, high, log, step)
+
+
 @dataclass(frozen=True)
-class FloatDimension(Dimension):
+class FloatDimension(_RangeDimension):
     """``{type: float, low, high, log: false, step: null}``: ``trial.suggest_float``."""
 
     low: float = 0.0
@@ -151,7 +163,7 @@ class FloatDimension(Dimension):
 
 
 @dataclass(frozen=True)
-class IntDimension(Dimension):
+class IntDimension(_RangeDimension):
     """``{type: int, low, high, log: false, step: 1}``: ``trial.suggest_int``."""
 
     low: int = 0
@@ -159,6 +171,7 @@ class IntDimension(Dimension):
     log: bool = False
     step: int = 1
     type_name: ClassVar[str] = "int"
+    integer: ClassVar[bool] = True
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> int:
         return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step)
@@ -175,9 +188,19 @@ class CategoricalDimension(Dimension):
 
     choices: tuple[Scalar, ...] = ()
     type_name: ClassVar[str] = "categorical"
+    keys: ClassVar[frozenset[str]] = frozenset({"choices"})
+
+    @classmethod
+    def parse(cls, path, name, grid, spec, key):
+        if "choices" not in spec:
+            raise SweepConfigError(f"{key}: missing `choices`")
+        return cls(path, name, grid, tuple(scalar_list(spec["choices"], f"{key}.choices")))
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Scalar:
         return trial.suggest_categorical(self.name, list(self.choices))
+
+    def endpoint(self, end: str) -> Scalar:
+        return self.choices[0 if end == "low" else -1]
 
     def grid_values(self) -> list[Scalar]:
         return list(self.grid) if self.grid is not None else list(self.choices)
@@ -196,9 +219,26 @@ class OneMinusDimension(Dimension):
     high: float = 0.5
     log: bool = True
     type_name: ClassVar[str] = "one_minus"
+    keys: ClassVar[frozenset[str]] = frozenset({"low", "high", "log"})
+
+    @classmethod
+    def default_name(cls, path: str) -> str:
+        return f"1-{path}"
+
+    @classmethod
+    def parse(cls, path, name, grid, spec, key):
+        low, high, _ = _parse_bounds(spec, key)
+        if low <= 0 or high > 1:
+            raise SweepConfigError(
+                f"{key}: 1 - value must lie in (0, 1], so 0 < low <= high <= 1; got [{low}, {high}]"
+            )
+        return cls(path, name, grid, low, high, spec.get("log", True))
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> float:
         return 1.0 - trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def endpoint(self, end: str) -> float:
+        return 1.0 - (self.high if end == "low" else self.low)
 
 
 @dataclass(frozen=True)
@@ -213,6 +253,15 @@ class ZeroOrFloatDimension(Dimension):
     high: float = 1.0
     log: bool = True
     type_name: ClassVar[str] = "zero_or_float"
+    keys: ClassVar[frozenset[str]] = frozenset({"low", "high", "log"})
+
+    @classmethod
+    def parse(cls, path, name, grid, spec, key):
+        low, high, _ = _parse_bounds(spec, key)
+        log = spec.get("log", True)
+        if log and low <= 0:
+            raise SweepConfigError(f"{key}: log scale needs low > 0, got low={low}")
+        return cls(path, name, grid, low, high, log)
 
     @property
     def switch_name(self) -> str:
@@ -226,6 +275,9 @@ class ZeroOrFloatDimension(Dimension):
             return 0.0
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
+    def endpoint(self, end: str) -> float:
+        return 0.0 if end == "low" else self.high
+
 
 @dataclass(frozen=True)
 class ScheduleDimension(Dimension):
@@ -238,6 +290,29 @@ class ScheduleDimension(Dimension):
 
     shapes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     type_name: ClassVar[str] = "schedule"
+    keys: ClassVar[frozenset[str]] = frozenset({"choices"})
+
+    @classmethod
+    def parse(cls, path, name, grid, spec, key):
+        keys = split_path(path)
+        if len(keys) < 2 or keys[-2] != "schedules" or keys[-1] not in SCHEDULED_FIELDS:
+            raise SweepConfigError(
+                f"{key}: a schedule dimension must sit at "
+                f"`<...>.schedules.<{'|'.join(SCHEDULED_FIELDS)}>`, not {path!r}"
+            )
+        choices = spec.get("choices")
+        if not isinstance(choices, Mapping) or not choices:
+            raise SweepConfigError(
+                f"{key}.choices must map schedule shapes {sorted(SCHEDULE_PARAMETERS)} to their "
+                f"arguments, got {choices!r}"
+            )
+        shapes = {
+            shape: _parse_schedule_arguments(path, name, shape, arguments, f"{key}.choices.{shape}")
+            for shape, arguments in choices.items()
+        }
+        for shape, arguments in shapes.items():
+            _dry_run_schedule(shape, arguments, f"{key}.choices.{shape}")
+        return cls(path, name, grid, shapes)
 
     @property
     def shape_name(self) -> str:
@@ -273,18 +348,45 @@ class ScheduleDimension(Dimension):
         return {"shape": shape, **self.shapes[shape]}
 
 
-_COMMON_KEYS = {"type", "name", "grid"}
+#: Every dimension type, by the ``type`` its YAML mapping names.
+DIMENSIONS: dict[str, type[Dimension]] = {
+    cls.type_name: cls
+    for cls in (
+        FloatDimension,
+        IntDimension,
+        CategoricalDimension,
+        OneMinusDimension,
+        ZeroOrFloatDimension,
+        ScheduleDimension,
+    )
+}
+_COMMON_KEYS = frozenset({"type", "name", "grid"})
 
 
-def _endpoint(dim: Dimension, end: str) -> Any:
-    """The config value a dimension yields at its low or high end."""
-    if isinstance(dim, OneMinusDimension):
-        return 1.0 - (dim.high if end == "low" else dim.low)
-    if isinstance(dim, ZeroOrFloatDimension):
-        return 0.0 if end == "low" else dim.high
-    if isinstance(dim, CategoricalDimension):
-        return dim.choices[0 if end == "low" else -1]
-    return getattr(dim, end)
+def _parse_schedule_arguments(
+    path: str, name: str, shape: str, arguments: Any, key: str
+) -> dict[str, Any]:
+    """One shape's arguments: fixed values as they are, mappings parsed as conditional dimensions."""
+    if shape not in SCHEDULE_PARAMETERS:
+        raise SweepConfigError(
+            f"{key}: unknown schedule shape; known: {sorted(SCHEDULE_PARAMETERS)}"
+        )
+    arguments = {} if arguments is None else arguments
+    if not isinstance(arguments, Mapping):
+        raise SweepConfigError(f"{key} must be a mapping of arguments")
+    check_keys(arguments, set(SCHEDULE_PARAMETERS[shape] | _SCHEDULE_COMMON), key)
+    return {
+        argument: (
+            parse_dimension(
+                f"{path}.{argument}",
+                {"name": f"{name}.{shape}.{argument}", **value},
+                f"{key}.{argument}",
+            )
+            if isinstance(value, Mapping)
+            else value
+        )
+        for argument, value in arguments.items()
+    }
 
 
 def _dry_run_schedule(shape: str, arguments: Mapping[str, Any], key: str) -> None:
@@ -300,7 +402,7 @@ def _dry_run_schedule(shape: str, arguments: Mapping[str, Any], key: str) -> Non
                         f"{key}.interval must be `step` or `epoch`, got {value!r}"
                     )
                 continue
-            spec[argument] = _endpoint(value, end) if isinstance(value, Dimension) else value
+            spec[argument] = value.endpoint(end) if isinstance(value, Dimension) else value
         try:
             make_schedule(spec, total_steps=1000)
         except (ValueError, TypeError) as error:
@@ -310,9 +412,9 @@ def _dry_run_schedule(shape: str, arguments: Mapping[str, Any], key: str) -> Non
 def _parse_grid(spec: Mapping[str, Any], key: str) -> tuple[Scalar, ...] | None:
     if "grid" not in spec:
         return None
-    values = _scalar_list(spec["grid"], f"{key}.grid")
+    values = scalar_list(spec["grid"], f"{key}.grid")
     return tuple(
-        _number(v, f"{key}.grid") if isinstance(v, str) and _looks_numeric(v) else v for v in values
+        number(v, f"{key}.grid") if isinstance(v, str) and _looks_numeric(v) else v for v in values
     )
 
 
@@ -328,8 +430,8 @@ def _parse_bounds(spec: Mapping[str, Any], key: str, *, integer: bool = False):
     for bound in ("low", "high"):
         if bound not in spec:
             raise SweepConfigError(f"{key}: missing `{bound}`")
-    low = _number(spec["low"], f"{key}.low", integer=integer)
-    high = _number(spec["high"], f"{key}.high", integer=integer)
+    low = number(spec["low"], f"{key}.low", integer=integer)
+    high = number(spec["high"], f"{key}.high", integer=integer)
     if low > high:
         raise SweepConfigError(f"{key}: low ({low}) > high ({high})")
     log = spec.get("log", False)
@@ -338,106 +440,24 @@ def _parse_bounds(spec: Mapping[str, Any], key: str, *, integer: bool = False):
     return low, high, log
 
 
-def _parse_dimension(path: str, spec: Any, key: str) -> Dimension:
+def parse_dimension(path: str, spec: Any, key: str) -> Dimension:
+    """One entry of ``space``: the dimension class its ``type`` names, built from its mapping."""
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise SweepConfigError(
-            f"{key} must be a mapping with a `type` (float, int, categorical, one_minus, "
-            f"zero_or_float, schedule); got {spec!r}. Fixed values belong in `overrides`."
+            f"{key} must be a mapping with a `type` ({', '.join(DIMENSIONS)}); got {spec!r}. "
+            "Fixed values belong in `overrides`."
         )
-    kind = spec["type"]
-    name = spec.get("name", path)
+    cls = DIMENSIONS.get(spec["type"])
+    name = spec.get("name", path if cls is None else cls.default_name(path))
     if not isinstance(name, str) or not name:
         raise SweepConfigError(f"{key}.name must be a non-empty string, got {name!r}")
     grid = _parse_grid(spec, key)
-
-    if kind in ("float", "int"):
-        integer = kind == "int"
-        _check_keys(spec, _COMMON_KEYS | {"low", "high", "log", "step"}, key)
-        low, high, log = _parse_bounds(spec, key, integer=integer)
-        step = spec.get("step")
-        if step is not None:
-            step = _number(step, f"{key}.step", integer=integer)
-            if step <= 0:
-                raise SweepConfigError(f"{key}.step must be > 0, got {step}")
-            if log:
-                raise SweepConfigError(f"{key}: `step` cannot be combined with `log: true`")
-        if log and low <= 0:
-            raise SweepConfigError(f"{key}: log scale needs low > 0, got low={low}")
-        if integer:
-            return IntDimension(path, name, grid, low, high, log, step or 1)
-        return FloatDimension(path, name, grid, low, high, log, step)
-
-    if kind == "categorical":
-        _check_keys(spec, _COMMON_KEYS | {"choices"}, key)
-        if "choices" not in spec:
-            raise SweepConfigError(f"{key}: missing `choices`")
-        return CategoricalDimension(
-            path, name, grid, tuple(_scalar_list(spec["choices"], f"{key}.choices"))
+    if cls is None:
+        raise SweepConfigError(
+            f"{key}.type: unknown dimension type {spec['type']!r}; known: {', '.join(DIMENSIONS)}"
         )
-
-    if kind == "one_minus":
-        _check_keys(spec, _COMMON_KEYS | {"low", "high", "log"}, key)
-        low, high, log = _parse_bounds(spec, key)
-        log = spec.get("log", True)
-        if low <= 0 or high > 1:
-            raise SweepConfigError(
-                f"{key}: 1 - value must lie in (0, 1], so 0 < low <= high <= 1; got [{low}, {high}]"
-            )
-        return OneMinusDimension(path, spec.get("name", f"1-{path}"), grid, low, high, log)
-
-    if kind == "zero_or_float":
-        _check_keys(spec, _COMMON_KEYS | {"low", "high", "log"}, key)
-        low, high, _ = _parse_bounds(spec, key)
-        log = spec.get("log", True)
-        if log and low <= 0:
-            raise SweepConfigError(f"{key}: log scale needs low > 0, got low={low}")
-        return ZeroOrFloatDimension(path, name, grid, low, high, log)
-
-    if kind == "schedule":
-        _check_keys(spec, _COMMON_KEYS | {"choices"}, key)
-        keys = split_path(path)
-        if len(keys) < 2 or keys[-2] != "schedules" or keys[-1] not in _SCHEDULED_FIELDS:
-            raise SweepConfigError(
-                f"{key}: a schedule dimension must sit at `<...>.schedules.<lr|beta|mu>`, "
-                f"not {path!r}"
-            )
-        choices = spec.get("choices")
-        if not isinstance(choices, Mapping) or not choices:
-            raise SweepConfigError(
-                f"{key}.choices must map schedule shapes {sorted(SCHEDULE_PARAMETERS)} to their "
-                f"arguments, got {choices!r}"
-            )
-        shapes: dict[str, dict[str, Any]] = {}
-        for shape, arguments in choices.items():
-            shape_key = f"{key}.choices.{shape}"
-            if shape not in SCHEDULE_PARAMETERS:
-                raise SweepConfigError(
-                    f"{shape_key}: unknown schedule shape; known: {sorted(SCHEDULE_PARAMETERS)}"
-                )
-            arguments = {} if arguments is None else arguments
-            if not isinstance(arguments, Mapping):
-                raise SweepConfigError(f"{shape_key} must be a mapping of arguments")
-            _check_keys(arguments, set(SCHEDULE_PARAMETERS[shape] | _SCHEDULE_COMMON), shape_key)
-            shapes[shape] = {
-                argument: (
-                    _parse_dimension(
-                        f"{path}.{argument}",
-                        {"name": f"{name}.{shape}.{argument}", **value},
-                        f"{shape_key}.{argument}",
-                    )
-                    if isinstance(value, Mapping)
-                    else value
-                )
-                for argument, value in arguments.items()
-            }
-        for shape, arguments in shapes.items():
-            _dry_run_schedule(shape, arguments, f"{key}.choices.{shape}")
-        return ScheduleDimension(path, name, grid, shapes)
-
-    raise SweepConfigError(
-        f"{key}.type: unknown dimension type {kind!r}; known: float, int, categorical, "
-        "one_minus, zero_or_float, schedule"
-    )
+    check_keys(spec, set(_COMMON_KEYS | cls.keys), key)
+    return cls.parse(path, name, grid, spec, key)
 
 
 @dataclass(frozen=True)
@@ -490,5 +510,5 @@ def parse_space(spec: Any) -> SearchSpace:
     dimensions = []
     for path, dim_spec in spec.items():
         split_path(str(path))
-        dimensions.append(_parse_dimension(str(path), dim_spec, f"space.{path}"))
+        dimensions.append(parse_dimension(str(path), dim_spec, f"space.{path}"))
     return SearchSpace(tuple(dimensions))

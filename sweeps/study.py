@@ -10,12 +10,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import PrunerSpec, SamplerSpec, SweepConfig, SweepConfigError
+from .config import PrunerSpec, SamplerSpec, SweepConfig
+from .errors import FAIL_REASON, SweepConfigError
 from .paths import get_path
 from .space import SearchSpace
 
 __all__ = [
-    "FAIL_REASON",
     "STUDY_ATTR",
     "StopWhenStudyIsComplete",
     "build_pruner",
@@ -24,8 +24,6 @@ __all__ = [
     "open_study",
 ]
 
-#: User attribute holding why a trial failed on its own (a non-finite loss), not by a crash.
-FAIL_REASON = "fail_reason"
 #: Study user attribute recording what the sweep is (objective, config files, logdir).
 STUDY_ATTR = "o2nc_sweep"
 
