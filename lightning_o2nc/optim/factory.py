@@ -24,12 +24,11 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .o2nc import ExponentiatedO2NC, validate_hyperparameters
+from .hyperparameters import INTERVALS, SCHEDULABLE, validate_hyperparameters
+from .o2nc import ExponentiatedO2NC
 from .schedules import HyperparameterScheduler, make_schedule
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "param_groups_weight_decay"]
-
-INTERVALS = ("step", "epoch")
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,8 @@ _O2NC_OPTIONS = ("scaling", "seed", "average", "skip_nonfinite", "foreach", "max
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
-        OptimizerSpec("o2nc", _build_o2nc, ("lr", "beta", "mu", "weight_decay"), _O2NC_OPTIONS),
-        OptimizerSpec("sgdm", _build_sgdm, ("lr", "beta", "mu", "weight_decay"), _O2NC_OPTIONS),
+        OptimizerSpec("o2nc", _build_o2nc, SCHEDULABLE, _O2NC_OPTIONS),
+        OptimizerSpec("sgdm", _build_sgdm, SCHEDULABLE, _O2NC_OPTIONS),
         OptimizerSpec(
             "adamw", _build_adamw, ("lr", "weight_decay"), ("eps", "amsgrad", "foreach", "maximize")
         ),

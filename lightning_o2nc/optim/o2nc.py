@@ -44,40 +44,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .hyperparameters import validate_hyperparameters
 from .scaling import RandomScaling
 
 __all__ = ["ExponentiatedO2NC", "validate_hyperparameters"]
 
 _STATE_KEY = "o2nc"
 _RESCALE_BELOW = 2.0**-10  # rescale the stored iterate deviation before its factor k gets tiny
-
-
-def validate_hyperparameters(
-    *, lr: Any = None, beta: Any = None, mu: Any = None, weight_decay: Any = None
-) -> None:
-    """Raise a ``ValueError`` naming the first hyper-parameter that is out of range.
-
-    Only the arguments that are given are checked: ``lr`` must be finite and > 0, ``beta`` in [0, 1),
-    ``mu`` and ``weight_decay`` finite and >= 0.
-    """
-
-    def number(name: str, value: Any) -> float:
-        if isinstance(value, Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"Invalid {name}: {value!r}; expected a real number")
-        return float(value)
-
-    if lr is not None and not (math.isfinite(v := number("lr", lr)) and v > 0):
-        raise ValueError(f"Invalid lr (eta): {lr!r}; expected a finite number > 0")
-    if beta is not None and not (0.0 <= number("beta", beta) < 1.0):
-        raise ValueError(f"Invalid beta: {beta!r}; expected 0 <= beta < 1")
-    if mu is not None and not (math.isfinite(v := number("mu", mu)) and v >= 0):
-        raise ValueError(f"Invalid mu: {mu!r}; expected a finite number >= 0")
-    if weight_decay is not None and not (
-        math.isfinite(v := number("weight_decay", weight_decay)) and v >= 0
-    ):
-        raise ValueError(f"Invalid weight_decay: {weight_decay!r}; expected a finite number >= 0")
 
 
 class ExponentiatedO2NC(Optimizer):

@@ -28,7 +28,10 @@ from typing import Any, ClassVar
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from .hyperparameters import HYPERPARAMETERS, SCHEDULE_ARGUMENT_ALIASES
+
 __all__ = [
+    "SCHEDULE_ARGUMENTS",
     "SCHEDULE_SHAPES",
     "Constant",
     "Cosine",
@@ -196,6 +199,19 @@ SCHEDULE_SHAPES: dict[str, type[Schedule]] = {
     cls.shape: cls for cls in (Constant, Linear, Cosine, WarmupCosine, Step, Exponential)
 }
 
+#: Each shape and the arguments it accepts: its fields and their aliases (``warmup_fraction``).
+#: ``total_steps`` defaults to the horizon that the caller passes.
+SCHEDULE_ARGUMENTS: dict[str, frozenset[str]] = {
+    shape: frozenset(
+        {f.name for f in dataclasses.fields(cls)} | set(SCHEDULE_ARGUMENT_ALIASES.get(shape, {}))
+    )
+    for shape, cls in SCHEDULE_SHAPES.items()
+}
+
+
+def _aliases_of(shape: str) -> dict[str, tuple[str, str]]:
+    return SCHEDULE_ARGUMENT_ALIASES.get(shape, {})
+
 
 def make_schedule(
     spec: Schedule | str | Mapping[str, Any], total_steps: int | None = None
@@ -231,34 +247,37 @@ def make_schedule(
             raise ValueError(
                 f"Invalid {shape!r} schedule: it needs total_steps (the horizon), and none was given"
             )
-    if cls is WarmupCosine and "warmup_fraction" in params:
-        fraction = params.pop("warmup_fraction")
-        _require(0.0 <= fraction <= 1.0, shape, f"warmup_fraction={fraction!r} must be in [0, 1]")
-        if "warmup_steps" in params:
-            raise ValueError(
-                f"Invalid {shape!r} schedule: give warmup_steps or warmup_fraction, not both"
-            )
-        params["warmup_steps"] = round(fraction * params["total_steps"])
+    for alias, (target, _) in SCHEDULE_ARGUMENT_ALIASES.get(shape, {}).items():
+        if alias not in params:
+            continue
+        if target in params:
+            raise ValueError(f"Invalid {shape!r} schedule: give {target} or {alias}, not both")
+        fraction = params.pop(alias)
+        _require(0.0 <= fraction <= 1.0, shape, f"{alias}={fraction!r} must be in [0, 1]")
+        params[target] = round(fraction * params["total_steps"])
     unknown = sorted(set(params) - fields)
     if unknown:
-        valid = sorted(fields | ({"warmup_fraction"} if cls is WarmupCosine else set()))
         raise ValueError(
             f"Invalid {shape!r} schedule: unknown parameter(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(valid)}"
+            f"valid: {', '.join(sorted(SCHEDULE_ARGUMENTS[shape]))}"
         )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in params
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        ways = [
+            " or ".join([name] + [a for a, (t, _) in _aliases_of(shape).items() if t == name])
+            for name in missing
+        ]
+        raise ValueError(f"Invalid {shape!r} schedule: it needs {', '.join(ways)}")
     try:
         return cls(**params)
     except TypeError as error:
         raise ValueError(f"Invalid {shape!r} schedule {dict(spec)!r}: {error}") from None
-
-
-# Ranges a scheduled value must stay in (the optimizer's constructor checks the base values).
-_VALID_RANGE = {
-    "lr": (0.0, math.inf, "0 <= lr"),
-    "beta": (0.0, 1.0, "0 <= beta < 1"),
-    "mu": (0.0, math.inf, "0 <= mu"),
-    "weight_decay": (0.0, math.inf, "0 <= weight_decay"),
-}
 
 
 class HyperparameterScheduler(LRScheduler):
@@ -312,25 +331,18 @@ class HyperparameterScheduler(LRScheduler):
         self.last_epoch += 1
         for field, schedule in self.schedules.items():
             factor = schedule(self.last_epoch)
-            low, high, rule = _VALID_RANGE.get(field, (-math.inf, math.inf, ""))
+            where = f"Schedule {schedule!r} at step {self.last_epoch}"
             for group, base in zip(
                 self.optimizer.param_groups, self.base_values[field], strict=True
             ):
                 value = base * factor
-                if not (low <= value < high) or math.isnan(value):
-                    raise ValueError(
-                        f"Schedule {schedule!r} drives {field} to {value!r} at step "
-                        f"{self.last_epoch}, outside {rule}"
-                    )
+                if field in HYPERPARAMETERS:
+                    HYPERPARAMETERS[field].check_scheduled(value, where)
                 group[field] = value
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def get_lr(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
-
-    def current_values(self) -> dict[str, list[float]]:
-        """The scheduled fields' current values, per group."""
-        return {f: [g[f] for g in self.optimizer.param_groups] for f in self.schedules}
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data only (loadable with ``torch.load(weights_only=True)``)."""

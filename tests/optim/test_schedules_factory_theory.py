@@ -16,7 +16,14 @@ from lightning_o2nc import (
     param_groups_weight_decay,
     theory_guided_hyperparameters,
 )
-from lightning_o2nc.optim.schedules import SCHEDULE_SHAPES
+from lightning_o2nc.optim.factory import OPTIMIZERS
+from lightning_o2nc.optim.hyperparameters import (
+    GROUP_HYPERPARAMETERS,
+    HYPERPARAMETERS,
+    SCHEDULABLE,
+    validate_hyperparameters,
+)
+from lightning_o2nc.optim.schedules import SCHEDULE_ARGUMENTS, SCHEDULE_SHAPES
 
 
 def model_with_norm() -> torch.nn.Module:
@@ -92,6 +99,28 @@ def test_every_shape_is_registered():
 def test_malformed_schedules_are_refused_naming_the_culprit(spec, match):
     with pytest.raises(ValueError, match=match):
         make_schedule(spec, total_steps=100)
+
+
+def test_a_shape_without_its_required_arguments_names_what_the_user_can_give():
+    with pytest.raises(ValueError, match="warmup_cosine.*needs warmup_steps or warmup_fraction"):
+        make_schedule({"shape": "warmup_cosine"}, total_steps=100)
+    with pytest.raises(ValueError, match="'step' schedule: it needs step_size"):
+        make_schedule({"shape": "step"}, total_steps=100)
+
+
+def test_every_hyperparameter_fact_comes_from_the_one_table():
+    assert SCHEDULE_ARGUMENTS["warmup_cosine"] >= {"warmup_steps", "warmup_fraction"}
+    assert set(OPTIMIZERS["o2nc"].schedulable) == set(SCHEDULABLE)
+    for name in GROUP_HYPERPARAMETERS:
+        assert HYPERPARAMETERS[name].per_group
+    with pytest.raises(ValueError, match=r"Invalid beta: 1\.5; expected 0 <= beta < 1"):
+        validate_hyperparameters(beta=1.5)
+    with pytest.raises(ValueError, match="Invalid average_beta: 1.0"):
+        validate_hyperparameters(average_beta=1.0)
+    assert validate_hyperparameters(lr=torch.tensor([0.5]), average_beta=None) == {
+        "lr": 0.5,
+        "average_beta": None,
+    }
 
 
 def test_a_horizon_shape_without_total_steps_is_refused():
