@@ -3,10 +3,13 @@
     o2nc-sweep --config configs/sweeps/digits.yaml [--storage URL] [--study-name NAME]
                [--n-trials N] [--timeout S] [--logdir DIR] [--no-progress]
     o2nc-sweep report --storage URL --study-name NAME [--logdir DIR]
+    o2nc-sweep serve --storage postgresql://... [--host 127.0.0.1] [--port 13000]
 
-Run the first form on several machines with one ``--storage`` (PostgreSQL or MySQL) and one
-``--study-name`` and they share the study. ``--storage`` may be left out in favour of the
-``O2NC_SWEEP_STORAGE`` environment variable, which keeps a password out of the process list.
+Run the first form on several machines with one ``--storage`` (PostgreSQL or MySQL, a journal
+file on a shared file system with ``--storage-class JournalFileBackend``, or ``grpc://HOST:PORT``
+of an ``o2nc-sweep serve`` proxy) and one ``--study-name`` and they share the study.
+``--storage`` may be left out in favour of the ``O2NC_SWEEP_STORAGE`` environment variable, which
+keeps a password out of the process list (``O2NC_SWEEP_STORAGE_CLASS`` for ``--storage-class``).
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--storage",
         help="database URL (sqlite:///f.db, postgresql://user@host/db, mysql://...), or a file "
-        "path for SQLite; default: $O2NC_SWEEP_STORAGE, else <logdir>/optuna.db",
+        "path for SQLite; grpc://HOST:PORT for an `o2nc-sweep serve` proxy; default: "
+        "$O2NC_SWEEP_STORAGE, else <logdir>/optuna.db",
     )
+    _add_storage_class(parser)
     parser.add_argument("--study-name", help="default: the sweep file's study_name")
     parser.add_argument(
         "--n-trials",
@@ -56,6 +61,15 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_storage_class(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-class",
+        help="as in Optuna's CLI: JournalFileBackend makes --storage a journal file path (for a "
+        "shared file system without a database); default: $O2NC_SWEEP_STORAGE_CLASS, else the "
+        "sweep file's storage.storage_class, else what the URL names",
+    )
+
+
 def _report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="o2nc-sweep report",
@@ -64,6 +78,7 @@ def _report_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--storage", help="database URL or SQLite file; default: $O2NC_SWEEP_STORAGE"
     )
+    _add_storage_class(parser)
     parser.add_argument("--study-name", required=True)
     parser.add_argument(
         "--logdir", help="the sweep's log directory (default: the one recorded in the study)"
@@ -77,13 +92,21 @@ def _report(argv: Sequence[str], console: Console) -> int:
 
     from .config import StorageSpec
     from .report import write_report
-    from .storage import STORAGE_ENV, StorageError, open_storage, redact, resolve_storage_url
+    from .storage import (
+        STORAGE_ENV,
+        StorageError,
+        open_storage,
+        redact,
+        resolve_storage_class,
+        resolve_storage_url,
+    )
 
     args = _report_parser().parse_args(argv)
     if not args.storage and not os.environ.get(STORAGE_ENV):
         raise StorageError(f"give --storage URL (or set {STORAGE_ENV})")
-    url = resolve_storage_url(args.storage, Path.cwd())
-    storage = open_storage(url, StorageSpec())
+    storage_class = resolve_storage_class(args.storage_class)
+    url = resolve_storage_url(args.storage, Path.cwd(), storage_class)
+    storage = open_storage(url, StorageSpec(), storage_class)
     try:
         study = optuna.load_study(study_name=args.study_name, storage=storage)
     except KeyError:
@@ -132,6 +155,7 @@ def _run(argv: Sequence[str], console: Console) -> int:
         sweep,
         logdir=args.logdir,
         storage=args.storage,
+        storage_class=args.storage_class,
         progress=not args.no_progress,
         console=console,
         plots=not args.no_plots,
@@ -156,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "report":
             return _report(argv[1:], console)
+        if argv and argv[0] == "serve":
+            from .grpc_proxy import serve_main
+
+            return serve_main(argv[1:])
         if argv and argv[0] == "run":
             argv = argv[1:]
         return _run(argv, console)

@@ -15,7 +15,13 @@ from .config import SweepConfig
 from .objective import NonFiniteObjective, SweepObjective, spawn_strategy
 from .progress import SweepProgress
 from .report import Report, write_report
-from .storage import open_storage, redact, resolve_storage_url
+from .storage import (
+    open_storage,
+    redact,
+    refuse_ddp_without_rdb,
+    resolve_storage_class,
+    resolve_storage_url,
+)
 from .study import StopWhenStudyIsComplete, count_finished, open_study
 
 __all__ = ["SweepOutcome", "run_sweep"]
@@ -66,6 +72,7 @@ def run_sweep(
     *,
     logdir: str | Path,
     storage: str | None = None,
+    storage_class: str | None = None,
     progress: bool = True,
     console: Console | None = None,
     plots: bool = True,
@@ -79,16 +86,22 @@ def run_sweep(
         sweep: the validated sweep definition.
         logdir: where the TensorBoard runs, the default SQLite file and the report go.
         storage: a database URL; ``None`` reads ``$O2NC_SWEEP_STORAGE``, else SQLite in logdir.
+        storage_class: ``JournalFileBackend`` makes ``storage`` a journal file (Optuna's CLI
+            convention); ``None`` reads ``$O2NC_SWEEP_STORAGE_CLASS``, else the sweep file's.
         progress: show the live rich display.
         console: where the display and messages go.
         plots: draw the report's plots (the report itself is always written).
     """
-    spawn_strategy(sweep.trial_config({}).get("trainer") or {})  # refuse before any trial
+    spawn = spawn_strategy(sweep.trial_config({}).get("trainer") or {})  # refuse before any trial
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
-    url = resolve_storage_url(storage, logdir)
+    storage_class = resolve_storage_class(storage_class, sweep.storage)
+    url = resolve_storage_url(storage, logdir, storage_class)
     with _quiet_libraries():
-        study = open_study(sweep, open_storage(url, sweep.storage), logdir)
+        backend = open_storage(url, sweep.storage, storage_class)
+        if spawn is not None:
+            refuse_ddp_without_rdb(backend, url, spawn)
+        study = open_study(sweep, backend, logdir)
         optuna.storages.fail_stale_trials(study)
         remaining = sweep.n_trials - count_finished(study)
         display = SweepProgress(

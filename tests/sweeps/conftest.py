@@ -1,26 +1,23 @@
 """Fixtures for the sweep tests: tiny train configs, sweep files, and a throw-away PostgreSQL.
 
-The PostgreSQL cluster is real: ``initdb`` into a temporary directory, ``pg_ctl start`` on a free
-loopback port with password authentication, ``pg_ctl stop`` afterwards. When this process runs
-as root the server runs as the ``postgres`` user (PostgreSQL refuses root).
+The PostgreSQL cluster is real (:func:`sweeps.local_postgres.local_postgres`, shared with the
+storage benchmark): ``initdb`` into a temporary directory, ``pg_ctl start`` on a free loopback
+port with password authentication, ``pg_ctl stop`` afterwards.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from sweeps.local_postgres import PostgresUnavailable, local_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 PG_PASSWORD = "Tr0ub4dor-pg-secret"
@@ -132,84 +129,15 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _postgres_bin() -> Path | None:
-    for pattern in ("/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin"):
-        for directory in sorted(glob.glob(pattern), reverse=True):
-            if Path(directory, "initdb").exists() and Path(directory, "pg_ctl").exists():
-                return Path(directory)
-    found = shutil.which("pg_ctl")
-    return Path(found).parent if found and shutil.which("initdb") else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A URL (with a password) of a throw-away PostgreSQL server on loopback."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl) not installed: apt-get install postgresql"
-        )
-    as_root = os.geteuid() == 0
-    if as_root:
+    with ExitStack() as stack:
         try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
-    root = Path(tempfile.mkdtemp(prefix="o2nc-pg-"))
-    data, pwfile, log = root / "data", root / "pw", root / "server.log"
-    pwfile.write_text(PG_PASSWORD + "\n")
-    prefix: list[str] = []
-    if as_root:
-        prefix = ["runuser", "-u", "postgres", "--"]
-        for path in (root, pwfile):
-            os.chown(path, owner.pw_uid, owner.pw_gid)
-    port = _free_port()
-    run = dict(check=True, capture_output=True, text=True, timeout=120)
-    subprocess.run(
-        [
-            *prefix,
-            str(bin_dir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=scram-sha-256",
-            f"--pwfile={pwfile}",
-            "--no-sync",
-        ],
-        **run,
-    )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [
-            *prefix,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(log),
-            "-w",
-            "start",
-        ],
-        **run,
-    )
-    try:
-        yield f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+            url = stack.enter_context(local_postgres(PG_PASSWORD))
+        except PostgresUnavailable as missing:
+            pytest.skip(str(missing))
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
