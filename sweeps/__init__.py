@@ -7,9 +7,10 @@ built by ``lightning_o2nc.lightning.cli.build_run`` and fitted by Lightning.
 from .config import SweepConfig, SweepConfigError, load_sweep_config
 from .report import write_report
 from .run import SweepOutcome, run_sweep
+from .samplers import build_pruner, build_sampler
 from .space import SearchSpace, parse_space
 from .storage import StorageError, open_storage, redact, resolve_storage_url
-from .study import build_pruner, build_sampler, open_study
+from .study import open_study
 
 __all__ = [
     "SearchSpace",

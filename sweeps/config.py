@@ -20,13 +20,16 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .paths import SweepConfigError, check_path, get_path, set_path
+from .checks import check_keys, mapping, positive_int
+from .errors import SweepConfigError
+from .paths import check_path, get_path, set_path
+from .samplers import PrunerSpec, SamplerSpec
 from .space import SearchSpace, parse_space
 
 __all__ = [
@@ -38,10 +41,9 @@ __all__ = [
     "SweepConfigError",
     "load_sweep_config",
     "load_yaml",
+    "spawn_strategy",
 ]
 
-SAMPLERS = ("tpe", "cmaes", "gp", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
 _TOP_LEVEL = {
     "study_name",
     "train_config",
@@ -73,29 +75,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _mapping(value: Any, key: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SweepConfigError(f"{key} must be a mapping, got {value!r}")
-    return dict(value)
-
-
-def _check_keys(spec: Mapping[str, Any], allowed: set[str], key: str) -> None:
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        where = f"{key}: unknown key(s)" if key else "unknown top-level key(s)"
-        raise SweepConfigError(f"{where} {unknown}; allowed: {sorted(allowed)}")
-
-
-def _positive_int(value: Any, key: str, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SweepConfigError(f"{key} must be a positive integer, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class ObjectiveSpec:
     """What a trial returns: a logged metric, its direction and at which weights.
@@ -117,8 +96,8 @@ class ObjectiveSpec:
 
     @classmethod
     def parse(cls, spec: Any) -> ObjectiveSpec:
-        spec = _mapping(spec, "objective")
-        _check_keys(spec, {"metric", "direction", "weights"}, "objective")
+        spec = mapping(spec, "objective")
+        check_keys(spec, {"metric", "direction", "weights"}, "objective")
         metric = spec.get("metric", "val/acc")
         if not isinstance(metric, str) or not metric:
             raise SweepConfigError(f"objective.metric must be a metric name, got {metric!r}")
@@ -150,44 +129,6 @@ class ObjectiveSpec:
 
 
 @dataclass(frozen=True)
-class SamplerSpec:
-    """``sampler: {name, options}``; ``options`` are keyword arguments of the Optuna sampler."""
-
-    name: str = "tpe"
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, spec: Any) -> SamplerSpec:
-        if isinstance(spec, str):
-            spec = {"name": spec}
-        spec = _mapping(spec, "sampler")
-        _check_keys(spec, {"name", "options"}, "sampler")
-        name = spec.get("name", "tpe")
-        if name not in SAMPLERS:
-            raise SweepConfigError(f"sampler.name: unknown sampler {name!r}; known: {SAMPLERS}")
-        return cls(name, _mapping(spec.get("options"), "sampler.options"))
-
-
-@dataclass(frozen=True)
-class PrunerSpec:
-    """``pruner: {name, options}``; ``options`` are keyword arguments of the Optuna pruner."""
-
-    name: str = "median"
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, spec: Any) -> PrunerSpec:
-        if isinstance(spec, str) or spec is None:
-            spec = {"name": spec or "none"}
-        spec = _mapping(spec, "pruner")
-        _check_keys(spec, {"name", "options"}, "pruner")
-        name = spec.get("name", "median")
-        if name not in PRUNERS:
-            raise SweepConfigError(f"pruner.name: unknown pruner {name!r}; known: {PRUNERS}")
-        return cls(name, _mapping(spec.get("options"), "pruner.options"))
-
-
-@dataclass(frozen=True)
 class StorageSpec:
     """Failed-worker recovery: a worker that stops beating for ``grace_period`` seconds has its
     trial failed and re-queued (up to ``max_retry`` times) by the next worker that starts a trial.
@@ -205,14 +146,14 @@ class StorageSpec:
 
     @classmethod
     def parse(cls, spec: Any) -> StorageSpec:
-        spec = _mapping(spec, "storage")
-        _check_keys(
+        spec = mapping(spec, "storage")
+        check_keys(
             spec,
             {"heartbeat_interval", "grace_period", "max_retry", "storage_class", "journal_lock"},
             "storage",
         )
-        interval = _positive_int(spec.get("heartbeat_interval", 60), "storage.heartbeat_interval")
-        grace = _positive_int(spec.get("grace_period", 3 * interval), "storage.grace_period")
+        interval = positive_int(spec.get("heartbeat_interval", 60), "storage.heartbeat_interval")
+        grace = positive_int(spec.get("grace_period", 3 * interval), "storage.grace_period")
         if grace <= interval:
             raise SweepConfigError(
                 f"storage.grace_period ({grace}) must exceed heartbeat_interval ({interval})"
@@ -244,6 +185,8 @@ class SweepConfig:
     train_config_path: Path
     train_config: Mapping[str, Any]
     overrides: Mapping[str, Any]
+    #: The train config with the overrides applied, built once: what every trial starts from.
+    base_config: Mapping[str, Any]
     objective: ObjectiveSpec
     space: SearchSpace
     sampler: SamplerSpec
@@ -255,10 +198,68 @@ class SweepConfig:
 
     def trial_config(self, assignment: Mapping[str, Any]) -> dict[str, Any]:
         """A deep copy of the train config with the overrides and one trial's values applied."""
-        config = copy.deepcopy(dict(self.train_config))
-        for path, value in {**self.overrides, **assignment}.items():
-            set_path(config, path, copy.deepcopy(value))
-        return config
+        return _with_values(self.base_config, assignment)
+
+
+def _with_values(config: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``config`` with ``{dotted path: value}`` written into it."""
+    config = copy.deepcopy(dict(config))
+    for path, value in values.items():
+        set_path(config, path, copy.deepcopy(value))
+    return config
+
+
+#: Strategies whose launcher re-runs the command and have no spawn-based twin.
+_RELAUNCHING = ("fsdp", "deepspeed")
+_SPAWN_EQUIVALENT = {
+    "ddp": "ddp_spawn",
+    "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false": "ddp_spawn_find_unused_parameters_false",
+}
+
+
+def spawn_strategy(trainer_config: Mapping[str, Any]) -> str | None:
+    """The spawn-based twin of a script-relaunching DDP strategy, when the trial needs one.
+
+    Lightning's ``ddp`` launcher re-runs the command for ranks 1..N-1 and can do so only once per
+    process, but a sweep worker fits one Trainer per trial. ``ddp_spawn`` starts fresh rank
+    processes for every fit (this is what Optuna's own DDP example uses) and the main process
+    keeps the trial, so every rank trains with the same parameters.
+
+    Raises:
+        SweepConfigError: for a multi-device ``fsdp`` or ``deepspeed`` trial, which has no twin.
+    """
+    strategy = trainer_config.get("strategy", "auto")
+    if not isinstance(strategy, str):
+        return None
+    if strategy in _SPAWN_EQUIVALENT:
+        return _SPAWN_EQUIVALENT[strategy]
+    if strategy != "auto" and not strategy.startswith(_RELAUNCHING):
+        return None
+    devices = trainer_config.get("devices", "auto")
+    nodes = trainer_config.get("num_nodes", 1)
+    accelerator = trainer_config.get("accelerator", "auto")
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        count = devices
+    elif devices in (-1, "-1", "auto") and accelerator in ("auto", "gpu", "cuda"):
+        import torch
+
+        count = torch.cuda.device_count()  # Lightning takes every visible GPU
+    elif isinstance(devices, str) and devices.isdigit():
+        count = int(devices)
+    else:
+        count = 1
+    if count * (nodes if isinstance(nodes, int) else 1) <= 1:
+        return None
+    if strategy != "auto":
+        raise SweepConfigError(
+            f"trainer.strategy: {strategy!r} relaunches the script for its ranks, which works "
+            "once per process, but a sweep worker fits one Trainer per trial; use `ddp` (run as "
+            "ddp_spawn) for multi-device trials, or one device per trial and several workers"
+        )
+    return "ddp_spawn"
 
 
 def _resolve_train_config(value: Any, source: Path) -> Path:
@@ -294,14 +295,14 @@ def load_sweep_config(
     """
     source = Path(path).resolve()
     spec = load_yaml(source)
-    _check_keys(spec, _TOP_LEVEL, "")
+    check_keys(spec, _TOP_LEVEL, "")
     if "space" not in spec:
         raise SweepConfigError("space: missing; a sweep needs at least one searched field")
 
     train_path = _resolve_train_config(spec.get("train_config"), source)
     train_config = load_yaml(train_path)
 
-    overrides = _mapping(spec.get("overrides"), "overrides")
+    overrides = mapping(spec.get("overrides"), "overrides")
     for dotted, value in overrides.items():
         check_path(train_config, str(dotted), key=f"overrides.{dotted}")
         if isinstance(value, Mapping) and "type" in value:
@@ -322,23 +323,23 @@ def load_sweep_config(
                     "searched"
                 )
 
+    base_config = _with_values(train_config, overrides)
+    spawn_strategy(base_config.get("trainer") or {})  # refuses fsdp/deepspeed on many devices
+
     objective = ObjectiveSpec.parse(spec.get("objective"))
-    if objective.weights == "averaged" and "model.average" not in space.paths:
-        probe: dict[str, Any] = copy.deepcopy(train_config)
-        for dotted, value in overrides.items():
-            set_path(probe, dotted, value)
-        if get_path(probe, "model.average", default=False) is not True:
-            raise SweepConfigError(
-                "objective.weights: `averaged` reads the averaged iterate, which needs "
-                "`model.average: true` in the train config or the overrides"
-            )
+    averaged = get_path(base_config, "model.average", default=False) is True
+    if objective.weights == "averaged" and "model.average" not in space.paths and not averaged:
+        raise SweepConfigError(
+            "objective.weights: `averaged` reads the averaged iterate, which needs "
+            "`model.average: true` in the train config or the overrides"
+        )
 
     sampler = SamplerSpec.parse(spec.get("sampler"))
     if sampler.name == "grid":
         space.grid_search_space()  # refuses dimensions without a finite list of values
 
     n = n_trials if n_trials is not None else spec.get("n_trials", 20)
-    n = _positive_int(n, "n_trials")
+    n = positive_int(n, "n_trials")
     limit = timeout if timeout is not None else spec.get("timeout")
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
@@ -358,6 +359,7 @@ def load_sweep_config(
         train_config_path=train_path,
         train_config=train_config,
         overrides=overrides,
+        base_config=base_config,
         objective=objective,
         space=space,
         sampler=sampler,

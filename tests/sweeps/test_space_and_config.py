@@ -9,8 +9,8 @@ import pytest
 
 from sweeps.config import SweepConfigError, load_sweep_config
 from sweeps.paths import check_path, set_path
+from sweeps.samplers import build_pruner, build_sampler
 from sweeps.space import parse_space
-from sweeps.study import build_pruner, build_sampler
 
 
 def _sample(space_spec, n=40, seed=0, grid=False):
@@ -190,6 +190,10 @@ def test_set_path_creates_missing_mappings_and_refuses_to_go_through_a_scalar():
         ({"colour": "blue"}, "unknown top-level"),
         ({"train_config": "nowhere.yaml"}, "train_config"),
         ({"sampler": "grid"}, "space.model.lr"),
+        (
+            {"overrides": {"trainer.strategy": "fsdp", "trainer.devices": 4}},
+            "trainer.strategy",
+        ),
     ],
 )
 def test_a_malformed_sweep_file_is_refused_naming_the_key(
@@ -253,7 +257,7 @@ def test_samplers_default_to_parallel_friendly_settings(write_yaml, train_config
 
 
 def test_pruners_are_built_from_their_names():
-    from sweeps.config import PrunerSpec
+    from sweeps.samplers import PrunerSpec
 
     median = build_pruner(PrunerSpec.parse({"name": "median", "options": {"n_warmup_steps": 3}}))
     assert isinstance(median, optuna.pruners.MedianPruner) and median._n_warmup_steps == 3
@@ -278,7 +282,7 @@ def test_shipped_sweep_configs_are_valid():
 
 def test_multi_process_trials_are_run_with_the_spawn_launcher_and_single_ones_untouched():
     # A relaunching strategy without a spawn twin is refused rather than left to hang.
-    from sweeps.objective import spawn_strategy
+    from sweeps.config import spawn_strategy
 
     assert spawn_strategy({"strategy": "ddp", "devices": 2}) == "ddp_spawn"
     assert spawn_strategy({"strategy": "ddp_find_unused_parameters_true"}) == (
