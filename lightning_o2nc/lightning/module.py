@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from typing_extensions import override
 
 from ..optim import build_optimizer
 from .averaged_iterate import AveragedIterate
-from .backbones import build_backbone
+from .backbones import BACKBONES, build_backbone
 from .monitor import O2NCMonitor
+from .packages import Callback, lightning_class, twins
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss}
 AVERAGING_OPTIMIZERS = ("o2nc", "sgdm")
+# A nominal horizon for checking the optimizer's arguments before the Trainer knows the real one.
+_CHECK_HORIZON = 1_000_000
 
 
-class O2NCModule(pl.LightningModule):
+@lightning_class("LightningModule")  # one body; for_package() puts it on pytorch_lightning too
+class O2NCModule:
     """Classification with Exponentiated O2NC (or the SGDM / AdamW baselines) in one module.
 
     Logs ``train/loss``, ``train/acc`` (per step), ``val/loss``, ``val/acc``, ``test/loss`` and
@@ -31,13 +32,21 @@ class O2NCModule(pl.LightningModule):
     hyper-parameters and the final validation metrics (``hp/val_acc``, ...) go to TensorBoard's
     HParams dashboard.
 
+    A named backbone is built as soon as ``input_shape`` and ``num_classes`` are known: in
+    ``__init__`` when both are given (the CLI links them from the data module), otherwise in
+    :meth:`configure_model` from the data module the Trainer runs with, so
+    ``Trainer().fit(O2NCModule(), datamodule=DigitsDataModule())`` works. A value given here and a
+    different one declared by the data module is an error. Every argument, the optimizer's and its
+    schedules' included, is checked here, before any training.
+
     Args:
         backbone: ``"mlp"``, ``"small_cnn"``, ``"resnet18_cifar"`` or an ``nn.Module`` that maps
-            images to logits.
-        input_shape: ``(C, H, W)`` of one example, needed by a named backbone (the CLI links it
-            from the data module).
-        num_classes: Number of classes, needed by a named backbone (linked by the CLI).
-        loss: ``"cross_entropy"`` or an ``nn.Module`` ``loss(logits, targets)``.
+            images to logits (in a config: ``class_path`` and ``init_args``).
+        input_shape: ``(C, H, W)`` of one example for a named backbone; ``None``: the data
+            module's ``input_shape``.
+        num_classes: Number of classes for a named backbone; ``None``: the data module's
+            ``num_classes``.
+        loss: ``"cross_entropy"`` or a callable ``loss(logits, targets)`` (e.g. an ``nn.Module``).
         optimizer: Factory name: ``"o2nc"``, ``"sgdm"`` (O2NC with ``scaling="none"``) or ``"adamw"``.
         lr: eta, the step size.
         beta: The momentum.
@@ -60,10 +69,11 @@ class O2NCModule(pl.LightningModule):
 
     def __init__(
         self,
-        backbone: str | nn.Module = "mlp",
+        # Callable rather than nn.Module: jsonargparse would list every nn.Module subclass in --help
+        backbone: str | Callable[..., Any] = "mlp",
         input_shape: Sequence[int] | None = None,
         num_classes: int | None = None,
-        loss: str | nn.Module = "cross_entropy",
+        loss: str | Callable[..., Any] = "cross_entropy",
         optimizer: str = "o2nc",
         lr: float = 0.05,
         beta: float = 0.9,
@@ -93,26 +103,74 @@ class O2NCModule(pl.LightningModule):
             ignore=[
                 name
                 for name, value in (("backbone", backbone), ("loss", loss))
-                if isinstance(value, nn.Module)
+                if not isinstance(value, str)
             ]
         )
         self.hparams["average"] = average
         if isinstance(backbone, str):
-            if input_shape is None or num_classes is None:
-                raise ValueError(
-                    f"backbone={backbone!r} needs input_shape and num_classes (the CLI links them from "
-                    "the data module; in Python pass e.g. input_shape=dm.input_shape, num_classes=dm.num_classes)"
-                )
-            backbone = build_backbone(backbone, input_shape, num_classes)
-        self.backbone = backbone
+            if backbone not in BACKBONES:
+                raise ValueError(f"Unknown backbone {backbone!r}; valid names: {sorted(BACKBONES)}")
+        elif not isinstance(backbone, nn.Module):
+            raise TypeError(
+                f"Invalid backbone: {backbone!r}; expected one of {sorted(BACKBONES)} or an nn.Module"
+            )
+        self.backbone: nn.Module | None = None if isinstance(backbone, str) else backbone
         if isinstance(loss, str):
             if loss not in LOSSES:
                 raise ValueError(f"Unknown loss {loss!r}; valid names: {sorted(LOSSES)}")
             loss = LOSSES[loss]()
+        elif not callable(loss):
+            raise TypeError(
+                f"Invalid loss: {loss!r}; expected one of {sorted(LOSSES)} or a callable"
+            )
         self.loss_fn = loss
+        self._optimizer([nn.Parameter(torch.zeros(1))], _CHECK_HORIZON, _CHECK_HORIZON)
+        if self.backbone is None and input_shape is not None and num_classes is not None:
+            self.backbone = build_backbone(backbone, input_shape, num_classes)
+
+    @override
+    def configure_model(self) -> None:
+        """Builds a named backbone from the data module's ``input_shape`` and ``num_classes``.
+
+        Lightning calls this after the data module's ``setup`` in every stage. Values given to
+        ``__init__`` take precedence, and the data module must not declare different ones. The
+        resolved values go into ``hparams``, so checkpoints load with
+        :meth:`load_from_checkpoint` alone.
+        """
+        try:
+            datamodule = self.trainer.datamodule
+        except RuntimeError:  # called by hand, without a Trainer
+            datamodule = None
+        for name in ("input_shape", "num_classes"):
+            given, declared = self.hparams[name], getattr(datamodule, name, None) or None
+            if name == "input_shape":
+                given = None if given is None else tuple(given)
+                declared = None if declared is None else tuple(declared)
+            if given is not None and declared is not None and given != declared:
+                raise ValueError(
+                    f"O2NCModule({name}={given!r}) does not match the data module's "
+                    f"{type(datamodule).__name__}.{name} = {declared!r}"
+                )
+            if given is None:
+                self.hparams[name] = declared
+        if self.backbone is not None:
+            return
+        if self.hparams.input_shape is None or self.hparams.num_classes is None:
+            raise ValueError(
+                f"backbone={self.hparams.backbone!r} needs input_shape and num_classes: pass them to "
+                "O2NCModule, or fit with a datamodule that declares them (e.g. DigitsDataModule)"
+            )
+        self.backbone = build_backbone(
+            self.hparams.backbone, self.hparams.input_shape, self.hparams.num_classes
+        )
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone is None:
+            raise RuntimeError(
+                f"backbone={self.hparams.backbone!r} is built in configure_model() (by the Trainer, "
+                "from its data module); pass input_shape and num_classes to use the module before that"
+            )
         return self.backbone(x)
 
     def _evaluate(self, batch: Any, stage: str, on_step: bool) -> torch.Tensor:
@@ -144,6 +202,22 @@ class O2NCModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
+        if not self.hparams.schedules:  # estimated_stepping_batches loads the train dataloader
+            return self._optimizer(self, total_steps=None, total_epochs=None)
+        max_epochs = self.trainer.max_epochs
+        return self._optimizer(
+            self,
+            total_steps=self.trainer.estimated_stepping_batches,
+            total_epochs=max_epochs if max_epochs and max_epochs > 0 else None,
+        )
+
+    def _optimizer(
+        self,
+        params: nn.Module | list[nn.Parameter],
+        total_steps: float | None,
+        total_epochs: int | None,
+    ) -> Any:
+        """The factory's optimizer (and schedules) over ``params``; ``__init__`` checks with it."""
         hp = self.hparams
         options: dict[str, Any] = {"foreach": hp.foreach}
         if hp.optimizer in AVERAGING_OPTIMIZERS:
@@ -151,9 +225,8 @@ class O2NCModule(pl.LightningModule):
             if hp.scaling is not None:
                 options["scaling"] = hp.scaling
         schedules = dict(hp.schedules) if hp.schedules else None
-        max_epochs = self.trainer.max_epochs
         return build_optimizer(
-            self,
+            params,
             name=hp.optimizer,
             lr=hp.lr,
             beta=hp.beta,
@@ -161,8 +234,8 @@ class O2NCModule(pl.LightningModule):
             weight_decay=hp.weight_decay,
             decay_bias_and_norm=hp.decay_bias_and_norm,
             schedules=schedules,
-            total_steps=self.trainer.estimated_stepping_batches if schedules else None,
-            total_epochs=max_epochs if schedules and max_epochs and max_epochs > 0 else None,
+            total_steps=total_steps,
+            total_epochs=total_epochs,
             **options,
         )
 
@@ -191,5 +264,5 @@ class O2NCModule(pl.LightningModule):
         if not metrics:
             return
         for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
+            if isinstance(logger, twins("loggers.TensorBoardLogger")):
                 logger.log_hyperparams(self.hparams, metrics)
