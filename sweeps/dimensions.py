@@ -183,7 +183,28 @@ class CategoricalDimension(Dimension):
 
 
 @dataclass(frozen=True)
-class OneMinusDimension(Dimension):
+class _LogByDefaultDimension(Dimension):
+    """Shared fields and parsing of ``{low, high, log: true}``; subclasses add their bound checks."""
+
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = True
+    keys: ClassVar[frozenset[str]] = frozenset({"low", "high", "log"})
+
+    @classmethod
+    def check_bounds(cls, low: float, high: float, log: bool, key: str) -> None:
+        """Refuse bounds this type cannot sample."""
+
+    @classmethod
+    def parse(cls, path, name, grid, spec, key):
+        low, high, _ = _parse_bounds(spec, key)
+        log = spec.get("log", True)
+        cls.check_bounds(low, high, log, key)
+        return cls(path, name, grid, low, high, log)
+
+
+@dataclass(frozen=True)
+class OneMinusDimension(_LogByDefaultDimension):
     """``{type: one_minus, low, high, log: true}``: samples ``u = 1 - value`` in ``[low, high]``.
 
     The natural space for a momentum ``beta``: ``1 - beta`` log-uniform in ``[1e-3, 0.5]`` spreads
@@ -191,24 +212,18 @@ class OneMinusDimension(Dimension):
     ``u``; the config receives ``1 - u``. ``grid`` lists values of the field itself (beta).
     """
 
-    low: float = 1e-3
-    high: float = 0.5
-    log: bool = True
     type_name: ClassVar[str] = "one_minus"
-    keys: ClassVar[frozenset[str]] = frozenset({"low", "high", "log"})
 
     @classmethod
     def default_name(cls, path: str) -> str:
         return f"1-{path}"
 
     @classmethod
-    def parse(cls, path, name, grid, spec, key):
-        low, high, _ = _parse_bounds(spec, key)
+    def check_bounds(cls, low: float, high: float, log: bool, key: str) -> None:
         if low <= 0 or high > 1:
             raise SweepConfigError(
                 f"{key}: 1 - value must lie in (0, 1], so 0 < low <= high <= 1; got [{low}, {high}]"
             )
-        return cls(path, name, grid, low, high, spec.get("log", True))
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> float:
         return 1.0 - trial.suggest_float(self.name, self.low, self.high, log=self.log)
@@ -218,26 +233,19 @@ class OneMinusDimension(Dimension):
 
 
 @dataclass(frozen=True)
-class ZeroOrFloatDimension(Dimension):
+class ZeroOrFloatDimension(_LogByDefaultDimension):
     """``{type: zero_or_float, low, high, log: true}``: exactly 0, or a float in ``[low, high]``.
 
     Suggests a categorical ``<path>:zero`` (true/false); only when it is false, the float
     ``<path>`` (log-uniform by default). The natural space for ``mu``, whose off state is 0.
     """
 
-    low: float = 1e-4
-    high: float = 1.0
-    log: bool = True
     type_name: ClassVar[str] = "zero_or_float"
-    keys: ClassVar[frozenset[str]] = frozenset({"low", "high", "log"})
 
     @classmethod
-    def parse(cls, path, name, grid, spec, key):
-        low, high, _ = _parse_bounds(spec, key)
-        log = spec.get("log", True)
+    def check_bounds(cls, low: float, high: float, log: bool, key: str) -> None:
         if log and low <= 0:
             raise SweepConfigError(f"{key}: log scale needs low > 0, got low={low}")
-        return cls(path, name, grid, low, high, log)
 
     @property
     def switch_name(self) -> str:
