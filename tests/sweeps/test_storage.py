@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import socket
+import threading
 import traceback
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.storages.journal import JournalFileOpenLock, JournalFileSymlinkLock
 
+from sweeps import SweepConfigError
 from sweeps.cli import main
+from sweeps.config import StorageSpec
 from sweeps.storage import (
+    JOURNAL_CLASS,
+    STORAGE_CLASS_ENV,
     STORAGE_ENV,
     StorageError,
+    describe_storage,
     open_storage,
     redact,
+    resolve_storage_class,
     resolve_storage_url,
     with_available_driver,
 )
@@ -128,3 +136,69 @@ def test_the_report_command_refuses_an_unknown_study_naming_the_studies_there(tm
     err = capsys.readouterr().err
     assert code == 2
     assert "no study 'absent'" in err and "['present']" in err
+
+
+def test_the_storage_class_comes_from_the_flag_then_the_environment_then_the_sweep_file(
+    monkeypatch,
+):
+
+    from_file = StorageSpec.parse({"storage_class": JOURNAL_CLASS})
+    monkeypatch.delenv(STORAGE_CLASS_ENV, raising=False)
+    assert resolve_storage_class(None, StorageSpec()) is None
+    assert resolve_storage_class(None, from_file) == JOURNAL_CLASS
+    monkeypatch.setenv(STORAGE_CLASS_ENV, "RDBStorage")
+    assert resolve_storage_class(None, from_file) == "RDBStorage"
+    assert resolve_storage_class(JOURNAL_CLASS, StorageSpec()) == JOURNAL_CLASS
+    with pytest.raises(StorageError, match=r"--storage-class: unsupported storage class 'Redis'"):
+        resolve_storage_class("Redis")
+
+
+def test_a_journal_file_is_a_path_made_absolute_never_a_url(tmp_path, monkeypatch):
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    assert resolve_storage_url("j/s.log", "logs", JOURNAL_CLASS) == str(tmp_path / "j/s.log")
+    default = resolve_storage_url(None, tmp_path / "logs", JOURNAL_CLASS)
+    assert default == str(tmp_path / "logs" / "optuna-journal.log")
+    assert describe_storage(default, JOURNAL_CLASS).endswith(f"(--storage-class {JOURNAL_CLASS})")
+    with pytest.raises(StorageError, match="takes a file path") as error:
+        resolve_storage_url(f"postgresql://u:{SECRET}@h/db", tmp_path, JOURNAL_CLASS)
+    assert SECRET not in str(error.value)
+    with pytest.raises(StorageError, match="is a directory"):
+        open_storage(str(tmp_path), storage_class=JOURNAL_CLASS)
+
+
+@pytest.mark.parametrize(("writer", "reader"), [("symlink", "open"), ("open", "symlink")])
+def test_a_journal_written_under_one_lock_is_read_and_extended_under_the_other(
+    tmp_path, writer, reader
+):
+
+    path = str(tmp_path / "study.log")
+    locks = {"symlink": JournalFileSymlinkLock, "open": JournalFileOpenLock}
+    for lock, x in ((writer, 0.5), (reader, -0.5)):
+        storage = open_storage(path, StorageSpec(journal_lock=lock), JOURNAL_CLASS)
+        assert isinstance(storage._backend._lock, locks[lock])
+        study = optuna.create_study(storage=storage, study_name="s", load_if_exists=True)
+        study.enqueue_trial({"x": x})
+        study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2, n_trials=1)
+    assert [t.params["x"] for t in study.trials] == [0.5, -0.5]
+    # Both take the same lock file, so workers using either lock exclude each other.
+    held, waiting = locks[writer](path, grace_period=None), locks[reader](path, grace_period=None)
+    held.acquire()
+    other = threading.Thread(target=waiting.acquire)
+    other.start()
+    other.join(timeout=0.5)
+    assert other.is_alive()  # blocked while the first lock is held
+    held.release()
+    other.join(timeout=10)
+    assert not other.is_alive()
+    waiting.release()
+
+
+def test_the_sweep_file_checks_its_storage_class_and_journal_lock():
+
+    assert StorageSpec.parse({"journal_lock": "open"}).journal_lock == "open"
+    with pytest.raises(SweepConfigError, match="journal_lock must be symlink or open"):
+        StorageSpec.parse({"journal_lock": "flock"})
+    with pytest.raises(SweepConfigError, match="storage_class must be a class name"):
+        StorageSpec.parse({"storage_class": 3})
