@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
+
+# a Callback of both Lightning packages: a trial runs under either (``$O2NC_LIGHTNING_PACKAGE``)
+from lightning_o2nc.lightning.packages import Callback
 
 __all__ = ["EpochReporter", "NonFiniteLossGuard"]
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -17,6 +14,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from typing_extensions import override
 
 from ..optim import ExponentiatedO2NC
+from .compat import logging_with_suffix
+from .packages import Callback, MisconfigurationException, twins
 
 _HOW_TO_FIX = (
     "Build the optimizer with average=True: ExponentiatedO2NC(params, lr, average=True), "
@@ -24,21 +23,25 @@ _HOW_TO_FIX = (
     "or remove the AveragedIterate callback."
 )
 
+ForwardBatch = Callable[[nn.Module, Any], Any]
+
 
 class AveragedIterate(Callback):
     """Evaluates at both the training weights x and the averaged iterate x_bar of ExponentiatedO2NC.
 
-    After the regular validation (or test) epoch at the current weights, the weights are swapped
-    to x_bar with ``optimizer.eval()``, the validation (test) step runs again over the same
-    batches with every metric logged under ``name + suffix`` (``val/acc`` -> ``val/acc_avg``),
-    and ``optimizer.train()`` swaps the training weights back bit for bit. The swap lives inside
-    ``on_validation_epoch_end`` (before ``ModelCheckpoint`` runs), so a checkpoint is never
-    written at x_bar; its optimizer state already holds x_bar. The pass runs under
-    ``torch.random.fork_rng``, so it does not change the global RNG stream of training.
+    One validation (or test) loop gives both: after the step at x of each batch, the weights are
+    swapped to x_bar with ``optimizer.eval()``, the module's ``validation_step`` (``test_step``)
+    runs again on the same batch with every metric it logs renamed ``name + suffix``
+    (``val/acc`` -> ``val/acc_avg``), and ``optimizer.train()`` swaps the training weights back
+    bit for bit. Lightning reduces, syncs and writes the ``_avg`` metrics like any other. The
+    swap never outlives the hook, so a checkpoint is never written at x_bar (its optimizer state
+    holds x_bar anyway). The pass runs under ``torch.random.fork_rng``, so it does not change the
+    global RNG stream of training. Works with a Trainer of either Lightning package.
 
-    When the model has BatchNorm layers, their statistics at x_bar are recomputed on
-    ``bn_update_batches`` fixed training batches (as ``torch.optim.swa_utils.update_bn`` does)
-    and stored in the callback's state, so validating or testing a checkpoint later reuses them.
+    When the model has BatchNorm layers, their statistics at x_bar are recomputed once per
+    validation on ``bn_update_batches`` fixed training batches (as ``torch.optim.swa_utils.update_bn``
+    does) and stored in the callback's state, so validating or testing a checkpoint later reuses
+    them. A batch goes through the model with :meth:`forward_batch`.
 
     Outside fit (``trainer.validate`` / ``trainer.test`` with a ``ckpt_path``), x_bar comes from
     the checkpoint's optimizer state.
@@ -49,6 +52,10 @@ class AveragedIterate(Callback):
         leave_averaged_in_model: At the end of fit, leave the weights at x_bar (the optimizer
             keeps the training weights, and a later fit resumed from a checkpoint of this state
             swaps them back).
+        forward_batch: ``forward_batch(module, batch)`` runs one training batch through the
+            module for the BatchNorm statistics; ``None``: ``module(batch[0])`` for
+            ``(inputs, targets, ...)`` batches and ``module(batch)`` otherwise, which needs a
+            ``forward``. Or override :meth:`forward_batch` in a subclass.
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class AveragedIterate(Callback):
         suffix: str = "_avg",
         bn_update_batches: int = 8,
         leave_averaged_in_model: bool = False,
+        forward_batch: ForwardBatch | None = None,
     ):
         if not suffix:
             raise ValueError(
@@ -63,27 +71,41 @@ class AveragedIterate(Callback):
             )
         if bn_update_batches < 1:
             raise ValueError(f"bn_update_batches must be >= 1, got {bn_update_batches}")
+        if forward_batch is not None and not callable(forward_batch):
+            raise ValueError(
+                f"forward_batch must be callable(module, batch), got {forward_batch!r}"
+            )
         self.suffix = suffix
         self.bn_update_batches = bn_update_batches
         self.leave_averaged_in_model = leave_averaged_in_model
+        self._forward_batch = forward_batch
         self._checkpoint_optimizers: list[ExponentiatedO2NC] = []
         self._layout: list[dict[str, Any]] = []
         self._averaged_bn_state: dict[str, torch.Tensor] | None = None
+        self._evaluating: list[ExponentiatedO2NC] = []
         self._swapped = False
         self._warned_no_source = False
 
+    def forward_batch(self, module: nn.Module, batch: Any) -> Any:
+        """Runs one training batch through ``module`` (in train mode) to collect BatchNorm statistics.
+
+        Override it, or pass ``forward_batch=``, when batches are not ``(inputs, targets, ...)``
+        or the module has no ``forward``.
+        """
+        if self._forward_batch is not None:
+            return self._forward_batch(module, batch)
+        return module(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
     # ------------------------------------------------------------------ where x_bar comes from
     @staticmethod
-    def _averaging_optimizers(trainer: pl.Trainer) -> list[tuple[int, ExponentiatedO2NC]]:
+    def _averaging_optimizers(trainer: Any) -> list[tuple[int, ExponentiatedO2NC]]:
         return [
             (i, opt)
             for i, opt in enumerate(trainer.optimizers)
             if isinstance(opt, ExponentiatedO2NC) and opt.average
         ]
 
-    def _sources(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> list[ExponentiatedO2NC]:
+    def _sources(self, trainer: Any, pl_module: Any) -> list[ExponentiatedO2NC]:
         """The checkpoint's optimizer state when one was loaded outside fit, else the Trainer's
         optimizers (they outlive fit, so ``trainer.test`` after ``trainer.fit`` finds them)."""
         if self._checkpoint_optimizers:
@@ -96,7 +118,7 @@ class AveragedIterate(Callback):
         ]
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         found = self._averaging_optimizers(trainer)
         if not found:
             described = [
@@ -109,6 +131,7 @@ class AveragedIterate(Callback):
                 "AveragedIterate evaluates the averaged iterate x_bar, which only ExponentiatedO2NC keeps "
                 f"when built with average=True; the optimizers are {described}. {_HOW_TO_FIX}"
             )
+        self._check_batch_norm_can_run(pl_module)
         names = {id(p): name for name, p in pl_module.named_parameters()}
         self._layout = [
             {
@@ -121,8 +144,23 @@ class AveragedIterate(Callback):
         ]
         self._checkpoint_optimizers = []
 
+    def _check_batch_norm_can_run(self, pl_module: nn.Module) -> None:
+        """Before training: the BatchNorm recompute needs a way to run a batch through the module."""
+        if not _batch_norm_buffers(pl_module) or self._forward_batch is not None:
+            return
+        if type(self).forward_batch is not AveragedIterate.forward_batch:
+            return
+        inherited = {nn.Module.forward, *(cls.forward for cls in twins("LightningModule"))}
+        if type(pl_module).forward in inherited:
+            raise MisconfigurationException(
+                f"AveragedIterate recomputes the BatchNorm statistics of {type(pl_module).__name__} at "
+                "x_bar by running training batches through it, but the module has no forward(). Define "
+                "forward(inputs), or pass AveragedIterate(forward_batch=lambda module, batch: ...) "
+                "that runs one batch, e.g. module.net(batch[0])."
+            )
+
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         for _, opt in self._averaging_optimizers(trainer):
             if not opt.training:  # resumed from a state saved with x_bar left in the model
                 rank_zero_info(
@@ -132,17 +170,53 @@ class AveragedIterate(Callback):
 
     # ------------------------------------------------------------------ evaluation at x_bar
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._evaluate_averaged(trainer, pl_module, "validation")
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._evaluating = [] if trainer.sanity_checking else self._prepare(trainer, pl_module)
 
     @override
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._evaluate_averaged(trainer, pl_module, "test")
+    def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._evaluating = self._prepare(trainer, pl_module)
 
-    def _evaluate_averaged(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
+        several = len(trainer.num_val_batches) > 1
+        self._step_at_averaged_iterate(
+            pl_module, trainer.strategy.validation_step, batch, batch_idx, dataloader_idx, several
+        )
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        several = len(trainer.num_test_batches) > 1
+        self._step_at_averaged_iterate(
+            pl_module, trainer.strategy.test_step, batch, batch_idx, dataloader_idx, several
+        )
+
+    @override
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._evaluating = []
+
+    @override
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._evaluating = []
+
+    def _prepare(self, trainer: Any, pl_module: Any) -> list[ExponentiatedO2NC]:
+        """The optimizers holding x_bar for this loop, with BatchNorm statistics at x_bar ready."""
         sources = self._sources(trainer, pl_module)
         if not sources:
             if not self._warned_no_source:
@@ -152,98 +226,103 @@ class AveragedIterate(Callback):
                     "are evaluated."
                 )
                 self._warned_no_source = True
+            return []
+        train_loader = trainer.train_dataloader if trainer.state.fn == "fit" else None
+        if _batch_norm_buffers(pl_module) and isinstance(train_loader, DataLoader):
+            # normal tensors, not inference tensors: the statistics go into checkpoints
+            with torch.inference_mode(False), self._averaged_weights(pl_module, sources):
+                _recompute_batch_norm(
+                    pl_module, trainer, train_loader, self.bn_update_batches, self.forward_batch
+                )
+                self._averaged_bn_state = {
+                    name: buffer.detach().clone()
+                    for name, buffer in _batch_norm_buffers(pl_module).items()
+                }
+        elif _batch_norm_buffers(pl_module) and self._averaged_bn_state is None:
+            rank_zero_warn(
+                "AveragedIterate: no training batches to recompute the BatchNorm statistics at x_bar and none "
+                "stored in the checkpoint; x_bar is evaluated with the training weights' statistics."
+            )
+        return sources
+
+    def _step_at_averaged_iterate(
+        self,
+        pl_module: Any,
+        step: Callable[..., Any],
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+        several_dataloaders: bool,
+    ) -> None:
+        if not self._evaluating:
             return
-        loaders = trainer.val_dataloaders if stage == "validation" else trainer.test_dataloaders
-        limits = trainer.num_val_batches if stage == "validation" else trainer.num_test_batches
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        step = (
-            trainer.strategy.validation_step
-            if stage == "validation"
-            else trainer.strategy.test_step
-        )
+        extra = {"dataloader_idx": dataloader_idx} if several_dataloaders else {}
         with (
-            self._at_averaged_iterate(trainer, pl_module, sources),
-            _logged_with_suffix(pl_module, self.suffix, f"{stage}_step"),
+            self._averaged_weights(pl_module, self._evaluating, self._averaged_bn_state),
+            logging_with_suffix(pl_module, self.suffix),
         ):
-            for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits, strict=True)):
-                extra = {"dataloader_idx": dataloader_idx} if len(loaders) > 1 else {}
-                for batch_idx, batch in enumerate(loader):
-                    if batch_idx >= limit:
-                        break
-                    batch = trainer.strategy.batch_to_device(batch, dataloader_idx=dataloader_idx)
-                    _attach_batch_to_results(trainer, batch, extra.get("dataloader_idx"))
-                    step(batch, batch_idx, **extra)
-            _attach_batch_to_results(trainer, None, None)
+            step(batch, batch_idx, **extra)
 
     @contextmanager
-    def _at_averaged_iterate(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, sources: list[ExponentiatedO2NC]
+    def _averaged_weights(
+        self,
+        pl_module: nn.Module,
+        sources: list[ExponentiatedO2NC],
+        batch_norm_state: dict[str, torch.Tensor] | None = None,
     ) -> Iterator[None]:
-        batch_norms = _batch_norm_buffers(pl_module)
-        saved_buffers = {name: buffer.clone() for name, buffer in batch_norms.items()}
+        """x_bar in the weights (and ``batch_norm_state`` in the BatchNorm buffers) within the
+        block; the training weights, buffers and RNG state come back bit for bit after it.
+
+        The swap makes normal tensors even when the loop runs in inference mode; the block
+        itself runs in the loop's own grad mode.
+        """
+        buffers = _batch_norm_buffers(pl_module)
+        saved_buffers = {name: buffer.clone() for name, buffer in buffers.items()}
         was_training = [opt.training for opt in sources]
-        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        # the swap and the BatchNorm pass make normal tensors; the evaluation runs in the loop's own
-        # grad mode (inference mode, or no_grad where Lightning avoids it, e.g. with gloo)
-        normal_tensors = torch.inference_mode(False)
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
             self._swapped = True
             try:
-                with normal_tensors:
+                with torch.inference_mode(False):
                     for opt in sources:
                         opt.eval()
-                    if batch_norms:
-                        self._set_averaged_bn_statistics(trainer, pl_module, batch_norms)
+                    if batch_norm_state is not None:
+                        for name, buffer in buffers.items():
+                            buffer.copy_(batch_norm_state[name])
                 yield
             finally:
                 with torch.inference_mode(False):
                     for opt, training in zip(sources, was_training, strict=True):
                         if training:
                             opt.train()
-                    for name, buffer in batch_norms.items():
+                    for name, buffer in buffers.items():
                         buffer.copy_(saved_buffers[name])
                 self._swapped = False
 
-    def _set_averaged_bn_statistics(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, buffers: dict[str, torch.Tensor]
-    ) -> None:
-        train_loader = trainer.train_dataloader if trainer.state.fn == "fit" else None
-        if isinstance(train_loader, DataLoader):
-            _recompute_batch_norm(pl_module, trainer, train_loader, self.bn_update_batches)
-            self._averaged_bn_state = {
-                name: buffer.detach().clone() for name, buffer in buffers.items()
-            }
-        elif self._averaged_bn_state is not None:
-            for name, buffer in buffers.items():
-                buffer.copy_(self._averaged_bn_state[name])
-        else:
-            rank_zero_warn(
-                "AveragedIterate: no training batches to recompute the BatchNorm statistics at x_bar and none "
-                "stored in the checkpoint; x_bar is evaluated with the training weights' statistics."
-            )
-
     # ------------------------------------------------------------------ end of fit, checkpoints
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if not self.leave_averaged_in_model:
             return
+        sources = [opt for _, opt in self._averaging_optimizers(trainer)]
+        train_loader = trainer.train_dataloader
         with torch.no_grad():
-            for _, opt in self._averaging_optimizers(trainer):
+            for opt in sources:
                 opt.eval()
-            batch_norms = _batch_norm_buffers(pl_module)
-            if batch_norms:
-                with torch.random.fork_rng(
-                    devices=[pl_module.device] if pl_module.device.type == "cuda" else []
-                ):
-                    self._set_averaged_bn_statistics(trainer, pl_module, batch_norms)
+            buffers = _batch_norm_buffers(pl_module)
+            if buffers and isinstance(train_loader, DataLoader):
+                cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):
+                    _recompute_batch_norm(
+                        pl_module, trainer, train_loader, self.bn_update_batches, self.forward_batch
+                    )
+                self._averaged_bn_state = {n: b.detach().clone() for n, b in buffers.items()}
         rank_zero_info(
             "AveragedIterate: the model now holds the averaged iterate x_bar (leave_averaged_in_model=True)"
         )
 
     @override
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         if self._swapped:
             raise RuntimeError(
                 "A checkpoint was requested while AveragedIterate had swapped the weights to x_bar; "
@@ -260,9 +339,7 @@ class AveragedIterate(Callback):
         self._averaged_bn_state = state_dict.get("averaged_bn_state")
 
     @override
-    def on_load_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_optimizers = []
         if trainer.state.fn == "fit":
             return  # the Trainer restores the optimizers themselves
@@ -285,37 +362,9 @@ class AveragedIterate(Callback):
             self._checkpoint_optimizers.append(opt)
 
     @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self._checkpoint_optimizers = []
-
-
-@contextmanager
-def _logged_with_suffix(pl_module: pl.LightningModule, suffix: str, fx_name: str) -> Iterator[None]:
-    """Within the block, ``pl_module.log(name, ...)`` (and ``log_dict``) log ``name + suffix`` as if
-    called from the hook ``fx_name``."""
-    original_log = pl_module.log
-    previous_fx = pl_module._current_fx_name
-
-    def log(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-        original_log(name + suffix, value, *args, **kwargs)
-
-    pl_module.log = log
-    pl_module._current_fx_name = fx_name
-    try:
-        yield
-    finally:
-        del pl_module.log
-        pl_module._current_fx_name = previous_fx
-
-
-def _attach_batch_to_results(trainer: pl.Trainer, batch: Any, dataloader_idx: int | None) -> None:
-    """What the evaluation loop does before each batch, so ``self.log`` infers the batch size and
-    keys metrics per dataloader as in the regular pass."""
-    results = trainer._results
-    if results is not None:
-        results.batch = batch
-        results.batch_size = None
-        results.dataloader_idx = dataloader_idx
+        self._evaluating = []
 
 
 def _batch_norm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -329,7 +378,11 @@ def _batch_norm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _recompute_batch_norm(
-    model: pl.LightningModule, trainer: pl.Trainer, loader: DataLoader, num_batches: int
+    model: nn.Module,
+    trainer: Any,
+    loader: DataLoader,
+    num_batches: int,
+    forward_batch: ForwardBatch,
 ) -> None:
     """Running BatchNorm statistics as the plain average over ``num_batches`` fixed training batches.
 
@@ -356,8 +409,7 @@ def _recompute_batch_norm(
         for i, batch in enumerate(fixed):
             if i >= num_batches:
                 break
-            batch = trainer.strategy.batch_to_device(batch)
-            model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+            forward_batch(model, trainer.strategy.batch_to_device(batch))
     finally:
         for module, momentum in momenta.items():
             module.momentum = momentum

@@ -4,33 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from ..optim import ExponentiatedO2NC
+from ..optim.hyperparameters import SCHEDULABLE
+from .compat import LoggingStepAxis
+from .packages import Callback, twins
 
 STATISTICS = ("update_norm", "grad_ema_norm", "iterate_variance", "stationarity_certificate")
-GROUP_HYPERPARAMETERS = ("lr", "beta", "mu")
 
 
 class O2NCMonitor(Callback):
-    """Logs the drawn scalar s, ``||Delta||``, ``||m_hat||``, V, the certificate and lr/beta/mu.
+    """Logs the drawn scalar s, ``||Delta||``, ``||m_hat||``, V, the certificate, lr, beta, mu, ...
 
     Tags (for the first ExponentiatedO2NC; further ones get ``o2nc/optimizer{i}/...``):
     ``o2nc/scale`` (the last s), ``o2nc/scale_mean`` (mean of the s drawn since the last log),
     ``o2nc/scale_histogram`` (TensorBoard histogram of those s), ``o2nc/update_norm``,
     ``o2nc/grad_ema_norm``, ``o2nc/iterate_variance`` and ``o2nc/stationarity_certificate``
     (with ``average=True``), ``o2nc/skipped_steps`` (with ``skip_nonfinite=True``) and
-    ``o2nc/{lr,beta,mu}/group{j}``.
+    ``o2nc/<name>/group{j}`` for every hyper-parameter a schedule may drive (``SCHEDULABLE`` in
+    ``lightning_o2nc.optim.hyperparameters``: lr, beta, mu, weight_decay).
 
-    Every optimizer step only appends the host float ``last_scale`` to a list; the statistics are
-    computed on the device and read back with one transfer at logging steps, on global rank zero
-    (DDP ranks hold identical optimizer states), with the same step axis as ``self.log``.
+    Every optimizer step of an ExponentiatedO2NC only appends its host float ``last_scale`` to a
+    list (through a step hook, so accumulated gradients, manual optimization and several
+    optimizers each give one s per step of that optimizer). The statistics are computed on the
+    device and read back with one transfer at logging steps, on global rank zero (DDP ranks hold
+    identical optimizer states), at the same step as the training metrics of ``self.log``.
+    Works with a Trainer of either Lightning package.
 
     Args:
         certificate_c: The constant c of the certificate ``||m_hat|| + c * V``.
@@ -43,55 +47,50 @@ class O2NCMonitor(Callback):
         self.certificate_c = certificate_c
         self.log_histogram = log_histogram
         self._scales: dict[int, list[float]] = {}
-        self._last_step = -1
+        self._hooks: list[RemovableHandle] = []
+        self._axis = LoggingStepAxis()
+        self._restored_step: int | None = None
 
     @staticmethod
-    def _o2nc_optimizers(trainer: pl.Trainer) -> list[tuple[str, ExponentiatedO2NC]]:
+    def _o2nc_optimizers(trainer: Any) -> list[tuple[str, ExponentiatedO2NC]]:
         found = [opt for opt in trainer.optimizers if isinstance(opt, ExponentiatedO2NC)]
         if len(found) == 1:
             return [("o2nc", found[0])]
         return [(f"o2nc/optimizer{i}", opt) for i, opt in enumerate(found)]
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._o2nc_optimizers(trainer):
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        optimizers = self._o2nc_optimizers(trainer)
+        if not optimizers:
             names = [type(opt).__name__ for opt in trainer.optimizers]
             rank_zero_warn(
                 f"O2NCMonitor found no ExponentiatedO2NC among the optimizers {names}: it logs nothing"
             )
-        self._scales = {}
-        self._last_step = trainer.global_step
+        self._remove_hooks()
+        self._scales = {id(opt): [] for _, opt in optimizers}
+        for _, opt in optimizers:
+            opt.tracks_iterate_variance = True  # V costs a reduction per step: only when logged
+            self._hooks.append(opt.register_step_post_hook(self._record_scale))
+        self._axis.start(trainer, self._restored_step)
+
+    def _record_scale(self, optimizer: ExponentiatedO2NC, args: Any, kwargs: Any) -> None:
+        self._scales[id(optimizer)].append(optimizer.last_scale)
 
     @override
     def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step == self._last_step:  # accumulating gradients: no step this batch
-            return
-        self._last_step = trainer.global_step
-        optimizers = self._o2nc_optimizers(trainer)
-        for _, opt in optimizers:
-            self._scales.setdefault(id(opt), []).append(opt.last_scale)
-        if not trainer._logger_connector.should_update_logs:
+        _, step = self._axis.batch_end(trainer, pl_module)
+        if step is None:
             return
         if trainer.is_global_zero and trainer.loggers:
-            step = trainer.fit_loop.epoch_loop._batches_that_stepped
-            for prefix, opt in optimizers:
+            for prefix, opt in self._o2nc_optimizers(trainer):
                 self._log(trainer, prefix, opt, self._scales.get(id(opt), []), step)
-        self._scales = {}
+        for scales in self._scales.values():
+            scales.clear()
 
     def _log(
-        self,
-        trainer: pl.Trainer,
-        prefix: str,
-        opt: ExponentiatedO2NC,
-        scales: list[float],
-        step: int,
+        self, trainer: Any, prefix: str, opt: ExponentiatedO2NC, scales: list[float], step: int
     ) -> None:
         statistics = opt.statistics(c=self.certificate_c)
         device_values = {name: statistics[name] for name in STATISTICS if name in statistics}
@@ -104,11 +103,33 @@ class O2NCMonitor(Callback):
         if scales:
             metrics[f"{prefix}/scale_mean"] = float(np.mean(scales))
         for j, group in enumerate(opt.param_groups):
-            for name in GROUP_HYPERPARAMETERS:
+            for name in SCHEDULABLE:
                 metrics[f"{prefix}/{name}/group{j}"] = float(group[name])
+        tensorboard = twins("loggers.TensorBoardLogger")
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-            if self.log_histogram and scales and isinstance(logger, TensorBoardLogger):
+            if self.log_histogram and scales and isinstance(logger, tensorboard):
                 logger.experiment.add_histogram(
                     f"{prefix}/scale_histogram", np.asarray(scales), global_step=step
                 )
+
+    def _remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    @override
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._remove_hooks()
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._remove_hooks()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_that_stepped": self._axis.batches_that_stepped}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored_step = state_dict.get("batches_that_stepped")
