@@ -18,12 +18,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from typing_extensions import override
+
+from .packages import LightningDataModule
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -54,7 +55,7 @@ class EpochSeededSampler(Sampler[int]):
         return self.num_samples
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(LightningDataModule):  # of both Lightning packages
     """Base class: batch size, loaders, and the ``input_shape`` / ``num_classes`` the model needs.
 
     Subclasses set ``self.train_set``, ``self.val_set`` and ``self.test_set`` in ``setup``.
