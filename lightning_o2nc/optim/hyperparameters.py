@@ -7,8 +7,9 @@ it in the optimizer.
 
 - :data:`HYPERPARAMETERS`: ``{name: Hyperparameter}`` in signature order.
 - :data:`GROUP_HYPERPARAMETERS`: the names a param group may set for itself (``lr``, ``beta``,
-  ``mu``, ``weight_decay``, ``maximize``); :data:`OPTIMIZER_OPTIONS`: the names that apply to the
-  whole optimizer (``scaling``, ``seed``, ``average``, ...), refused inside a param group.
+  ``mu``, ``weight_decay``, ``foreach``, ``maximize``, as in torch); :data:`OPTIMIZER_OPTIONS`:
+  the names that apply to the whole optimizer (``scaling``, ``seed``, ``average``,
+  ``average_beta``, ``skip_nonfinite``), refused inside a param group.
 - :data:`SCHEDULABLE`: the names a schedule may drive (``lr``, ``beta``, ``mu``, ``weight_decay``).
 - :data:`SCHEDULE_ARGUMENT_ALIASES`: schedule arguments that stand for another one
   (``warmup_fraction`` of ``warmup_cosine``); the shapes' own arguments are the fields of their
@@ -206,6 +207,7 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
             "foreach",
             None,
             "multi-tensor kernels; None picks the fastest path for the device",
+            per_group=True,
             numeric=False,
         ),
         Hyperparameter(

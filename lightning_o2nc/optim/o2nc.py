@@ -11,46 +11,70 @@ Per step n, with hyper-parameters read from each param group (so schedules are g
     x_n &= x_{n-1} + s_n \Delta_n \qquad \text{(s scales the move, never the buffer)}
 
 ``g_n`` is the gradient at the current weights plus ``weight_decay * x`` (torch SGD's L2 term), negated
-when ``maximize``. With ``s = 1`` this is ``torch.optim.SGD(lr=zeta*eta, momentum=zeta)``, whose
-momentum buffer is ``-Delta / (zeta * eta)``.
+when ``maximize``. ``lightning_o2nc.optim.reference`` is the same update written out plainly.
+
+Time-varying hyper-parameters (the paper's online-mirror-descent form, and the authors' code): η_n
+multiplies the gradient of step n once, as it enters Δ, so ``Δ_n = -Σ_k η_k (Π_{j≥k} ζ_j) g_k``;
+β_n and μ_n enter through ζ_n, which discounts all of Δ at step n. torch SGD instead multiplies
+its whole momentum buffer by the *current* lr. Hence, with ``s = 1``, this is exactly
+``torch.optim.SGD(lr=zeta*eta, momentum=zeta)`` (momentum buffer ``-Delta / (zeta * eta)``) **only
+while η is constant**. Under an η schedule the two differ; when η drops to 0, O2NC keeps moving for
+about ``1 / (1 - ζ)`` steps on the Δ accumulated so far, where SGD stops at once.
 
 Monitoring (all on the device, read only when asked, see :meth:`ExponentiatedO2NC.statistics`):
 
-- ``W_n = zeta_n (W_{n-1} + eta_n)`` is the total weight that ``Delta_n = -sum_k w_k g_k`` puts on past
-  gradients, so ``m_hat = -Delta / W`` is the normalized weighted average of gradients. While the
-  hyper-parameters are constant it is exactly the bias-corrected zeta-EMA of gradients,
-  ``(1 - zeta) / (eta * zeta * (1 - zeta^n)) * (-Delta)``. No extra buffer is needed.
-- With ``average=True``, x_bar is the bias-corrected beta-EMA of the iterates and V their weighted
-  spread around it, updated Welford-style with the newest iterate's weight ``a_n = 1 / A_n``,
-  ``A_n = beta_n A_{n-1} + 1``:  ``d = x_n - x_bar_{n-1}``, ``V <- (1 - a_n)(V + a_n ||d||^2)``,
-  ``x_bar <- x_bar + a_n d``. The (c, eps)-stationarity certificate is ``||m_hat|| + c V``.
-
-  x_bar is stored as its deviation from the weights, ``x - x_bar = k * u``: one buffer u per
-  parameter and one scalar k per group. Since ``d_n = (x_{n-1} - x_bar_{n-1}) + s_n Delta_n``, one
-  in-place pass ``u <- u + (s_n / k) Delta_n`` makes ``k u = d_n``, a norm gives ``||d_n||``, and
-  ``x_n - x_bar_n = (1 - a_n) d_n`` only rescales k. No temporary, and 4 memory passes instead of 7.
-  u is rescaled (``u <- k u``, ``k <- 1``) when k falls below 2^-10, i.e. rarely.
+- ``W_n = zeta_n (W_{n-1} + eta_n)`` is the total weight that Δ puts on past gradients, so
+  ``m_hat = -Delta / W`` is their normalized weighted average (for constant hyper-parameters the
+  bias-corrected zeta-EMA of the gradients). No extra buffer is needed.
+- With ``average=True``, x_bar is the bias-corrected EMA of the iterates with discount
+  ``beta_bar`` (``average_beta``, else β_n) and V their weighted spread around it, updated
+  Welford-style with the newest iterate's weight ``a_n = 1 / A_n``, ``A_n = beta_bar A_{n-1} + 1``:
+  ``d = x_n - x_bar_{n-1}``, ``V <- (1 - a_n)(V + a_n ||d||^2)``, ``x_bar <- x_bar + a_n d``. The
+  (c, eps)-stationarity certificate is ``||m_hat|| + c V``. x_bar is stored as its deviation from
+  the weights, ``x - x_bar = k u`` (one buffer u per parameter, one scalar k per group), updated in
+  the step's own pass over each tensor (see :func:`~lightning_o2nc.optim.functional.average_o2nc`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .hyperparameters import validate_hyperparameters
+from .functional import (
+    all_gradients_finite,
+    average_o2nc,
+    averaged_iterates,
+    o2nc,
+    squared_norms,
+    switch_weights_,
+    total,
+    where,
+)
+from .hyperparameters import OPTIMIZER_OPTIONS, validate_hyperparameters
 from .scaling import RandomScaling
 
-__all__ = ["ExponentiatedO2NC", "validate_hyperparameters"]
+__all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
 
 _STATE_KEY = "o2nc"
-_RESCALE_BELOW = 2.0**-10  # rescale the stored iterate deviation before its factor k gets tiny
+_NUMBERS = ("lr", "beta", "mu", "weight_decay")
+
+
+class _GroupTensors(NamedTuple):
+    """What one group's step reads: ``_init_group``'s result, cached while the group is unchanged."""
+
+    group_params: list[Tensor]  # the group's own list, to tell whether the cache is still valid
+    params: list[Tensor]
+    grads: list[Tensor]
+    deltas: list[Tensor]
+    deviations: list[Tensor] | None  # of the parameters stepped now
+    idle_deviations: list[Tensor]  # of the group's other parameters (they share its k)
+    foreach_default: bool
 
 
 class ExponentiatedO2NC(Optimizer):
@@ -58,24 +82,31 @@ class ExponentiatedO2NC(Optimizer):
 
     Args:
         params: iterable of tensors or param-group dicts (per-group ``lr``, ``beta``, ``mu``,
-            ``weight_decay``).
-        lr: eta > 0, the step size of the online learner.
-        beta: 0 <= beta < 1, the momentum / discount factor.
-        mu: >= 0, implicit decay of the update: ``zeta = beta / (1 + lr * mu)``.
+            ``weight_decay``, ``foreach``, ``maximize``). Options of the whole optimizer
+            (``scaling``, ``seed``, ``average``, ``average_beta``, ``skip_nonfinite``) inside a
+            group are an error.
+        lr: η > 0, the online learner's step size (see the module docstring for schedules).
+        beta: 0 <= β < 1, the momentum / discount factor.
+        mu: μ >= 0, implicit decay of the update: ``zeta = beta / (1 + lr * mu)``.
         weight_decay: >= 0, L2 penalty added to the gradient (as torch SGD does).
         scaling: ``"exponential"`` (s ~ Exp(1), the paper), ``"uniform"`` (s ~ U(0, 2), ablation) or
             ``"none"`` (s = 1: plain SGD with momentum).
         seed: seed of the scalar's own generator. ``None`` agrees on a seed across DDP ranks (rank 0's
             ``torch.initial_seed()``), so every rank draws the same s.
-        average: keep x_bar, the bias-corrected beta-EMA of the iterates (one extra buffer per
-            parameter), the iterate variance V and the certificate; enables :meth:`eval`/:meth:`train`
-            and :meth:`averaged_iterate`.
+        average: keep x_bar (one extra buffer per parameter); enables :meth:`eval`/:meth:`train`,
+            :meth:`averaged_iterate` and V in :meth:`statistics`.
+        average_beta: the discount of x_bar and V, 0 <= average_beta < 1; ``None`` uses β (the
+            theory's x_bar). It never changes the trajectory, only the horizon of the average
+            (about ``1 / (1 - average_beta)`` steps).
         skip_nonfinite: a step whose gradients hold NaN/inf leaves weights, buffers and x_bar
-            untouched and is counted in :attr:`skipped_steps`, without a host sync. Uses the
-            single-tensor path with masked updates.
+            untouched and is counted in :attr:`skipped_steps`, without a host sync.
         foreach: ``True`` multi-tensor kernels, ``False`` a per-tensor loop, ``None`` the fastest for
             the device (multi-tensor on CUDA, loop on CPU).
         maximize: ascend instead of descend.
+
+    ``lr``, ``beta`` and ``mu`` may be given as one-element tensors: they are read into floats here,
+    once, at construction (one host read). ``step()`` reads floats only, so it never waits for the
+    device; a tensor written into a group later is refused by ``step()`` with a ``TypeError``.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -94,39 +125,83 @@ class ExponentiatedO2NC(Optimizer):
         scaling: str = "exponential",
         seed: int | None = None,
         average: bool = False,
+        average_beta: float | None = None,
         skip_nonfinite: bool = False,
         foreach: bool | None = None,
         maximize: bool = False,
     ) -> None:
-        validate_hyperparameters(lr=lr, beta=beta, mu=mu, weight_decay=weight_decay)
+        if isinstance(params, Tensor):  # before list(params), which would iterate over its rows
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or "
+                f"dicts, but got {torch.typename(params)}"
+            )
+        numbers = validate_hyperparameters(
+            lr=lr, beta=beta, mu=mu, weight_decay=weight_decay, average_beta=average_beta
+        )
         params = list(params)
         if not params:
             raise ValueError("Invalid params: ExponentiatedO2NC got an empty parameter list")
         self._scaling = RandomScaling(scaling, seed)
         self.average = bool(average)
+        self.average_beta = numbers.pop("average_beta")
         self.skip_nonfinite = bool(skip_nonfinite)
         self.training = True
+        self.tracks_iterate_variance = False
         self._skipped_steps: Tensor | None = None
-        defaults = dict(
-            lr=lr, beta=beta, mu=mu, weight_decay=weight_decay, foreach=foreach, maximize=maximize
-        )
-        super().__init__(params, defaults)
+        self._cache: dict[int, _GroupTensors] = {}
+        super().__init__(params, dict(numbers, foreach=foreach, maximize=maximize))
 
     # ----------------------------------------------------------------- construction and state
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        hyper = {**self.defaults, **param_group}
-        validate_hyperparameters(
-            lr=hyper["lr"], beta=hyper["beta"], mu=hyper["mu"], weight_decay=hyper["weight_decay"]
-        )
+        for key in OPTIMIZER_OPTIONS:
+            if key in param_group:
+                raise ValueError(
+                    f"Invalid param group key {key!r}: {key} applies to the whole optimizer; pass "
+                    f"it to ExponentiatedO2NC(..., {key}=...) instead of a param group"
+                )
+        given = {k: param_group[k] for k in _NUMBERS if k in param_group}
+        param_group.update(validate_hyperparameters(**given))
         super().add_param_group(param_group)
         _init_group_scalars(self.param_groups[-1])
 
+    def _options(self) -> dict[str, Any]:
+        """What is not per parameter: the scalar generator, the mode, counters and options."""
+        return {
+            "scaling": self._scaling.state_dict(),
+            "training": self.training,
+            "skipped_steps": None if self._skipped_steps is None else self._skipped_steps.clone(),
+            "tracks_iterate_variance": self.tracks_iterate_variance,
+            "average": self.average,
+            "average_beta": self.average_beta,
+            "skip_nonfinite": self.skip_nonfinite,
+        }
+
+    def _load_options(self, options: dict[str, Any]) -> None:
+        self._scaling.load_state_dict(options["scaling"])
+        self.training = bool(options["training"])
+        self.tracks_iterate_variance = bool(options.get("tracks_iterate_variance", False))
+        skipped = options.get("skipped_steps")
+        self._skipped_steps = None if skipped is None else skipped.to(self._device())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch keeps ``defaults``, ``state`` and ``param_groups``; copies also need the rest."""
+        return dict(super().__getstate__(), **{_STATE_KEY: self._options()})
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        options = state.pop(_STATE_KEY, None)
         super().__setstate__(state)
+        self._cache = {}  # load_state_dict and copies come through here with new tensors
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             _init_group_scalars(group)
+        if options is not None:  # a copy (deepcopy, pickle, torch.save of the whole object)
+            kind, seed = options["scaling"]["kind"], options["scaling"]["seed"]
+            self._scaling = RandomScaling(kind, seed)
+            self.average, self.skip_nonfinite = options["average"], options["skip_nonfinite"]
+            self.average_beta = options["average_beta"]
+            self._load_options(options)
 
     @property
     def scaling(self) -> str:
@@ -147,36 +222,26 @@ class ExponentiatedO2NC(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus a top-level ``"o2nc"`` entry: the scalar generator's state, the
-        train/eval mode and the skipped-step count.
+        train/eval mode, the skipped-step count and whether V is tracked.
 
         The generator state lives at the top level because torch casts per-parameter state tensors to
         the parameter's dtype on load, which would corrupt it.
         """
-        state = super().state_dict()
-        state[_STATE_KEY] = {
-            "scaling": self._scaling.state_dict(),
-            "training": self.training,
-            "skipped_steps": None if self._skipped_steps is None else self._skipped_steps.clone(),
-        }
-        return state
+        return dict(super().state_dict(), **{_STATE_KEY: self._options()})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        extra = state_dict.pop(_STATE_KEY, None)
+        options = state_dict.pop(_STATE_KEY, None)
         super().load_state_dict(state_dict)
-        if extra is None:
-            warnings.warn(
+        if options is None:
+            message = (
                 "This state dict has no 'o2nc' entry (it was saved by another optimizer or an older "
                 "version): the random-scaling generator is not restored, so the sequence of scalars s "
-                "will not repeat the original run.",
-                UserWarning,
-                stacklevel=2,
+                "will not repeat the original run."
             )
-            return
-        self._scaling.load_state_dict(extra["scaling"])
-        self.training = bool(extra["training"])
-        skipped = extra.get("skipped_steps")
-        self._skipped_steps = None if skipped is None else skipped.to(self._device())
+            warnings.warn(message, UserWarning, stacklevel=2)
+        else:
+            self._load_options(options)
 
     # ----------------------------------------------------------------- train / eval (x_bar swap)
     def eval(self) -> None:
@@ -200,39 +265,15 @@ class ExponentiatedO2NC(Optimizer):
             self._switch_weights()
             self.training = True
 
-    @torch.no_grad()
     def _switch_weights(self) -> None:
-        """eval: stash x in the state, write x_bar = x - k u; train: restore x bit for bit."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state[p]
-                if "iterate_deviation" not in state:
-                    continue
-                if self.training:
-                    state["training_weights"] = p.detach().clone()
-                    _to_averaged_iterate_(p, state["iterate_deviation"], group["deviation_scale"])
-                else:
-                    p.copy_(state.pop("training_weights"))
+        switch_weights_(self.param_groups, self.state, to_average=self.training)
 
-    @torch.no_grad()
     def averaged_iterate(self) -> list[Tensor]:
         """x_bar for every parameter of every group, in order, as new tensors.
 
         Parameters that have not been stepped yet are their own average.
         """
-        averages = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state[p]
-                if not self.training or "iterate_deviation" not in state:
-                    averages.append(p.detach().clone())
-                else:
-                    averages.append(
-                        _to_averaged_iterate_(
-                            p.detach().clone(), state["iterate_deviation"], group["deviation_scale"]
-                        )
-                    )
-        return averages
+        return averaged_iterates(self.param_groups, self.state, self.training)
 
     # ----------------------------------------------------------------- the step
     @torch.no_grad()
@@ -253,117 +294,99 @@ class ExponentiatedO2NC(Optimizer):
                 loss = closure()
 
         scale = self._scaling.draw()
-        all_finite = self._all_gradients_finite() if self.skip_nonfinite else None
-        for group in self.param_groups:
-            self._step_group(group, scale, all_finite)
+        all_finite = None
+        if self.skip_nonfinite:
+            grads = [p.grad for group in self.param_groups for p in group["params"]]
+            all_finite = all_gradients_finite(grads, self._device())
+        for index, group in enumerate(self.param_groups):
+            tensors = self._init_group(index, group)
+            if tensors is not None:
+                self._step_group(group, tensors, scale, all_finite)
         if all_finite is not None:
             self.skipped_steps.add_((~all_finite).to(torch.int64))
         return loss
 
-    def _step_group(self, group: dict[str, Any], scale: float, all_finite: Tensor | None) -> None:
-        params, grads, updates = [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError(
-                    "ExponentiatedO2NC does not support sparse gradients; use dense gradients "
-                    "(for example nn.Embedding(sparse=False))"
-                )
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if self.average and "iterate_deviation" not in state:
-                state["iterate_deviation"] = torch.zeros_like(
-                    p, memory_format=torch.preserve_format
-                )
-            params.append(p)
-            grads.append(p.grad)
-            updates.append(state["momentum_buffer"])
+    def _init_group(self, index: int, group: dict[str, Any]) -> _GroupTensors | None:
+        """The group's parameters with gradients, their buffers (created on first use), and grads.
+
+        While every parameter of the group has a gradient, the lists are kept between steps and
+        only the gradients are read anew.
+        """
+        group_params = group["params"]
+        grads = [p.grad for p in group_params]
+        complete = not any(g is None for g in grads)
+        if any(g is not None and g.is_sparse for g in grads):
+            raise RuntimeError(
+                "ExponentiatedO2NC does not support sparse gradients; use dense gradients "
+                "(for example nn.Embedding(sparse=False))"
+            )
+        cached = self._cache.get(index)
+        reusable = cached is not None and cached.group_params is group_params
+        if complete and reusable and len(cached.params) == len(group_params):
+            return cached._replace(grads=grads)
+        params = [p for p, g in zip(group_params, grads, strict=True) if g is not None]
         if not params:
-            return
-
-        eta, beta = group["lr"], group["beta"]
-        zeta = beta / (1.0 + eta * group["mu"])
-        coefficients = dict(
-            zeta=zeta,
-            eta=eta,
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-            scale=scale,
+            return None
+        names = ("momentum_buffer", "iterate_deviation") if self.average else ("momentum_buffer",)
+        for p, name in ((p, name) for p in params for name in names):
+            if name not in self.state[p]:
+                self.state[p][name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        tensors = _GroupTensors(
+            group_params=group_params,
+            params=params,
+            grads=[g for g in grads if g is not None],
+            deltas=[self.state[p]["momentum_buffer"] for p in params],
+            deviations=[self.state[p]["iterate_deviation"] for p in params]
+            if self.average
+            else None,
+            idle_deviations=[
+                self.state[p]["iterate_deviation"]
+                for p, g in zip(group_params, grads, strict=True)
+                if g is None and "iterate_deviation" in self.state.get(p, {})
+            ],
+            foreach_default=all(p.is_cuda for p in params) and not torch.jit.is_scripting(),
         )
-        foreach = _use_foreach(group["foreach"], params)
-        if all_finite is not None:
-            _masked_o2nc(params, grads, updates, all_finite=all_finite, **coefficients)
-        elif foreach:
-            _multi_tensor_o2nc(params, grads, updates, **coefficients)
-        else:
-            _single_tensor_o2nc(params, grads, updates, **coefficients)
+        if complete:
+            self._cache[index] = tensors
+        return tensors
 
-        group["update_weight_sum"] = _where(
+    def _step_group(
+        self, group: dict[str, Any], t: _GroupTensors, scale: float, all_finite: Tensor | None
+    ) -> None:
+        eta, beta, mu = group["lr"], group["beta"], group["mu"]
+        if isinstance(eta, Tensor) or isinstance(beta, Tensor) or isinstance(mu, Tensor):
+            raise TypeError(
+                "ExponentiatedO2NC reads lr, beta and mu as floats at every step (a tensor would "
+                "make the step wait for the device); write floats into the param group"
+            )
+        track = self.average and self.tracks_iterate_variance
+        k = group["deviation_scale"]
+        hyper = {name: group[name] for name in ("lr", "beta", "mu", "weight_decay", "maximize")}
+        foreach = t.foreach_default if group["foreach"] is None else group["foreach"]
+        squares = o2nc(
+            t.params, t.grads, t.deltas, t.deviations, **hyper, scale=scale,
+            deviation_scale=k, all_finite=all_finite, foreach=foreach, track_norm=track,
+        )  # fmt: skip
+        zeta = beta / (1.0 + eta * mu)
+        group["update_weight_sum"] = where(
             all_finite, zeta * (group["update_weight_sum"] + eta), group["update_weight_sum"]
         )
         if self.average:
-            self._update_average(group, params, updates, beta, scale, all_finite, foreach)
-
-    def _update_average(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        updates: list[Tensor],
-        beta: float,
-        scale: float,
-        all_finite: Tensor | None,
-        foreach: bool,
-    ) -> None:
-        """x_bar and V after the move x_n = x_{n-1} + s Delta_n (see the module docstring).
-
-        Parameters without a gradient this step did not move (``d = k u`` as it is), but they
-        share the group's k, so the norm and the rescaling cover every deviation of the group.
-        """
-        moved = [self.state[p]["iterate_deviation"] for p in params]
-        deviations = [
-            self.state[p]["iterate_deviation"]
-            for p in group["params"]
-            if "iterate_deviation" in self.state[p]
-        ]
-        weight_sum = beta * group["average_weight_sum"] + 1.0
-        newest_weight = 1.0 / weight_sum  # a_n
-        k = group["deviation_scale"]
-        if all_finite is None:
-            _add_scaled_(moved, updates, scale / k, foreach)  # now k u = d_n
-            squared_distance = k * k * _sum_of_squares(deviations)
-            k = (1.0 - newest_weight) * k  # x_n - x_bar_n = (1 - a_n) d_n
-            if k < _RESCALE_BELOW:
-                for (u_list,) in _by_device_and_dtype(deviations).values():
-                    torch._foreach_mul_(u_list, k)
-                k = 1.0
-            group["deviation_scale"] = k
-        else:  # decided on the device: k stays 1 and a skipped step multiplies by exactly 0 and 1
-            move = _where(all_finite, scale, 0.0)
-            for u_list, delta_list in _by_device_and_dtype(moved, updates).values():
-                torch._foreach_add_(u_list, torch._foreach_mul(delta_list, move))
-            squared_distance = _sum_of_squares(deviations)
-            keep = _where(all_finite, 1.0 - newest_weight, 1.0)
-            for (u_list,) in _by_device_and_dtype(deviations).values():
-                torch._foreach_mul_(u_list, keep)
-        variance = (1.0 - newest_weight) * (
-            group["iterate_variance"] + newest_weight * squared_distance
-        )
-        group["average_weight_sum"] = _where(all_finite, weight_sum, group["average_weight_sum"])
-        group["iterate_variance"] = _where(all_finite, variance, group["iterate_variance"])
-
-    def _all_gradients_finite(self) -> Tensor:
-        device = self._device()
-        flags = [
-            torch.isfinite(p.grad).all().to(device, non_blocking=True)
-            for group in self.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        ]
-        if not flags:
-            return torch.ones((), dtype=torch.bool, device=device)
-        return torch.stack(flags).all()
+            discount = beta if self.average_beta is None else self.average_beta
+            if track and t.idle_deviations:
+                squares = squares + squared_norms(t.idle_deviations)
+            k, weight_sum, variance = average_o2nc(
+                t.deviations + t.idle_deviations,
+                squares if track else None,
+                deviation_scale=k,
+                weight_sum=group["average_weight_sum"],
+                variance=group["iterate_variance"],
+                discount=discount,
+                all_finite=all_finite,
+            )
+            group.update(
+                deviation_scale=k, average_weight_sum=weight_sum, iterate_variance=variance
+            )
 
     def _device(self) -> torch.device:
         return self.param_groups[0]["params"][0].device
@@ -372,6 +395,12 @@ class ExponentiatedO2NC(Optimizer):
     @torch.no_grad()
     def statistics(self, c: float = 1.0) -> dict[str, Any]:
         """Monitoring quantities as 0-d tensors on the parameters' device (no host sync).
+
+        V costs one reduction per step, so it is tracked only once someone reads it: the first
+        call switches :attr:`tracks_iterate_variance` on (the monitor does so at the start of
+        training) and reports V as NaN, since the steps before were not tracked. Iterates from
+        before tracking began count in V as their average (a lower bound that becomes exact as
+        their weight decays).
 
         Args:
             c: the constant of the (c, eps)-stationarity certificate ``||m_hat|| + c * V``.
@@ -382,167 +411,28 @@ class ExponentiatedO2NC(Optimizer):
             and ``"stationarity_certificate"``. Norms are over all parameters of all groups.
         """
         device = self._device()
-        zero = torch.zeros((), dtype=torch.float32, device=device)
-        update_sq, grad_ema_sq, variance = zero, zero, zero
+        update_sq = grad_ema_sq = variance = torch.zeros((), device=device)
         for group in self.param_groups:
-            updates = [
-                self.state[p]["momentum_buffer"]
-                for p in group["params"]
-                if "momentum_buffer" in self.state[p]
-            ]
+            states = [self.state.get(p, {}) for p in group["params"]]
+            updates = [state["momentum_buffer"] for state in states if "momentum_buffer" in state]
             if not updates:
                 continue
-            group_sq = _sum_of_squares(updates).to(device)
+            group_sq = total(squared_norms(updates), device)
             weight = group["update_weight_sum"]
             update_sq = update_sq + group_sq
-            if isinstance(weight, Tensor) or weight > 0:
-                grad_ema_sq = grad_ema_sq + group_sq / weight**2
-            else:  # beta = 0 makes Delta = 0 and m_hat undefined
-                grad_ema_sq = grad_ema_sq + math.nan
+            # beta = 0 makes Delta = 0 and W = 0: m_hat is undefined
+            has_weight = isinstance(weight, Tensor) or weight > 0
+            grad_ema_sq = grad_ema_sq + (group_sq / weight**2 if has_weight else math.nan)
             variance = variance + group["iterate_variance"]
-        stats: dict[str, Any] = {
-            "scale": self.last_scale,
-            "update_norm": update_sq.sqrt(),
-            "grad_ema_norm": grad_ema_sq.sqrt(),
-        }
+        stats = {"scale": self.last_scale, "update_norm": update_sq.sqrt()}
+        stats["grad_ema_norm"] = grad_ema_sq.sqrt()
         if self.average:
+            if not self.tracks_iterate_variance:
+                self.tracks_iterate_variance = True
+                variance = torch.full((), math.nan, device=device)
             stats["iterate_variance"] = variance
             stats["stationarity_certificate"] = stats["grad_ema_norm"] + c * variance
         return stats
-
-
-# --------------------------------------------------------------------- functional core
-def _single_tensor_o2nc(
-    params: list[Tensor],
-    grads: list[Tensor],
-    updates: list[Tensor],
-    *,
-    zeta: float,
-    eta: float,
-    weight_decay: float,
-    maximize: bool,
-    scale: float,
-) -> None:
-    """Delta <- zeta (Delta - eta g);  x <- x + s Delta, one tensor at a time."""
-    grad_coefficient = zeta * eta if maximize else -zeta * eta
-    for p, g, delta in zip(params, grads, updates, strict=True):
-        delta.mul_(zeta).add_(g, alpha=grad_coefficient)
-        if weight_decay:
-            delta.add_(p, alpha=-zeta * eta * weight_decay)
-        p.add_(delta, alpha=scale)
-
-
-def _multi_tensor_o2nc(
-    params: list[Tensor],
-    grads: list[Tensor],
-    updates: list[Tensor],
-    *,
-    zeta: float,
-    eta: float,
-    weight_decay: float,
-    maximize: bool,
-    scale: float,
-) -> None:
-    """The same update with multi-tensor (foreach) kernels, per device and dtype."""
-    grad_coefficient = zeta * eta if maximize else -zeta * eta
-    for p_list, g_list, d_list in _by_device_and_dtype(params, grads, updates).values():
-        torch._foreach_mul_(d_list, zeta)
-        torch._foreach_add_(d_list, g_list, alpha=grad_coefficient)
-        if weight_decay:
-            torch._foreach_add_(d_list, p_list, alpha=-zeta * eta * weight_decay)
-        torch._foreach_add_(p_list, d_list, alpha=scale)
-
-
-def _masked_o2nc(
-    params: list[Tensor],
-    grads: list[Tensor],
-    updates: list[Tensor],
-    *,
-    zeta: float,
-    eta: float,
-    weight_decay: float,
-    maximize: bool,
-    scale: float,
-    all_finite: Tensor,
-) -> None:
-    """The same update, applied only where ``all_finite`` holds (decided on the device)."""
-    grad_coefficient = zeta * eta if maximize else -zeta * eta
-    for p, g, delta in zip(params, grads, updates, strict=True):
-        new_delta = delta.mul(zeta).add_(g, alpha=grad_coefficient)
-        if weight_decay:
-            new_delta.add_(p, alpha=-zeta * eta * weight_decay)
-        delta.copy_(torch.where(all_finite, new_delta, delta))
-        p.add_(delta * all_finite, alpha=scale)  # delta is finite here, so a skipped step adds 0
-
-
-def _to_averaged_iterate_(weights: Tensor, deviation: Tensor, scale: float) -> Tensor:
-    """x_bar = x - k u in place; eval() and averaged_iterate() share it so they agree bit for bit."""
-    return weights.sub_(deviation, alpha=scale)
-
-
-def _add_scaled_(targets: list[Tensor], sources: list[Tensor], alpha: float, foreach: bool) -> None:
-    """``t += alpha * s`` for every pair, with multi-tensor kernels or one tensor at a time."""
-    if foreach:
-        for t_list, s_list in _by_device_and_dtype(targets, sources).values():
-            torch._foreach_add_(t_list, s_list, alpha=alpha)
-    else:
-        for t, s in zip(targets, sources, strict=True):
-            t.add_(s, alpha=alpha)
-
-
-def _use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
-    if foreach is not None:
-        return foreach
-    return all(p.is_cuda for p in params) and not torch.jit.is_scripting()
-
-
-def _by_device_and_dtype(
-    *tensor_lists: list[Tensor],
-) -> dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]]:
-    """Bucket parallel tensor lists by the first list's (device, dtype), for foreach kernels."""
-    buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = defaultdict(
-        lambda: tuple([] for _ in tensor_lists)
-    )
-    for tensors in zip(*tensor_lists, strict=True):
-        bucket = buckets[(tensors[0].device, tensors[0].dtype)]
-        for bucket_list, tensor in zip(bucket, tensors, strict=True):
-            bucket_list.append(tensor)
-    return dict(buckets)
-
-
-def _sum_of_squares(tensors: list[Tensor]) -> Tensor:
-    """sum_i ||t_i||^2 on the first tensor's device, without a host sync.
-
-    float32/float64 on the CPU use BLAS ``dot`` (about 2.5x faster there than
-    ``linalg.vector_norm``); elsewhere one multi-tensor norm, half precision reduced in float32.
-    """
-    device = tensors[0].device
-    total: Tensor | float = 0.0
-    for (bucket_device, dtype), (bucket,) in _by_device_and_dtype(tensors).items():
-        if bucket_device.type == "cpu" and dtype in (torch.float32, torch.float64):
-            squares = torch.stack([torch.dot(t.reshape(-1), t.reshape(-1)) for t in bucket])
-        else:
-            norm_dtype = torch.promote_types(dtype, torch.float32)
-            squares = torch.stack(torch._foreach_norm(bucket, 2, dtype=norm_dtype)).square()
-        total = total + squares.sum().to(device)
-    return total
-
-
-def _where(condition: Tensor | None, new: Any, old: Any) -> Any:
-    """``new`` when there is no condition, else ``torch.where(condition, new, old)`` on the device.
-
-    Host floats become device tensors through ``torch.full`` (a fill kernel), never through a
-    host-to-device copy, so no step ever waits for the device.
-    """
-    if condition is None:
-        return new
-
-    def on_device(value: Any) -> Tensor:
-        if isinstance(value, Tensor):
-            return value.to(condition.device, torch.float64)
-        return torch.full((), float(value), dtype=torch.float64, device=condition.device)
-
-    return torch.where(condition, on_device(new), on_device(old))
 
 
 def _init_group_scalars(group: dict[str, Any]) -> None:

@@ -8,8 +8,10 @@ whole model: per-coordinate or per-rank scalars would break it. This module owns
 - ``"uniform"``: s ~ U(0, 2), mean 1, an ablation;
 - ``"none"``: s = 1, plain SGD with momentum.
 
-The scalar comes from a private CPU :class:`torch.Generator`, so it is a host float: applying it to the
-weights never reads the device, and the user's global RNG is never consumed. With ``seed=None`` the
+The scalar comes from a private Mersenne Twister (Python's :class:`random.Random`), so it is a host
+float drawn without any tensor round trip: applying it to the weights never reads the device, and
+neither torch's nor Python's global RNG is consumed. Its state (625 integers) goes into the
+optimizer's state dict as plain data, so a resumed run draws the same sequence bit for bit. With ``seed=None`` the
 generator is seeded lazily, at the first draw, from rank 0's ``torch.initial_seed()`` (one broadcast,
 once, when ``torch.distributed`` is initialized). Every rank then draws the same sequence without any
 per-step communication, even when the user seeded each rank's global RNG differently.
@@ -17,6 +19,8 @@ per-step communication, even when the user seeded each rank's global RNG differe
 
 from __future__ import annotations
 
+import random
+import warnings
 from typing import Any
 
 import torch
@@ -54,16 +58,15 @@ class RandomScaling:
             raise TypeError(f"Invalid seed: {seed!r}; expected an int or None")
         self.kind = kind
         self.seed = seed
-        self.generator = torch.Generator(device="cpu")
+        self.generator = random.Random()
         self._seeded = False
-        self._draw_buffer = torch.empty((), dtype=torch.float64)
         self.last = 1.0
 
     def _ensure_seeded(self) -> None:
         if self._seeded:
             return
         seed = self.seed if self.seed is not None else agreed_initial_seed()
-        self.generator.manual_seed((seed * _SEED_MIX + 1) % _UINT64)
+        self.generator.seed((seed * _SEED_MIX + 1) % _UINT64)
         self._seeded = True
 
     def draw(self) -> float:
@@ -71,16 +74,18 @@ class RandomScaling:
         if self.kind == "none":
             s = 1.0
         else:
-            self._ensure_seeded()
+            if not self._seeded:
+                self._ensure_seeded()
             if self.kind == "exponential":
-                s = self._draw_buffer.exponential_(1.0, generator=self.generator).item()
+                s = self.generator.expovariate(1.0)
             else:
-                s = self._draw_buffer.uniform_(0.0, 2.0, generator=self.generator).item()
+                s = self.generator.uniform(0.0, 2.0)
         self.last = s
         return s
 
     def state_dict(self) -> dict[str, Any]:
-        """The generator's state, or ``None`` before the first draw.
+        """The generator's state as plain data (``weights_only``-loadable), ``None`` before the
+        first draw.
 
         Never seeds here: with ``seed=None`` seeding may broadcast, and ``state_dict()`` can be
         called on one rank only (a checkpoint written by rank 0 before training), which must not
@@ -89,7 +94,7 @@ class RandomScaling:
         return {
             "kind": self.kind,
             "seed": self.seed,
-            "generator_state": self.generator.get_state() if self._seeded else None,
+            "generator_state": _plain_state(self.generator.getstate()) if self._seeded else None,
             "last": self.last,
         }
 
@@ -100,8 +105,24 @@ class RandomScaling:
                 f"but this optimizer uses scaling={self.kind!r}"
             )
         self.last = float(state["last"])
-        if state["generator_state"] is None:  # saved before the first draw: seed as usual later
+        saved = state["generator_state"]
+        if saved is None:  # saved before the first draw: seed as usual later
             self._seeded = False
             return
-        self.generator.set_state(state["generator_state"].to("cpu", torch.uint8))
+        if isinstance(saved, torch.Tensor):  # a torch.Generator state, written by an older version
+            warnings.warn(
+                "This checkpoint holds the scalar generator of an older lightning-o2nc (a "
+                "torch.Generator state): the sequence of s starts afresh from the seed",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        version, internal, gauss_next = saved
+        self.generator.setstate((int(version), tuple(int(i) for i in internal), gauss_next))
         self._seeded = True
+
+
+def _plain_state(state: tuple[Any, ...]) -> list[Any]:
+    """``random.Random.getstate()`` as lists and ints, which ``torch.load(weights_only=True)`` reads."""
+    version, internal, gauss_next = state
+    return [version, list(internal), gauss_next]

@@ -9,87 +9,13 @@ import pytest
 import torch
 
 from lightning_o2nc import ExponentiatedO2NC
+from lightning_o2nc.optim.reference import ReferenceO2NC
 
 TOLERANCES = {
     torch.float64: dict(rtol=1e-12, atol=1e-14),
     torch.float32: dict(rtol=1e-5, atol=1e-6),
     torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
 }
-
-
-class ReferenceO2NC:
-    """Deliberately plain: float64, one tensor at a time, the paper's formulas written out.
-
-    It is given the scalar s of each step (the optimizer's draw) so trajectories can be compared,
-    and it keeps every iterate and gradient so the averaged iterate, the iterate variance and the
-    gradient EMA are computed directly from their definitions, not incrementally.
-    """
-
-    def __init__(self, weights: list[torch.Tensor], groups: list[dict]):
-        self.weights = [w.detach().to(torch.float64).clone() for w in weights]
-        self.deltas = [torch.zeros_like(w) for w in self.weights]
-        self.groups = (
-            groups  # [{"indices": [...], "lr":, "beta":, "mu":, "weight_decay":, "maximize":}]
-        )
-        self.history: list[dict] = []  # per step: iterates, gradients, hyper-parameters
-
-    def step(self, grads: list[torch.Tensor], s: float) -> None:
-        grads = [g.to(torch.float64) for g in grads]
-        effective = [None] * len(grads)
-        for group in self.groups:
-            eta, beta, mu, wd = group["lr"], group["beta"], group["mu"], group["weight_decay"]
-            zeta = beta / (1 + eta * mu)
-            for i in group["indices"]:
-                g = -grads[i] if group["maximize"] else grads[i]
-                g = g + wd * self.weights[i]
-                effective[i] = g
-                self.deltas[i] = zeta * (self.deltas[i] - eta * g)
-                self.weights[i] = self.weights[i] + s * self.deltas[i]
-        self.history.append(
-            {
-                "iterates": [w.clone() for w in self.weights],
-                "grads": effective,
-                "hyper": [dict(g) for g in self.groups],
-            }
-        )
-
-    def averaged_iterate_and_variance(self) -> tuple[list[torch.Tensor], float]:
-        """x_bar = sum_k w_k x_k / sum_k w_k with w_k = prod_{j>k} beta_j; V = weighted spread."""
-        averages, variance = [None] * len(self.weights), 0.0
-        for gi, group in enumerate(self.groups):
-            n = len(self.history)
-            weights = []
-            for k in range(n):
-                w = 1.0
-                for j in range(k + 1, n):
-                    w *= self.history[j]["hyper"][gi]["beta"]
-                weights.append(w)
-            total = sum(weights)
-            for i in group["indices"]:
-                mean = sum(w * h["iterates"][i] for w, h in zip(weights, self.history)) / total
-                averages[i] = mean
-                variance += (
-                    sum(
-                        w * (h["iterates"][i] - mean).square().sum().item()
-                        for w, h in zip(weights, self.history)
-                    )
-                    / total
-                )
-        return averages, variance
-
-    def gradient_ema_norm(self) -> float:
-        """||m_hat||, the bias-corrected zeta-EMA of gradients, for constant hyper-parameters."""
-        total = 0.0
-        for gi, group in enumerate(self.groups):
-            hyper = self.history[-1]["hyper"][gi]
-            zeta = hyper["beta"] / (1 + hyper["lr"] * hyper["mu"])
-            n = len(self.history)
-            for i in group["indices"]:
-                m = torch.zeros_like(self.weights[i])
-                for h in self.history:
-                    m = zeta * m + (1 - zeta) * h["grads"][i]
-                total += (m / (1 - zeta**n)).square().sum().item()
-        return math.sqrt(total)
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -131,6 +57,7 @@ def build(weights, groups, dtype, maximize=False, **kwargs):
         for g in groups
     ]
     opt = ExponentiatedO2NC(param_groups, lr=1.0, maximize=maximize, seed=1, **kwargs)
+    opt.tracks_iterate_variance = True  # as a statistics() user or the monitor switches it on
     ref_groups = [dict(g, maximize=maximize) for g in groups]
     return params, opt, ref_groups
 
