@@ -5,34 +5,79 @@
     o2nc-train fit --config ... --trainer.strategy=ddp --trainer.devices=4
 
 Defaults: a TensorBoardLogger under ``runs/`` (HParams dashboard filled at the end of fit), a
-RichProgressBar, and a ModelCheckpoint that also keeps ``last.ckpt`` (for ``--ckpt_path last``).
-``data.input_shape`` and ``data.num_classes`` are linked into the model.
+RichProgressBar (without the logger's ``v_num``), and a ModelCheckpoint that also keeps
+``last.ckpt``. ``data.input_shape`` and ``data.num_classes`` are linked into the model.
+
+- ``--ckpt_path last`` resumes the newest version of the run (the logger's ``save_dir/name``)
+  that holds a ``last.ckpt`` and keeps logging into it (see :mod:`.run_folders`).
+- A bad value (model, data module, optimizer, schedule, Trainer, or a flag) stops the command before
+  any training with one line, ``o2nc-train: error: <reason> (<config path>)``, and exit status 2;
+  ``O2NC_TRACEBACK=1`` shows the traceback instead (:mod:`.errors`).
+- ``--help`` lists the model and data options first; Lightning's tips about its cloud products
+  and warnings a user cannot act on are not printed.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+import logging
+import re
+import traceback
+import warnings
 from collections.abc import Iterable, Mapping
+from types import ModuleType
 from typing import Any
 
-from jsonargparse import lazy_instance
+from jsonargparse import ArgumentError, lazy_instance
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.loggers import Logger
 from typing_extensions import override
 
 from .data import ClassificationDataModule
+from .errors import RunConfigError, exit_with_one_line, wants_traceback
 from .module import O2NCModule
+from .packages import for_package, lightning_class, lightning_package, twins
+from .run_folders import latest_resumable_version, logger_run_folder
 
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "logger": lazy_instance(
-        TensorBoardLogger, save_dir="runs", name="o2nc", default_hp_metric=False
-    ),
-}
+PROGRAM = "o2nc-train"
+# a bad Trainer value (devices, strategy, ...), as raised by either Lightning package
+_MISCONFIGURATION = twins("utilities.exceptions.MisconfigurationException")
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# Messages nobody running o2nc-train can act on: Lightning's advertisements for its cloud
+# products, a torch deprecation inside Lightning's own code, and the checkpoint folder of a
+# finished fit being "changed" when that checkpoint is tested from a new version folder.
+_TIP_PREFIX = "💡 Tip:"
+_UNACTIONABLE_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r"The dirpath has changed from .* won't be reloaded.*",
+)
+_LIGHTNING_LOGGERS = (
+    "lightning.pytorch",
+    "pytorch_lightning",
+    "lightning.fabric",
+    "lightning_fabric",
+    "lightning_utilities",
+)
 
 
-class O2NCLightningCLI(LightningCLI):
+def trainer_defaults(package: ModuleType) -> dict[str, Any]:
+    """The Trainer defaults of ``o2nc-train`` with the classes of the Lightning ``package``."""
+    return {
+        "logger": lazy_instance(
+            package.loggers.TensorBoardLogger,
+            save_dir="runs",
+            name="o2nc",
+            default_hp_metric=False,
+        ),
+    }
+
+
+@lightning_class("cli.LightningCLI")  # one body; for_package() puts it on pytorch_lightning too
+class O2NCLightningCLI:
     """LightningCLI with the project's defaults and hooks for programmatic runs.
 
     Args:
@@ -54,7 +99,115 @@ class O2NCLightningCLI(LightningCLI):
         self._extra_callbacks = list(extra_callbacks)
         self._logger_override = logger
         self._trainer_overrides = dict(trainer_overrides or {})
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except ArgumentError as error:  # a flag or config key jsonargparse refused
+            raise self._run_config_error(error) from error
+
+    @override
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # parse errors are raised (and printed as one line by main) instead of usage + exit
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
+    @override
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """LightningCLI's core arguments, the model's and data module's first in ``--help``."""
+        parser.add_lightning_class_args(
+            self._model_class, "model", subclass_mode=self.subclass_mode_model
+        )
+        parser.add_lightning_class_args(
+            self._datamodule_class, "data", subclass_mode=self.subclass_mode_data
+        )
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults(
+            {f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"}
+        )
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path") == "last":
+            self._resolve_last_checkpoint(self.config[subcommand], resume=subcommand == "fit")
+
+    def _resolve_last_checkpoint(self, config: Any, resume: bool) -> None:
+        """``ckpt_path: last`` -> the ``last.ckpt`` of the run's newest version that holds one.
+
+        A fit then logs into that version again (the resumed run continues where it stopped);
+        other subcommands only read the checkpoint. Without one, ``last`` stays for Lightning.
+        """
+        found = logger_run_folder(config.trainer.logger)
+        if found is None:  # no versioned logger: Lightning's default_root_dir/checkpoints
+            return
+        run_folder, version = found
+        resumable = latest_resumable_version(run_folder, version)
+        if resumable is None:
+            return
+        version, config.ckpt_path = resumable[0], str(resumable[1])
+        if resume:
+            logger = config.trainer.logger
+            (logger[0] if isinstance(logger, list) else logger).init_args.version = version
+
+    @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except RunConfigError:
+            raise
+        except (ValueError, TypeError, *_MISCONFIGURATION) as error:
+            raise self._run_config_error(error) from error
+
+    def _run_config_error(self, error: BaseException) -> RunConfigError:
+        """The error a component's ``__init__`` raised, with its config path, as one line.
+
+        jsonargparse wraps such an error in its own (``Does not validate against any of the Union
+        subtypes ...``); the innermost error of the chain that a component raised says what is wrong.
+        """
+        chain = []
+        while error is not None and error not in chain:
+            chain.append(error)
+            error = error.__cause__ or error.__context__
+        for cause in reversed(chain):
+            if (path := self._config_path(cause)) is not None:
+                return RunConfigError(" ".join(str(cause).split()), path)
+        return RunConfigError(" ".join(str(chain[0]).split()))
+
+    def _config_path(self, error: BaseException) -> str | None:
+        """``model.beta`` for an error raised in a component's ``__init__`` that names an argument.
+
+        The component is the object whose ``__init__`` raised (the outermost such frame); the
+        argument is the first of its parameters the message names. ``None`` when neither is known.
+        """
+        package = self.lightning_package
+        components = (
+            ("model", package.LightningModule),
+            ("data.init_args" if self.subclass_mode_data else "data", package.LightningDataModule),
+            ("trainer", package.Trainer),
+        )
+        for frame, _ in traceback.walk_tb(error.__traceback__):
+            component = frame.f_locals.get("self") if frame.f_code.co_name == "__init__" else None
+            section = next((s for s, kind in components if isinstance(component, kind)), None)
+            if section is None:
+                continue
+            message = str(error)
+            named = [
+                (match.start(), name)
+                for name in self._argument_names(section, type(component))
+                if (match := re.search(rf"\b{re.escape(name.rstrip('s'))}s?\b", message))
+            ]
+            return f"{section}.{min(named)[1]}" if named else section.removesuffix(".init_args")
+        return None
+
+    def _argument_names(self, section: str, component: type) -> list[str]:
+        """The arguments of a config section: its keys (``**kwargs`` included) and the signature's."""
+        config = self.config.get(str(self.subcommand), self.config).get(section)
+        keys = list(vars(config)) if config is not None and hasattr(config, "__dict__") else []
+        return keys + [
+            name
+            for name, parameter in inspect.signature(component).parameters.items()
+            if parameter.kind is not inspect.Parameter.VAR_KEYWORD and name not in keys
+        ]
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -63,8 +216,10 @@ class O2NCLightningCLI(LightningCLI):
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # the config of the subcommand that runs (or the whole config without subcommands)
+        subcommand_config = self.config_init.get(str(self.subcommand), self.config_init)
         config = {
-            **self._get(self.config_init, "trainer", default={}),
+            **subcommand_config.get("trainer", {}),
             **self._trainer_overrides,
             **kwargs,
         }
@@ -73,27 +228,73 @@ class O2NCLightningCLI(LightningCLI):
             *(callbacks if isinstance(callbacks, list) else [callbacks]),
             *self._extra_callbacks,
         ]
+        package_callbacks = self.lightning_package.callbacks
         if config.get("enable_progress_bar", True) is not False and not any(
-            isinstance(c, ProgressBar) for c in callbacks
+            isinstance(c, package_callbacks.ProgressBar) for c in callbacks
         ):
-            callbacks.append(RichProgressBar())
+            callbacks.append(for_package(ProgressBarWithoutVersion, self.lightning_package)())
         if config.get("enable_checkpointing", True) is not False and not any(
-            isinstance(c, ModelCheckpoint) for c in callbacks
+            isinstance(c, package_callbacks.ModelCheckpoint) for c in callbacks
         ):
-            callbacks.append(ModelCheckpoint(save_last=True))
+            callbacks.append(package_callbacks.ModelCheckpoint(save_last=True))
         overrides = {**self._trainer_overrides, **kwargs, "callbacks": callbacks}
         if self._logger_override is not None:
             overrides["logger"] = self._logger_override
         return super().instantiate_trainer(**overrides)
 
 
+@lightning_class("callbacks.RichProgressBar")
+class ProgressBarWithoutVersion:
+    """Lightning's RichProgressBar without ``v_num`` (the logger's version folder, not a metric)."""
+
+    @override
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class _DropTips(logging.Filter):
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TIP_PREFIX)
+
+
+@functools.cache
+def silence_unactionable_output() -> None:
+    """Drops Lightning's "💡 Tip" lines and the warnings in ``_UNACTIONABLE_WARNINGS``.
+
+    Called by this CLI's entry points only (``o2nc-train``, :func:`build_run`); a Trainer of the
+    user's own keeps Lightning's output.
+    """
+    for pattern in _UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in _LIGHTNING_LOGGERS:  # rank_zero_info logs through a child of one of these
+        for logger_name in (name, f"{name}.utilities.rank_zero", f"{name}.core.rank_zero"):
+            logging.getLogger(logger_name).addFilter(_DropTips())
+
+
+def _usage(subcommand: str) -> str:
+    return (
+        f"{PROGRAM} {subcommand} [-h] [-c CONFIG] [--print_config] [--model.ARG VALUE] "
+        "[--data CLASS] [--data.init_args.ARG VALUE] [--trainer.ARG VALUE] [--ckpt_path PATH]"
+    )
+
+
 def _cli(**kwargs: Any) -> O2NCLightningCLI:
+    """The CLI under the Lightning package of ``$O2NC_LIGHTNING_PACKAGE`` (``lightning.pytorch``
+    by default, or ``pytorch_lightning``)."""
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-    return O2NCLightningCLI(
-        O2NCModule,
+    kwargs.setdefault("parser_kwargs", {name: {"usage": _usage(name)} for name in SUBCOMMANDS})
+    silence_unactionable_output()
+    package = lightning_package()
+    return for_package(O2NCLightningCLI, package)(
+        for_package(O2NCModule, package),
         ClassificationDataModule,
         subclass_mode_data=True,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults=trainer_defaults(package),
+        # O2NCModule configures its optimizer: no --optimizer / --lr_scheduler groups
+        auto_configure_optimizers=False,
         **kwargs,
     )
 
@@ -118,6 +319,9 @@ def build_run(
 
     Returns:
         ``(trainer, model, datamodule)``; run it with ``trainer.fit(model, datamodule=datamodule)``.
+
+    Raises:
+        RunConfigError: A value of the config is invalid (the message names it and its path).
     """
     cli = _cli(
         args=copy.deepcopy(dict(config)),
@@ -126,7 +330,7 @@ def build_run(
         logger=logger,
         trainer_overrides=trainer_overrides,
         # without a logger the config would land in the working directory: keep it out
-        save_config_callback=None if logger is False else SaveConfigCallback,
+        **({"save_config_callback": None} if logger is False else {}),
     )
     return cli.trainer, cli.model, cli.datamodule
 
@@ -134,10 +338,18 @@ def build_run(
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``o2nc-train`` (``fit``, ``validate``, ``test``, ``predict``).
 
+    A bad value in the config or the flags (:class:`RunConfigError`, raised before any training
+    step) is printed as one line and exits with status 2, unless ``O2NC_TRACEBACK=1``.
+
     Args:
         args: Command-line arguments; ``None`` reads ``sys.argv``.
     """
-    _cli(args=args)
+    try:
+        _cli(args=args)
+    except RunConfigError as error:
+        if wants_traceback():
+            raise
+        exit_with_one_line(PROGRAM, error)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -9,9 +11,12 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from ..optim import build_optimizer
+from ..optim import ExponentiatedO2NC, build_optimizer
+from ..optim.factory import OPTIMIZERS
+from ..optim.hyperparameters import HYPERPARAMETERS
 from .averaged_iterate import AveragedIterate
 from .backbones import BACKBONES, build_backbone
+from .errors import RunConfigError
 from .monitor import O2NCMonitor
 from .packages import Callback, lightning_class, twins
 
@@ -19,6 +24,58 @@ LOSSES = {"cross_entropy": nn.CrossEntropyLoss}
 AVERAGING_OPTIMIZERS = ("o2nc", "sgdm")
 # A nominal horizon for checking the optimizer's arguments before the Trainer knows the real one.
 _CHECK_HORIZON = 1_000_000
+#: Where O2NCModule's default is ``None`` (the choice follows ``optimizer``) instead of the
+#: table's, and what ``None`` means there.
+_MODULE_DEFAULTS = {
+    "scaling": "None: exponential for o2nc, none for sgdm",
+    "average": "the module also evaluates at x_bar; None: on for o2nc and sgdm, off for adamw",
+}
+#: The optimizer's own options that a module minimizing its loss does not take.
+_NOT_MODULE_ARGUMENTS = ("maximize",)
+
+
+def _hyperparameter_signature() -> inspect.Signature:
+    """O2NCModule's optimizer arguments: the names, defaults and docs of the hyper-parameter table,
+    typed as ``ExponentiatedO2NC`` types them."""
+    hints = typing.get_type_hints(ExponentiatedO2NC.__init__)
+    parameters = []
+    for name, fact in HYPERPARAMETERS.items():
+        if name in _NOT_MODULE_ARGUMENTS:
+            continue
+        default, annotation = fact.default, hints[name]
+        if name in _MODULE_DEFAULTS:
+            default, annotation = None, annotation | None
+        parameters.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+            )
+        )
+    return inspect.Signature(parameters)
+
+
+def optimizer_arguments(**given: Any) -> dict[str, Any]:
+    """Every optimizer argument of O2NCModule, the given ones and the defaults of the rest."""
+    parameters = optimizer_arguments.__signature__.parameters
+    unknown = sorted(set(given) - set(parameters))
+    if unknown:
+        raise TypeError(
+            f"O2NCModule got unexpected keyword argument(s) {', '.join(unknown)}; the optimizer's "
+            f"are {', '.join(parameters)}"
+        )
+    return {name: given.get(name, parameter.default) for name, parameter in parameters.items()}
+
+
+def _argument_doc(name: str) -> str:
+    note = _MODULE_DEFAULTS.get(name)
+    return f"{HYPERPARAMETERS[name].doc}; {note}" if note else HYPERPARAMETERS[name].doc
+
+
+# LightningCLI (jsonargparse) follows O2NCModule's ``**hyperparameters`` into this function and
+# reads its signature and docstring: ``--model.lr`` and friends come from the table.
+optimizer_arguments.__signature__ = _hyperparameter_signature()
+optimizer_arguments.__doc__ = "Every optimizer argument of O2NCModule.\n\nArgs:\n" + "".join(
+    f"    {name}: {_argument_doc(name)}\n" for name in optimizer_arguments.__signature__.parameters
+)
 
 
 @lightning_class("LightningModule")  # one body; for_package() puts it on pytorch_lightning too
@@ -48,23 +105,15 @@ class O2NCModule:
             ``num_classes``.
         loss: ``"cross_entropy"`` or a callable ``loss(logits, targets)`` (e.g. an ``nn.Module``).
         optimizer: Factory name: ``"o2nc"``, ``"sgdm"`` (O2NC with ``scaling="none"``) or ``"adamw"``.
-        lr: eta, the step size.
-        beta: The momentum.
-        mu: Implicit decay of the update, ``zeta = beta / (1 + lr * mu)``.
-        weight_decay: L2 penalty.
         decay_bias_and_norm: Also decay biases and normalization weights.
-        scaling: ``"exponential"``, ``"uniform"`` or ``"none"``; ``None`` is the optimizer's default
-            (exponential for o2nc, none for sgdm).
-        seed: Seed of the scalar's generator (``None``: agreed across DDP ranks).
-        average: Keep the averaged iterate x_bar and evaluate at it; ``None`` means on for o2nc and
-            sgdm, off for adamw.
-        skip_nonfinite: Skip steps whose gradients hold NaN/inf.
-        foreach: Multi-tensor kernels (``None``: the optimizer's choice).
         schedules: ``{"lr" | "beta" | "mu": {"shape": ..., "interval": "step" | "epoch", ...}}``.
         certificate_c: The constant c of the stationarity certificate ``||m_hat|| + c * V``.
         monitor: Add the :class:`O2NCMonitor` callback.
         bn_update_batches: Training batches used to recompute BatchNorm statistics at x_bar.
         leave_averaged_in_model: Leave x_bar in the model at the end of fit.
+        **hyperparameters: The optimizer's (``lr``, ``beta``, ``mu``, ``weight_decay``, ``scaling``,
+            ``seed``, ``average``, ...), keyword-only: the names, defaults and docs of
+            ``lightning_o2nc.optim.hyperparameters`` (see :func:`optimizer_arguments`).
     """
 
     def __init__(
@@ -75,23 +124,17 @@ class O2NCModule:
         num_classes: int | None = None,
         loss: str | Callable[..., Any] = "cross_entropy",
         optimizer: str = "o2nc",
-        lr: float = 0.05,
-        beta: float = 0.9,
-        mu: float = 0.0,
-        weight_decay: float = 0.0,
         decay_bias_and_norm: bool = False,
-        scaling: str | None = None,
-        seed: int | None = None,
-        average: bool | None = None,
-        skip_nonfinite: bool = False,
-        foreach: bool | None = None,
         schedules: Mapping[str, Any] | None = None,
         certificate_c: float = 1.0,
         monitor: bool = True,
         bn_update_batches: int = 8,
         leave_averaged_in_model: bool = False,
+        **hyperparameters: Any,
     ):
         super().__init__()
+        hyperparameters = optimizer_arguments(**hyperparameters)  # save_hyperparameters reads it
+        average = hyperparameters["average"]
         if average is None:
             average = optimizer in AVERAGING_OPTIMIZERS
         if average and optimizer not in AVERAGING_OPTIMIZERS:
@@ -147,7 +190,7 @@ class O2NCModule:
                 given = None if given is None else tuple(given)
                 declared = None if declared is None else tuple(declared)
             if given is not None and declared is not None and given != declared:
-                raise ValueError(
+                raise RunConfigError(
                     f"O2NCModule({name}={given!r}) does not match the data module's "
                     f"{type(datamodule).__name__}.{name} = {declared!r}"
                 )
@@ -156,7 +199,7 @@ class O2NCModule:
         if self.backbone is not None:
             return
         if self.hparams.input_shape is None or self.hparams.num_classes is None:
-            raise ValueError(
+            raise RunConfigError(
                 f"backbone={self.hparams.backbone!r} needs input_shape and num_classes: pass them to "
                 "O2NCModule, or fit with a datamodule that declares them (e.g. DigitsDataModule)"
             )
@@ -205,11 +248,14 @@ class O2NCModule:
         if not self.hparams.schedules:  # estimated_stepping_batches loads the train dataloader
             return self._optimizer(self, total_steps=None, total_epochs=None)
         max_epochs = self.trainer.max_epochs
-        return self._optimizer(
-            self,
-            total_steps=self.trainer.estimated_stepping_batches,
-            total_epochs=max_epochs if max_epochs and max_epochs > 0 else None,
-        )
+        try:
+            return self._optimizer(
+                self,
+                total_steps=self.trainer.estimated_stepping_batches,
+                total_epochs=max_epochs if max_epochs and max_epochs > 0 else None,
+            )
+        except (ValueError, TypeError) as error:  # __init__ checked all but the run's horizon
+            raise RunConfigError(str(error), "model.schedules") from error
 
     def _optimizer(
         self,
@@ -219,24 +265,22 @@ class O2NCModule:
     ) -> Any:
         """The factory's optimizer (and schedules) over ``params``; ``__init__`` checks with it."""
         hp = self.hparams
-        options: dict[str, Any] = {"foreach": hp.foreach}
-        if hp.optimizer in AVERAGING_OPTIMIZERS:
-            options.update(seed=hp.seed, average=hp.average, skip_nonfinite=hp.skip_nonfinite)
-            if hp.scaling is not None:
-                options["scaling"] = hp.scaling
-        schedules = dict(hp.schedules) if hp.schedules else None
+        # the table's hyper-parameters this optimizer takes; None defers to the optimizer's default
+        accepted = set(inspect.signature(build_optimizer).parameters)
+        accepted |= set(OPTIMIZERS[hp.optimizer].options) if hp.optimizer in OPTIMIZERS else set()
+        hyperparameters = {
+            name: hp[name]
+            for name in optimizer_arguments.__signature__.parameters
+            if name in accepted and not (name in _MODULE_DEFAULTS and hp[name] is None)
+        }
         return build_optimizer(
             params,
             name=hp.optimizer,
-            lr=hp.lr,
-            beta=hp.beta,
-            mu=hp.mu,
-            weight_decay=hp.weight_decay,
             decay_bias_and_norm=hp.decay_bias_and_norm,
-            schedules=schedules,
+            schedules=dict(hp.schedules) if hp.schedules else None,
             total_steps=total_steps,
             total_epochs=total_epochs,
-            **options,
+            **hyperparameters,
         )
 
     @override
