@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .hyperparameters import INTERVALS, SCHEDULABLE, validate_hyperparameters
+from .hyperparameters import HYPERPARAMETERS, INTERVALS, SCHEDULABLE, validate_hyperparameters
 from .o2nc import ExponentiatedO2NC
 from .schedules import HyperparameterScheduler, make_schedule
 
@@ -71,7 +71,10 @@ def _build_adamw(
     )
 
 
-_O2NC_OPTIONS = ("scaling", "seed", "average", "skip_nonfinite", "foreach", "maximize")
+#: The hyper-parameters every builder takes as keywords (AdamW reads them in its own way).
+_COMMON = ("lr", "beta", "mu", "weight_decay")
+#: Every other entry of the hyper-parameter table is an option of ExponentiatedO2NC.
+_O2NC_OPTIONS = tuple(name for name in HYPERPARAMETERS if name not in _COMMON)
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
@@ -113,10 +116,10 @@ def param_groups_weight_decay(
 def build_optimizer(
     model_or_params: nn.Module | Iterable[Any],
     name: str = "o2nc",
-    lr: float = 0.05,
-    beta: float = 0.9,
-    mu: float = 0.0,
-    weight_decay: float = 0.0,
+    lr: float = HYPERPARAMETERS["lr"].default,
+    beta: float = HYPERPARAMETERS["beta"].default,
+    mu: float = HYPERPARAMETERS["mu"].default,
+    weight_decay: float = HYPERPARAMETERS["weight_decay"].default,
     decay_bias_and_norm: bool = False,
     schedules: Mapping[str, Any] | None = None,
     total_steps: float | None = None,
@@ -138,8 +141,9 @@ def build_optimizer(
             ``interval: step | epoch`` (default ``step``).
         total_steps: horizon of per-step schedules (Lightning: ``trainer.estimated_stepping_batches``).
         total_epochs: horizon of per-epoch schedules (Lightning: ``trainer.max_epochs``).
-        **optimizer_kwargs: the optimizer's own options (o2nc/sgdm: scaling, seed, average,
-            skip_nonfinite, foreach, maximize; adamw: eps, amsgrad, foreach, maximize).
+        **optimizer_kwargs: the optimizer's own options (o2nc/sgdm: the rest of the
+            hyper-parameter table: scaling, seed, average, average_beta, skip_nonfinite, foreach,
+            maximize; adamw: eps, amsgrad, foreach, maximize).
 
     Returns:
         The optimizer when there is no schedule; otherwise
