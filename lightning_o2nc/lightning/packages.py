@@ -72,8 +72,13 @@ def lightning_package(name: str | None = None) -> ModuleType:
 def installed_packages() -> tuple[ModuleType, ...]:
     """``lightning.pytorch`` (a dependency) and ``pytorch_lightning`` when it is installed."""
     found = [importlib.import_module(DEFAULT_PACKAGE)]
+    # Importing a Lightning package points lightning_utilities' shared rank-zero logger at that
+    # package's logger; keep it where it was, so `lightning.pytorch` log levels still apply.
+    rank_zero = importlib.import_module("lightning_utilities.core.rank_zero")
+    rank_zero_logger = rank_zero.log
     with contextlib.suppress(ModuleNotFoundError):
         found.append(importlib.import_module("pytorch_lightning"))
+    rank_zero.log = rank_zero_logger
     return tuple(found)
 
 

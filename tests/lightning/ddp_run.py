@@ -2,17 +2,20 @@
 launcher re-runs this file once per extra rank). Each rank writes its weights, optimizer state
 and synced metrics to OUT/rank{r}.pt.
 
-    python tests/lightning/ddp_run.py OUT
+    python tests/lightning/ddp_run.py OUT lightning.pytorch   # O2NCModule and our data module
+    python tests/lightning/ddp_run.py OUT pytorch_lightning   # a user's pytorch_lightning module
+
+Both runs use lightning_o2nc's callbacks (O2NCModule adds them itself).
 """
 
+import importlib
 import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import Callback
 
-from lightning_o2nc.lightning import O2NCModule, SyntheticDataModule
+from lightning_o2nc.lightning import AveragedIterate, O2NCModule, O2NCMonitor, SyntheticDataModule
+from lightning_o2nc.lightning.packages import Callback
 
 
 class DumpRankState(Callback):
@@ -27,18 +30,27 @@ class DumpRankState(Callback):
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "world_size": trainer.world_size,
             "last_scale": optimizer.last_scale,
+            "trainer_class": f"{type(trainer).__module__}.{type(trainer).__name__}",
         }
         torch.save(state, self.out / f"rank{trainer.global_rank}.pt")
 
 
-def main(out: Path) -> None:
+def main(out: Path, package_name: str) -> None:
     torch.set_num_threads(1)
-    seed_everything(0)
-    model = O2NCModule(
-        "small_cnn", input_shape=(1, 8, 8), num_classes=4, lr=0.05, bn_update_batches=2
-    )
-    data = SyntheticDataModule(num_samples=160, batch_size=8, seed=0)
-    trainer = Trainer(
+    package = importlib.import_module(package_name)
+    package.seed_everything(0)
+    callbacks = [DumpRankState(out)]
+    if package_name == "pytorch_lightning":
+        from pl_user_code import UserClassifier, UserData  # beside this script
+
+        model, data = UserClassifier(lr=0.05, seed=None), UserData(batch_size=8)
+        callbacks += [O2NCMonitor(), AveragedIterate(bn_update_batches=2)]
+    else:
+        model = O2NCModule(
+            "small_cnn", input_shape=(1, 8, 8), num_classes=4, lr=0.05, bn_update_batches=2
+        )
+        data = SyntheticDataModule(num_samples=160, batch_size=8, seed=0)
+    trainer = package.Trainer(
         accelerator="cpu",
         devices=2,
         strategy="ddp",
@@ -48,10 +60,10 @@ def main(out: Path) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,
         default_root_dir=out,
-        callbacks=[DumpRankState(out)],
+        callbacks=callbacks,
     )
     trainer.fit(model, datamodule=data)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "lightning.pytorch")

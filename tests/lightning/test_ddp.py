@@ -10,11 +10,12 @@ SCRIPT = Path(__file__).with_name("ddp_run.py")
 
 
 @pytest.mark.slow
-def test_two_process_gloo_ddp_ends_with_identical_weights_and_synced_metrics(tmp_path):
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_two_process_gloo_ddp_ends_with_identical_weights_and_synced_metrics(tmp_path, package):
     env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path)],
+        [sys.executable, str(SCRIPT), str(tmp_path), package],
         env=env,
         capture_output=True,
         text=True,
@@ -23,6 +24,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights_and_synced_metrics(tmp
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["trainer_class"] == f"{package}.trainer.trainer.Trainer"
     for name, tensor in ranks[0]["weights"].items():
         assert torch.equal(tensor, ranks[1]["weights"][name]), name
     for a, b in zip(ranks[0]["x_bar"], ranks[1]["x_bar"], strict=True):
