@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["PostgresUnavailable", "local_postgres", "postgres_bin"]
+__all__ = ["PostgresUnavailable", "free_port", "local_postgres", "postgres_bin"]
 
 
 class PostgresUnavailable(RuntimeError):
@@ -36,7 +36,8 @@ def postgres_bin() -> Path | None:
     return Path(found).parent if found and shutil.which("initdb") else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port free right now (for a server about to bind it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -70,7 +71,7 @@ def local_postgres(password: str, *, max_connections: int = 100) -> Iterator[str
     if owner is not None:
         for path in (root, pwfile):
             os.chown(path, owner.pw_uid, owner.pw_gid)
-    port = _free_port()
+    port = free_port()
     run = dict(check=True, capture_output=True, text=True, timeout=120)
     pg_ctl = [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data)]
     try:

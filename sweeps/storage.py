@@ -33,7 +33,6 @@ __all__ = [
     "STORAGE_ENV",
     "StorageError",
     "default_storage_url",
-    "describe_storage",
     "is_relational",
     "open_storage",
     "redact",
@@ -155,8 +154,8 @@ def resolve_storage_url(
     under ``logdir``.
 
     Without a storage class a bare file path (no ``://``) means a SQLite file; with
-    ``storage_class="JournalFileBackend"`` it is the journal file (made absolute, its directory
-    created).
+    ``storage_class="JournalFileBackend"`` it is the journal file, made absolute (its directory
+    is created when it is opened).
     """
     value = storage or os.environ.get(STORAGE_ENV) or None
     if value is None:
@@ -172,15 +171,6 @@ def resolve_storage_url(
     if "://" not in value:
         return f"sqlite:///{Path(value).expanduser().resolve()}"
     return value
-
-
-def describe_storage(url: str, storage_class: str | None = None) -> str:
-    """How a message names a storage: the redacted URL, plus ``--storage-class`` where needed."""
-    shown = redact(url, url)
-    kind = _kind_of_class(storage_class)
-    if kind == "journal" and "://" not in url:
-        return f"{shown} (--storage-class {storage_class})"
-    return shown
 
 
 def _engine_kwargs(dialect: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from sweeps.cli import main
 from sweeps.grpc_proxy import open_grpc_proxy
-from sweeps.local_postgres import _free_port
+from sweeps.local_postgres import free_port
 from sweeps.storage import (
     JOURNAL_CLASS,
     STORAGE_CLASS_ENV,
@@ -33,6 +33,7 @@ from sweeps.storage import (
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[2]
 OPTUNA_CLI = Path(sys.executable).parent / "optuna"
 SERVE = [sys.executable, "-m", "sweeps.cli", "serve"]
 
@@ -159,7 +160,7 @@ def grpc_proxy(postgres_url, tmp_path, env):
 
     At teardown it gets SIGTERM and must stop cleanly (exit status 0).
     """
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as handle:
         server = subprocess.Popen(
@@ -236,7 +237,7 @@ def test_a_sweep_runs_through_the_proxy_and_ddp_trials_there_are_refused_up_fron
 
 
 def test_serve_warns_when_bound_beyond_loopback_and_refuses_a_journal_file(tmp_path, env):
-    port = _free_port()
+    port = free_port()
     database = f"sqlite:///{tmp_path / 'o.db'}"
     server = subprocess.Popen(
         [*SERVE, "--storage", database, "--host", "0.0.0.0", "--port", str(port)],
@@ -265,9 +266,40 @@ def test_serve_warns_when_bound_beyond_loopback_and_refuses_a_journal_file(tmp_p
 
 
 def test_no_proxy_at_a_grpc_url_is_a_clear_error_naming_serve():
-    url = f"grpc://127.0.0.1:{_free_port()}"
+    url = f"grpc://127.0.0.1:{free_port()}"
     with pytest.raises(StorageError, match="o2nc-sweep serve"):
         open_grpc_proxy(url, timeout=1)
     with pytest.raises(StorageError, match="malformed gRPC proxy URL"):
         open_storage("grpc://user:pw@host:12/x")
     assert resolve_storage_url(url, "/tmp") == url
+
+
+def test_the_slurm_array_script_runs_its_worker_on_a_journal_file_outside_slurm(
+    tmp_path, write_yaml, train_config, default_sweep, env
+):
+    sweep = write_yaml("sweep.yaml", default_sweep(train_config, study_name="slurm", n_trials=2))
+    script = REPO / "examples" / "slurm" / "sweep_array.sbatch"
+    task_env = {
+        **env,
+        "STORAGE": "journal",
+        "SWEEP": str(sweep),
+        "LOGDIR": str(tmp_path / "logs"),
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",  # o2nc-sweep
+    }
+    done = subprocess.run(
+        ["bash", str(script)], env=task_env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    journal = tmp_path / "logs" / "optuna-journal.log"
+    storage = open_storage(str(journal), storage_class=JOURNAL_CLASS)
+    trials = optuna.load_study(study_name="slurm", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+
+
+def test_the_slurm_example_sweep_file_is_valid():
+    from sweeps import load_sweep_config
+
+    sweep = load_sweep_config(REPO / "examples" / "slurm" / "cifar10_ddp.yaml")
+    trainer = sweep.trial_config({})["trainer"]
+    assert (trainer["devices"], trainer["strategy"]) == (-1, "auto")  # every GPU of the task

@@ -1,0 +1,311 @@
+"""Trials per second each sweep storage sustains, with 1 to 16 worker processes on one study.
+
+Storages, each opened exactly as an ``o2nc-sweep`` worker opens it (``sweeps.storage``):
+
+- ``sqlite``: one SQLite file (the embedded default);
+- ``journal``: one journal file, ``--storage-class JournalFileBackend`` (symlink lock);
+- ``postgresql``: a throw-away PostgreSQL server on loopback (``sweeps.local_postgres``);
+- ``grpc``: the same PostgreSQL behind ``o2nc-sweep serve`` (Optuna's gRPC proxy).
+
+The objective is trivial (``x**2``, random sampler), so the figure is the storage's own cost per
+trial: create, suggest, set attributes, finish. Database workers keep o2nc-sweep's heartbeats (a
+journal file and the proxy have none). Worker processes are started once and told, over stdin,
+which storage and study to run next; every cell (storage, workers) gets a fresh study, all its
+workers start together after each has loaded it, and run for ``--seconds``. Afterwards the
+study must hold exactly the trials the workers report, all complete.
+
+    python -m benchmarks.storage_throughput [--workers 1 4 8 16] [--seconds 5]
+        [--storages sqlite journal postgresql grpc] [--output-dir benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+NAME = "storage_throughput"
+STORAGES = ("sqlite", "journal", "postgresql", "grpc")
+LABELS = {
+    "sqlite": "SQLite file",
+    "journal": "journal file",
+    "postgresql": "PostgreSQL",
+    "grpc": "PostgreSQL via gRPC proxy",
+}
+_PASSWORD = "o2nc-bench-pg"
+_SERVE = [sys.executable, "-m", "sweeps.cli", "serve"]
+
+
+# --- the worker process -------------------------------------------------------------------------
+
+
+def _worker() -> None:
+    """Read one JSON job per line from stdin; load its study, say ready, wait for go, run."""
+    import warnings
+
+    import optuna
+
+    from sweeps.storage import open_storage
+
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storages: dict[tuple[str, str | None], Any] = {}
+    calls = [0]
+
+    def objective(trial: optuna.Trial) -> float:
+        calls[0] += 1
+        x = trial.suggest_float("x", -1.0, 1.0)
+        return x * x
+
+    for line in sys.stdin:
+        job = json.loads(line)
+        if job is None:
+            return
+        key = (job["url"], job["storage_class"])
+        if key not in storages:
+            storages[key] = open_storage(job["url"], storage_class=job["storage_class"])
+        study = optuna.load_study(
+            study_name=job["study"], storage=storages[key], sampler=optuna.samplers.RandomSampler()
+        )
+        print("ready", flush=True)
+        sys.stdin.readline()  # "go"
+        calls[0] = 0
+        start = time.perf_counter()
+        study.optimize(objective, timeout=job["seconds"])
+        seconds = time.perf_counter() - start
+        print(json.dumps({"trials": calls[0], "seconds": seconds}), flush=True)
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+class WorkerPool:
+    """``n`` worker processes, started once (their imports take seconds) and reused by every cell."""
+
+    def __init__(self, n: int) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env.pop("O2NC_SWEEP_STORAGE", None)
+        env.pop("O2NC_SWEEP_STORAGE_CLASS", None)
+        command = [sys.executable, "-m", "benchmarks.storage_throughput", "--worker"]
+        self.processes = [
+            subprocess.Popen(
+                command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(n)
+        ]
+
+    def run(self, k: int, job: dict[str, Any]) -> list[dict[str, float]]:
+        """Run ``job`` on the first ``k`` workers at once; their reports."""
+        chosen = self.processes[:k]
+        for process in chosen:
+            process.stdin.write(json.dumps(job) + "\n")
+            process.stdin.flush()
+        for process in chosen:
+            self._expect(process, "ready")
+        for process in chosen:
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        return [json.loads(self._expect(process, "{")) for process in chosen]
+
+    @staticmethod
+    def _expect(process: subprocess.Popen, start: str) -> str:
+        line = process.stdout.readline()
+        if not line.startswith(start):
+            raise RuntimeError(f"worker {process.pid} said {line!r} (exit {process.poll()})")
+        return line
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.stdin.write("null\n")
+                process.stdin.close()
+        for process in self.processes:
+            process.wait(timeout=60)
+
+
+def _start_proxy(database: str, log: Path, stack: ExitStack) -> str:
+    from sweeps.grpc_proxy import open_grpc_proxy
+    from sweeps.local_postgres import free_port
+
+    port = free_port()
+    with log.open("w") as output:
+        proxy = subprocess.Popen(
+            [*_SERVE, "--port", str(port)],  # the URL in the environment, not in `ps`
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "O2NC_SWEEP_STORAGE": database},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop() -> None:
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(timeout=60)
+
+    stack.callback(stop)
+    url = f"grpc://127.0.0.1:{port}"
+    open_grpc_proxy(url, timeout=120).close()
+    return url
+
+
+def _storage_targets(
+    storages: list[str], scratch: Path, stack: ExitStack
+) -> dict[str, tuple[str, str | None]]:
+    """``storage -> (url, storage_class)``; PostgreSQL ones are skipped without a server."""
+    from sweeps.local_postgres import PostgresUnavailable, local_postgres
+    from sweeps.storage import JOURNAL_CLASS
+
+    targets: dict[str, tuple[str, str | None]] = {}
+    database = None
+    for storage in storages:
+        if storage == "sqlite":
+            targets[storage] = (f"sqlite:///{scratch / 'optuna.db'}", None)
+        elif storage == "journal":
+            targets[storage] = (str(scratch / "optuna-journal.log"), JOURNAL_CLASS)
+        else:
+            if database is None:
+                try:
+                    database = stack.enter_context(local_postgres(_PASSWORD, max_connections=200))
+                except PostgresUnavailable as missing:
+                    print(f"skipping {storage}: {missing}", file=sys.stderr)
+                    continue
+            if storage == "postgresql":
+                url = database
+            else:
+                url = _start_proxy(database, scratch / "proxy.log", stack)
+            targets[storage] = (url, None)
+    return targets
+
+
+def measure(workers: list[int], seconds: float, storages: list[str]) -> dict[str, Any]:
+    """Run every (storage, worker count) cell; the raw result."""
+    import optuna
+
+    from sweeps.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows: list[dict[str, Any]] = []
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="o2nc-storage-") as scratch:
+        targets = _storage_targets(storages, Path(scratch), stack)
+        pool = WorkerPool(max(workers))
+        stack.callback(pool.close)
+        for storage, (url, storage_class) in targets.items():
+            own = open_storage(url, storage_class=storage_class)
+            for k in workers:
+                study = f"{storage}-{k}"
+                optuna.create_study(storage=own, study_name=study)
+                job = {"url": url, "storage_class": storage_class, "study": study}
+                reports = pool.run(k, {**job, "seconds": seconds})
+                trials = optuna.load_study(study_name=study, storage=own).get_trials()
+                ran = sum(r["trials"] for r in reports)
+                wall = max(r["seconds"] for r in reports)
+                complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+                if not ran == len(trials) == complete:
+                    raise RuntimeError(
+                        f"{storage}, {k} workers: workers report {ran} trials, the study holds "
+                        f"{len(trials)} ({complete} complete)"
+                    )
+                rows.append(
+                    {
+                        "storage": storage,
+                        "workers": k,
+                        "trials": ran,
+                        "seconds": round(wall, 3),
+                        "trials_per_s": round(ran / wall, 2),
+                    }
+                )
+                print(
+                    f"{LABELS[storage]:>26}  {k:>2} workers  {ran / wall:8.1f} trials/s", flush=True
+                )
+    return {
+        "benchmark": NAME,
+        "command": "python -m benchmarks.storage_throughput " + " ".join(sys.argv[1:]),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, "
+        f"Python {platform.python_version()}, Optuna {optuna.__version__}",
+        "seconds_per_cell": seconds,
+        "objective": "x**2 with the random sampler (storage cost only)",
+        "rows": rows,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown: one row per storage, one column per worker count, trials per second."""
+    workers = sorted({row["workers"] for row in result["rows"]})
+    storages = [s for s in STORAGES if any(row["storage"] == s for row in result["rows"])]
+    cell = {(row["storage"], row["workers"]): row["trials_per_s"] for row in result["rows"]}
+    lines = [
+        "| storage | " + " | ".join(f"{k} worker{'s' * (k > 1)}" for k in workers) + " |",
+        "| --- |" + " ---: |" * len(workers),
+    ]
+    for storage in storages:
+        values = [f"{cell[(storage, k)]:.1f}" if (storage, k) in cell else "-" for k in workers]
+        lines.append(f"| {LABELS[storage]} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Trials per second against worker count, one line per storage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for storage in STORAGES:
+        rows = sorted(
+            (r["workers"], r["trials_per_s"]) for r in result["rows"] if r["storage"] == storage
+        )
+        if rows:
+            axes.plot(*zip(*rows), marker="o", label=LABELS[storage])
+    axes.set_xlabel("worker processes")
+    axes.set_ylabel("trials per second (all workers)")
+    axes.set_title("Sweep storage throughput, trivial objective")
+    axes.set_xscale("log", base=2)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--seconds", type=float, default=5.0, help="run time of each cell")
+    parser.add_argument("--storages", nargs="+", choices=STORAGES, default=list(STORAGES))
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="for the JSON")
+    parser.add_argument("--plot", type=Path, default=BENCH_DIR / f"{NAME}.png")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker()
+        return None
+    if min(args.workers) < 1 or args.seconds <= 0:
+        parser.error("--workers must be positive and --seconds > 0")
+    result = measure(sorted(set(args.workers)), args.seconds, args.storages)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.output_dir / f"{NAME}.json"
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    result["plot"] = str(plot(result, args.plot))
+    print(table(result))
+    print(f"raw results: {json_path}\nplot: {args.plot}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
