@@ -42,7 +42,7 @@ def _hyperparameter_signature() -> inspect.Signature:
     for name, fact in HYPERPARAMETERS.items():
         if name in _NOT_MODULE_ARGUMENTS:
             continue
-        default, annotation = fact.default, hints[name]
+        default, annotation = fact.default, hints.get(name, Any)
         if name in _MODULE_DEFAULTS:
             default, annotation = None, annotation | None
         parameters.append(
