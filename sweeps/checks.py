@@ -12,7 +12,16 @@ from typing import Any
 
 from .errors import SweepConfigError
 
-__all__ = ["Scalar", "check_keys", "mapping", "number", "positive_int", "scalar_list"]
+__all__ = [
+    "Scalar",
+    "bounds",
+    "check_keys",
+    "grid_values",
+    "mapping",
+    "number",
+    "positive_int",
+    "scalar_list",
+]
 
 Scalar = str | int | float | bool | None
 
@@ -71,3 +80,34 @@ def scalar_list(values: Any, key: str) -> list[Scalar]:
     if len(set(map(repr, values))) != len(values):
         raise SweepConfigError(f"{key} lists a value twice: {values!r}")
     return list(values)
+
+
+def grid_values(values: Any, key: str) -> tuple[Scalar, ...]:
+    """A ``grid`` list; its YAML 1.1 number strings (``"1e-3"``) are read as numbers."""
+    return tuple(
+        number(v, key) if isinstance(v, str) and _looks_numeric(v) else v
+        for v in scalar_list(values, key)
+    )
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def bounds(spec: Mapping[str, Any], key: str, *, integer: bool = False) -> tuple[Any, Any, bool]:
+    """``low <= high`` (numbers, integers with ``integer``) and ``log`` (default false)."""
+    for bound in ("low", "high"):
+        if bound not in spec:
+            raise SweepConfigError(f"{key}: missing `{bound}`")
+    low = number(spec["low"], f"{key}.low", integer=integer)
+    high = number(spec["high"], f"{key}.high", integer=integer)
+    if low > high:
+        raise SweepConfigError(f"{key}: low ({low}) > high ({high})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise SweepConfigError(f"{key}.log must be true or false, got {log!r}")
+    return low, high, log

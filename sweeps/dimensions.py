@@ -21,7 +21,7 @@ import optuna
 from lightning_o2nc.optim.hyperparameters import INTERVALS, SCHEDULABLE
 from lightning_o2nc.optim.schedules import SCHEDULE_ARGUMENTS, make_schedule
 
-from .checks import Scalar, check_keys, number, scalar_list
+from .checks import Scalar, bounds, check_keys, grid_values, number, scalar_list
 from .errors import SweepConfigError
 from .paths import split_path
 
@@ -109,7 +109,7 @@ class _RangeDimension(Dimension):
 
     @classmethod
     def parse(cls, path, name, grid, spec, key):
-        low, high, log = _parse_bounds(spec, key, integer=cls.integer)
+        low, high, log = bounds(spec, key, integer=cls.integer)
         step = spec.get("step")
         if step is not None:
             step = number(step, f"{key}.step", integer=cls.integer)
@@ -197,7 +197,7 @@ class _LogByDefaultDimension(Dimension):
 
     @classmethod
     def parse(cls, path, name, grid, spec, key):
-        low, high, _ = _parse_bounds(spec, key)
+        low, high, _ = bounds(spec, key)
         log = spec.get("log", True)
         cls.check_bounds(low, high, log, key)
         return cls(path, name, grid, low, high, log)
@@ -391,37 +391,6 @@ def _dry_run_schedule(shape: str, arguments: Mapping[str, Any], key: str) -> Non
             raise SweepConfigError(f"{key}: {error}") from None
 
 
-def _parse_grid(spec: Mapping[str, Any], key: str) -> tuple[Scalar, ...] | None:
-    if "grid" not in spec:
-        return None
-    values = scalar_list(spec["grid"], f"{key}.grid")
-    return tuple(
-        number(v, f"{key}.grid") if isinstance(v, str) and _looks_numeric(v) else v for v in values
-    )
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _parse_bounds(spec: Mapping[str, Any], key: str, *, integer: bool = False):
-    for bound in ("low", "high"):
-        if bound not in spec:
-            raise SweepConfigError(f"{key}: missing `{bound}`")
-    low = number(spec["low"], f"{key}.low", integer=integer)
-    high = number(spec["high"], f"{key}.high", integer=integer)
-    if low > high:
-        raise SweepConfigError(f"{key}: low ({low}) > high ({high})")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise SweepConfigError(f"{key}.log must be true or false, got {log!r}")
-    return low, high, log
-
-
 def parse_dimension(path: str, spec: Any, key: str) -> Dimension:
     """One entry of ``space``: the dimension class its ``type`` names, built from its mapping."""
     if not isinstance(spec, Mapping) or "type" not in spec:
@@ -433,7 +402,7 @@ def parse_dimension(path: str, spec: Any, key: str) -> Dimension:
     name = spec.get("name", path if cls is None else cls.default_name(path))
     if not isinstance(name, str) or not name:
         raise SweepConfigError(f"{key}.name must be a non-empty string, got {name!r}")
-    grid = _parse_grid(spec, key)
+    grid = grid_values(spec["grid"], f"{key}.grid") if "grid" in spec else None
     if cls is None:
         raise SweepConfigError(
             f"{key}.type: unknown dimension type {spec['type']!r}; known: {', '.join(DIMENSIONS)}"
