@@ -7,7 +7,8 @@ where the dispatcher has worked out the :class:`Coefficients` once, and performs
 
     Delta <- zeta Delta + grad g + decay x;   x <- x + move Delta;   u <- u + deviation Delta
 
-(u only with averaging). With ``track_norm`` it also returns ``||u||^2`` per tensor.
+(u only with averaging). With ``track_norm`` it also returns ``||u||^2`` and ``||Delta||^2`` per
+tensor, for V and :meth:`~lightning_o2nc.optim.o2nc.ExponentiatedO2NC.statistics`.
 
 - :func:`single_tensor_o2nc`: a loop over tensors, each updated while it is in cache (fastest on
   the CPU, where it also takes ``||u||^2`` right after updating u);
@@ -72,7 +73,7 @@ def o2nc(
     all_finite: Tensor | None = None,
     foreach: bool = False,
     track_norm: bool = False,
-) -> list[Tensor]:
+) -> tuple[list[Tensor], list[Tensor]]:
     """One O2NC step on lists of tensors, in place (functional API, like ``torch.optim.sgd.sgd``).
 
     ``Delta <- zeta (Delta - eta g)`` (g with weight decay and sign applied), ``x <- x + s Delta``
@@ -80,7 +81,8 @@ def o2nc(
     ``all_finite`` (a 0-d bool tensor) the step is applied only where it holds, decided on the device.
 
     Returns:
-        ``||u_i||^2`` per deviation as 0-d tensors when ``track_norm``, else an empty list.
+        ``(||u_i||^2 per deviation, ||Delta_i||^2 per tensor)`` as 0-d tensors when
+        ``track_norm``, else two empty lists.
     """
     zeta = beta / (1.0 + lr * mu)
     step = zeta * lr
@@ -101,11 +103,14 @@ def o2nc(
     return kernel(params, grads, deltas, deviations, coefficients, all_finite, track_norm)
 
 
-def total(squares: list[Tensor], device: torch.device) -> Tensor:
-    """The sum of 0-d tensors (on any devices) as one tensor on ``device``."""
-    if not squares:
+def total(values: list[Tensor | float], device: torch.device) -> Tensor:
+    """The sum of 0-d tensors (on any devices) or floats as one tensor on ``device``."""
+    values = [v if isinstance(v, Tensor) else torch.full((), v, device=device) for v in values]
+    if not values:
         return torch.zeros((), dtype=torch.float32, device=device)
-    return torch.stack([s.to(device) for s in squares]).sum()
+    if len(values) == 1 and values[0].device == device:
+        return values[0]
+    return torch.stack([v.to(device) for v in values]).sum()
 
 
 def all_gradients_finite(grads: list[Tensor | None], device: torch.device) -> Tensor:
@@ -214,19 +219,21 @@ def single_tensor_o2nc(
     c: Coefficients,
     all_finite: Tensor | None,
     track_norm: bool,
-) -> list[Tensor]:
-    """One tensor at a time: Δ, x and u are updated in one pass over each tensor."""
-    squares = []
+) -> tuple[list[Tensor], list[Tensor]]:
+    """One tensor at a time: Δ, x and u (and their norms) in one pass over each tensor."""
+    deviation_squares, update_squares = [], []
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
         delta.mul_(c.zeta).add_(g, alpha=c.grad)
         if c.decay:
             delta.add_(p, alpha=c.decay)
         p.add_(delta, alpha=c.move)
+        if track_norm:
+            update_squares.append(_squared_norm(delta))
         if deviations is not None:
             u = deviations[i].add_(delta, alpha=c.deviation)
             if track_norm:
-                squares.append(_squared_norm(u))
-    return squares
+                deviation_squares.append(_squared_norm(u))
+    return deviation_squares, update_squares
 
 
 def multi_tensor_o2nc(
@@ -237,9 +244,10 @@ def multi_tensor_o2nc(
     c: Coefficients,
     all_finite: Tensor | None,
     track_norm: bool,
-) -> list[Tensor]:
+) -> tuple[list[Tensor], list[Tensor]]:
     """The same update with multi-tensor (foreach) kernels, per device and dtype."""
-    squares: list[Tensor] = []
+    deviation_squares: list[Tensor] = []
+    update_squares: list[Tensor] = []
     lists = (params, grads, deltas) if deviations is None else (params, grads, deltas, deviations)
     for p_list, g_list, d_list, *u_lists in by_device_and_dtype(*lists):
         torch._foreach_mul_(d_list, c.zeta)
@@ -247,11 +255,13 @@ def multi_tensor_o2nc(
         if c.decay:
             torch._foreach_add_(d_list, p_list, alpha=c.decay)
         torch._foreach_add_(p_list, d_list, alpha=c.move)
+        if track_norm:
+            update_squares += squared_norms(d_list)
         if u_lists:
             torch._foreach_add_(u_lists[0], d_list, alpha=c.deviation)
             if track_norm:
-                squares += squared_norms(u_lists[0])
-    return squares
+                deviation_squares += squared_norms(u_lists[0])
+    return deviation_squares, update_squares
 
 
 def masked_o2nc(
@@ -262,24 +272,26 @@ def masked_o2nc(
     c: Coefficients,
     all_finite: Tensor | None,
     track_norm: bool,
-) -> list[Tensor]:
+) -> tuple[list[Tensor], list[Tensor]]:
     """The same update where ``all_finite`` holds; elsewhere Δ, x and u keep their values.
 
     Δ is only replaced through ``torch.where``, so it stays finite, and a skipped step adds
     ``0 * Delta = 0`` to x and u (``move`` and ``deviation`` are 0 then).
     """
-    squares = []
+    deviation_squares, update_squares = [], []
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
         new_delta = delta.mul(c.zeta).add_(g, alpha=c.grad)
         if c.decay:
             new_delta.add_(p, alpha=c.decay)
         delta.copy_(torch.where(all_finite, new_delta, delta))
         p.add_(delta * c.move)
+        if track_norm:
+            update_squares.append(_squared_norm(delta))
         if deviations is not None:
             u = deviations[i].add_(delta * c.deviation)
             if track_norm:
-                squares.append(_squared_norm(u))
-    return squares
+                deviation_squares.append(_squared_norm(u))
+    return deviation_squares, update_squares
 
 
 def _squared_norm(t: Tensor) -> Tensor:

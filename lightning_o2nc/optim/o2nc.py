@@ -73,7 +73,8 @@ class _GroupTensors(NamedTuple):
     grads: list[Tensor]
     deltas: list[Tensor]
     deviations: list[Tensor] | None  # of the parameters stepped now
-    idle_deviations: list[Tensor]  # of the group's other parameters (they share its k)
+    idle_deltas: list[Tensor]  # of the group's parameters without a gradient now (for norms)
+    idle_deviations: list[Tensor]  # (and for x_bar's k, which they share)
     foreach_default: bool
 
 
@@ -146,9 +147,10 @@ class ExponentiatedO2NC(Optimizer):
         self.average_beta = numbers.pop("average_beta")
         self.skip_nonfinite = bool(skip_nonfinite)
         self.training = True
-        self.tracks_iterate_variance = False
+        self.tracks_statistics = False
         self._skipped_steps: Tensor | None = None
         self._cache: dict[int, _GroupTensors] = {}
+        self._update_squares: dict[int, Tensor | None] = {}
         super().__init__(params, dict(numbers, foreach=foreach, maximize=maximize))
 
     # ----------------------------------------------------------------- construction and state
@@ -170,7 +172,7 @@ class ExponentiatedO2NC(Optimizer):
             "scaling": self._scaling.state_dict(),
             "training": self.training,
             "skipped_steps": None if self._skipped_steps is None else self._skipped_steps.clone(),
-            "tracks_iterate_variance": self.tracks_iterate_variance,
+            "tracks_statistics": self.tracks_statistics,
             "average": self.average,
             "average_beta": self.average_beta,
             "skip_nonfinite": self.skip_nonfinite,
@@ -179,7 +181,7 @@ class ExponentiatedO2NC(Optimizer):
     def _load_options(self, options: dict[str, Any]) -> None:
         self._scaling.load_state_dict(options["scaling"])
         self.training = bool(options["training"])
-        self.tracks_iterate_variance = bool(options.get("tracks_iterate_variance", False))
+        self.tracks_statistics = bool(options.get("tracks_statistics", False))
         skipped = options.get("skipped_steps")
         self._skipped_steps = None if skipped is None else skipped.to(self._device())
 
@@ -191,7 +193,7 @@ class ExponentiatedO2NC(Optimizer):
         state = dict(state)
         options = state.pop(_STATE_KEY, None)
         super().__setstate__(state)
-        self._cache = {}  # load_state_dict and copies come through here with new tensors
+        self._cache, self._update_squares = {}, {}  # load_state_dict and copies: new tensors
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -301,7 +303,7 @@ class ExponentiatedO2NC(Optimizer):
         for index, group in enumerate(self.param_groups):
             tensors = self._init_group(index, group)
             if tensors is not None:
-                self._step_group(group, tensors, scale, all_finite)
+                self._step_group(index, group, tensors, scale, all_finite)
         if all_finite is not None:
             self.skipped_steps.add_((~all_finite).to(torch.int64))
         return loss
@@ -331,6 +333,9 @@ class ExponentiatedO2NC(Optimizer):
         for p, name in ((p, name) for p in params for name in names):
             if name not in self.state[p]:
                 self.state[p][name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        idle = [
+            self.state.get(p, {}) for p, g in zip(group_params, grads, strict=True) if g is None
+        ]
         tensors = _GroupTensors(
             group_params=group_params,
             params=params,
@@ -339,11 +344,8 @@ class ExponentiatedO2NC(Optimizer):
             deviations=[self.state[p]["iterate_deviation"] for p in params]
             if self.average
             else None,
-            idle_deviations=[
-                self.state[p]["iterate_deviation"]
-                for p, g in zip(group_params, grads, strict=True)
-                if g is None and "iterate_deviation" in self.state.get(p, {})
-            ],
+            idle_deltas=[s["momentum_buffer"] for s in idle if "momentum_buffer" in s],
+            idle_deviations=[s["iterate_deviation"] for s in idle if "iterate_deviation" in s],
             foreach_default=all(p.is_cuda for p in params) and not torch.jit.is_scripting(),
         )
         if complete:
@@ -351,7 +353,12 @@ class ExponentiatedO2NC(Optimizer):
         return tensors
 
     def _step_group(
-        self, group: dict[str, Any], t: _GroupTensors, scale: float, all_finite: Tensor | None
+        self,
+        index: int,
+        group: dict[str, Any],
+        t: _GroupTensors,
+        scale: float,
+        all_finite: Tensor | None,
     ) -> None:
         eta, beta, mu = group["lr"], group["beta"], group["mu"]
         if isinstance(eta, Tensor) or isinstance(beta, Tensor) or isinstance(mu, Tensor):
@@ -359,11 +366,10 @@ class ExponentiatedO2NC(Optimizer):
                 "ExponentiatedO2NC reads lr, beta and mu as floats at every step (a tensor would "
                 "make the step wait for the device); write floats into the param group"
             )
-        track = self.average and self.tracks_iterate_variance
-        k = group["deviation_scale"]
+        track, k = self.tracks_statistics, group["deviation_scale"]
         hyper = {name: group[name] for name in ("lr", "beta", "mu", "weight_decay", "maximize")}
         foreach = t.foreach_default if group["foreach"] is None else group["foreach"]
-        squares = o2nc(
+        deviation_squares, update_squares = o2nc(
             t.params, t.grads, t.deltas, t.deviations, **hyper, scale=scale,
             deviation_scale=k, all_finite=all_finite, foreach=foreach, track_norm=track,
         )  # fmt: skip
@@ -371,13 +377,15 @@ class ExponentiatedO2NC(Optimizer):
         group["update_weight_sum"] = where(
             all_finite, zeta * (group["update_weight_sum"] + eta), group["update_weight_sum"]
         )
+        # ||Delta||^2 taken in the step's pass, for statistics() (the idle Deltas did not change)
+        self._update_squares[index] = (
+            total(update_squares + squared_norms(t.idle_deltas), self._device()) if track else None
+        )
         if self.average:
             discount = beta if self.average_beta is None else self.average_beta
-            if track and t.idle_deviations:
-                squares = squares + squared_norms(t.idle_deviations)
             k, weight_sum, variance = average_o2nc(
                 t.deviations + t.idle_deviations,
-                squares if track else None,
+                deviation_squares + squared_norms(t.idle_deviations) if track else None,
                 deviation_scale=k,
                 weight_sum=group["average_weight_sum"],
                 variance=group["iterate_variance"],
@@ -397,7 +405,7 @@ class ExponentiatedO2NC(Optimizer):
         """Monitoring quantities as 0-d tensors on the parameters' device (no host sync).
 
         V costs one reduction per step, so it is tracked only once someone reads it: the first
-        call switches :attr:`tracks_iterate_variance` on (the monitor does so at the start of
+        call switches :attr:`tracks_statistics` on (the monitor does so at the start of
         training) and reports V as NaN, since the steps before were not tracked. Iterates from
         before tracking began count in V as their average (a lower bound that becomes exact as
         their weight decays).
@@ -411,27 +419,31 @@ class ExponentiatedO2NC(Optimizer):
             and ``"stationarity_certificate"``. Norms are over all parameters of all groups.
         """
         device = self._device()
-        update_sq = grad_ema_sq = variance = torch.zeros((), device=device)
-        for group in self.param_groups:
-            states = [self.state.get(p, {}) for p in group["params"]]
-            updates = [state["momentum_buffer"] for state in states if "momentum_buffer" in state]
-            if not updates:
-                continue
-            group_sq = total(squared_norms(updates), device)
-            weight = group["update_weight_sum"]
-            update_sq = update_sq + group_sq
-            # beta = 0 makes Delta = 0 and W = 0: m_hat is undefined
+        update_sq, grad_ema_sq, variances = [], [], []
+        for index, group in enumerate(self.param_groups):
+            group_sq = self._update_squares.get(index)
+            if group_sq is None:
+                states = [self.state.get(p, {}) for p in group["params"]]
+                deltas = [
+                    state["momentum_buffer"] for state in states if "momentum_buffer" in state
+                ]
+                if not deltas:
+                    continue
+                group_sq = total(squared_norms(deltas), device)
+            weight = group["update_weight_sum"]  # W = 0 (beta = 0): m_hat is undefined
             has_weight = isinstance(weight, Tensor) or weight > 0
-            grad_ema_sq = grad_ema_sq + (group_sq / weight**2 if has_weight else math.nan)
-            variance = variance + group["iterate_variance"]
-        stats = {"scale": self.last_scale, "update_norm": update_sq.sqrt()}
-        stats["grad_ema_norm"] = grad_ema_sq.sqrt()
+            update_sq.append(group_sq)
+            grad_ema_sq.append(group_sq / weight**2 if has_weight else group_sq * math.nan)
+            variances.append(group["iterate_variance"])
+        stats = {"scale": self.last_scale, "update_norm": total(update_sq, device).sqrt()}
+        stats["grad_ema_norm"] = total(grad_ema_sq, device).sqrt()
         if self.average:
-            if not self.tracks_iterate_variance:
-                self.tracks_iterate_variance = True
+            variance = total(variances, device)
+            if not self.tracks_statistics:
+                self.tracks_statistics = True
                 variance = torch.full((), math.nan, device=device)
             stats["iterate_variance"] = variance
-            stats["stationarity_certificate"] = stats["grad_ema_norm"] + c * variance
+            stats["stationarity_certificate"] = torch.add(stats["grad_ema_norm"], variance, alpha=c)
         return stats
 
 

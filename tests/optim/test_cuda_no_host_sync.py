@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_o2nc import ExponentiatedO2NC
+from tests.optim.kernel_paths import kernel_that_ran
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -73,6 +74,8 @@ def test_foreach_is_the_default_on_cuda_and_matches_the_for_loop():
             model(torch.randn(8, 32, device="cuda")).square().mean().backward()
             opt.step()
         assert (opt.param_groups[0]["foreach"] is None) == (foreach is None)
+        expected = "multi" if foreach is None else "single"
+        assert kernel_that_ran(torch.device("cuda"), foreach=foreach) == expected
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)

@@ -14,8 +14,37 @@ from lightning_o2nc.optim.reference import ReferenceO2NC
 TOLERANCES = {
     torch.float64: dict(rtol=1e-12, atol=1e-14),
     torch.float32: dict(rtol=1e-5, atol=1e-6),
-    torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
 }
+UNIT_ROUNDOFF = {torch.bfloat16: torch.finfo(torch.bfloat16).eps / 2}  # 2^-8
+
+
+def low_precision_error_bound(delta, grad, weights, group, s, u):
+    """Elementwise bound on |one step in low precision - the exact step| from the same inputs.
+
+    The kernels round every elementary result to the dtype (relative error <= u) and, on the CPU,
+    also the scalars they apply (zeta, -zeta*eta, s); each rounding adds u times the magnitude it
+    touches, and an error in Delta reaches x multiplied by s. Derived from the dtype's unit
+    roundoff, not fitted: zeta off by 2.4% (6u) breaks it.
+    """
+    eta, beta, mu, wd = group["lr"], group["beta"], group["mu"], group["weight_decay"]
+    zeta = beta / (1 + eta * mu)
+    g = -grad if group["maximize"] else grad
+    scaled = zeta * delta
+    error = 2 * u * scaled.abs()  # zeta rounded, product rounded
+    new_delta = scaled - zeta * eta * g
+    error = error + u * (zeta * eta * g).abs() + u * new_delta.abs()
+    if wd:
+        decay = zeta * eta * wd * weights
+        new_delta = new_delta - decay
+        error = error + u * decay.abs() + u * new_delta.abs()
+    new_weights = weights + s * new_delta
+    weight_error = s * error + u * (s * new_delta).abs() + u * new_weights.abs()
+    return 1.01 * weight_error, 1.01 * error
+
+
+def assert_within(ours, exact, bound, what):
+    excess = (ours.to(torch.float64) - exact).abs() - bound
+    assert (excess <= 0).all(), f"{what}: {excess.max().item():.3g} beyond the rounding bound"
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -57,7 +86,7 @@ def build(weights, groups, dtype, maximize=False, **kwargs):
         for g in groups
     ]
     opt = ExponentiatedO2NC(param_groups, lr=1.0, maximize=maximize, seed=1, **kwargs)
-    opt.tracks_iterate_variance = True  # as a statistics() user or the monitor switches it on
+    opt.tracks_statistics = True  # as a statistics() user or the monitor switches it on
     ref_groups = [dict(g, maximize=maximize) for g in groups]
     return params, opt, ref_groups
 
@@ -88,6 +117,8 @@ def test_each_step_matches_the_reference_update(dtype, foreach, use_closure, max
             else torch.zeros_like(reference.weights[i])
             for i, p in enumerate(params)
         ]
+        deltas_before = [d.clone() for d in reference.deltas]
+        weights_before = [w.clone() for w in reference.weights]
         if use_closure:
             loss = opt.step(lambda: compute_grads(params, loss_fn))
             assert loss is not None
@@ -95,6 +126,22 @@ def test_each_step_matches_the_reference_update(dtype, foreach, use_closure, max
             compute_grads(params, loss_fn)
             assert opt.step() is None
         reference.step([p.grad for p in params], opt.last_scale)
+        if dtype in UNIT_ROUNDOFF:
+            for group in ref_groups:
+                for i in group["indices"]:
+                    p = params[i]
+                    bounds = low_precision_error_bound(
+                        deltas_before[i],
+                        p.grad.to(torch.float64),
+                        weights_before[i],
+                        group,
+                        opt.last_scale,
+                        UNIT_ROUNDOFF[dtype],
+                    )
+                    assert_within(p.detach(), reference.weights[i], bounds[0], f"x[{i}]")
+                    delta = opt.state[p]["momentum_buffer"]
+                    assert_within(delta, reference.deltas[i], bounds[1], f"Delta[{i}]")
+            continue
         for i, p in enumerate(params):
             torch.testing.assert_close(
                 p.detach().to(torch.float64), reference.weights[i], **TOLERANCES[dtype]
