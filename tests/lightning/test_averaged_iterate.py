@@ -1,9 +1,10 @@
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lightning_o2nc import ExponentiatedO2NC
 from lightning_o2nc.lightning import AveragedIterate, O2NCModule, SmallCNN
 
 
@@ -165,3 +166,81 @@ def test_averaged_iterate_without_average_true_explains_the_fix(make_data, train
     trainer = Trainer(**{**trainer_kwargs, "callbacks": [AveragedIterate()]})
     with pytest.raises(MisconfigurationException, match=r"average=True.*model.average: true"):
         trainer.fit(model, datamodule=make_data())
+
+
+class BatchNormWithoutForward(LightningModule):
+    """A user's module whose batches go through ``features``/``head`` directly: no ``forward``."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU()
+        )
+        self.head = torch.nn.Linear(16, 4)
+
+    def logits(self, x):
+        return self.head(self.features(x))
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.cross_entropy(self.logits(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log(
+            "val/loss",
+            torch.nn.functional.cross_entropy(self.logits(x), y, reduction="sum"),
+            reduce_fx="sum",
+        )
+
+    def configure_optimizers(self):
+        return ExponentiatedO2NC(self.parameters(), lr=0.1, seed=0, average=True)
+
+
+class AveragedIterateForLogits(AveragedIterate):
+    def forward_batch(self, module, batch):
+        return module.logits(batch[0])
+
+
+def test_batch_norm_without_forward_is_refused_before_training_and_says_what_to_provide(
+    make_data, trainer_kwargs
+):
+    model = BatchNormWithoutForward()
+    trainer = Trainer(**{**trainer_kwargs, "callbacks": [AveragedIterate()]})
+    with pytest.raises(MisconfigurationException, match=r"no forward\(\).*forward_batch="):
+        trainer.fit(model, datamodule=make_data())
+    assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        lambda: AveragedIterate(forward_batch=lambda module, batch: module.logits(batch[0])),
+        AveragedIterateForLogits,
+    ],
+    ids=["forward_batch argument", "forward_batch override"],
+)
+def test_batch_norm_statistics_at_x_bar_come_from_forward_batch(
+    callback, make_data, trainer_kwargs
+):
+    torch.manual_seed(0)
+    model = BatchNormWithoutForward()
+    averaged = callback()
+    trainer = Trainer(**{**trainer_kwargs, "callbacks": [averaged]})
+    trainer.fit(model, datamodule=make_data())
+    stored = averaged.state_dict()["averaged_bn_state"]
+    assert not torch.equal(stored["features.2.running_mean"], model.features[2].running_mean)
+
+    dm = make_data()
+    dm.setup("fit")
+    training = _state(model)
+    trainer.optimizers[0].eval()
+    model.load_state_dict({**model.state_dict(), **stored})
+    model.eval()
+    with torch.no_grad():
+        total = sum(
+            torch.nn.functional.cross_entropy(model.logits(x), y, reduction="sum")
+            for x, y in dm.val_dataloader()
+        )
+    trainer.optimizers[0].train()
+    model.load_state_dict(training)
+    assert float(trainer.callback_metrics["val/loss_avg"]) == pytest.approx(float(total), rel=1e-5)

@@ -1,0 +1,178 @@
+"""What lightning_o2nc/lightning/compat.py assumes about Lightning, checked on each package.
+
+Checked on lightning and pytorch-lightning 2.4.0 (``make test-min``) and 2.6.6 (``make test``):
+``compat.CHECKED_ON``. A failure here means a Lightning release changed behaviour that the
+monitor or AveragedIterate relies on; the message says what to update.
+"""
+
+import ast
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_o2nc import ExponentiatedO2NC
+from lightning_o2nc.lightning.compat import CHECKED_ON, LoggingStepAxis
+from lightning_o2nc.lightning.packages import Callback, for_package
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ["lightning.pytorch", "pytorch_lightning"]
+UPDATE = f"(checked on {', '.join(CHECKED_ON)}): update lightning_o2nc/lightning/compat.py"
+
+
+class PredictSteps(Callback):
+    """Where LoggingStepAxis says Lightning writes the training metrics of each batch."""
+
+    def __init__(self):
+        self.axis = LoggingStepAxis()
+        self.predicted = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.axis.start(trainer, getattr(self, "restored", None))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        _, step = self.axis.batch_end(trainer, pl_module)
+        if step is not None:
+            self.predicted.append(step)
+
+    def state_dict(self):
+        return {"batches_that_stepped": self.axis.batches_that_stepped}
+
+    def load_state_dict(self, state_dict):
+        self.restored = state_dict["batches_that_stepped"]
+
+
+def _recording_logger(package):
+    class Recording(package.loggers.Logger):
+        """Keeps the steps at which Lightning writes ``train/loss``."""
+
+        name, version = "recording", 0
+        steps: list[int]
+
+        def __init__(self):
+            super().__init__()
+            self.steps = []
+
+        def log_metrics(self, metrics, step=None):
+            if "train/loss" in metrics:
+                self.steps.append(step)
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    return Recording()
+
+
+def _module(package, manual):
+    class Model(package.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(4, 2)
+            self.automatic_optimization = not manual
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self.log("train/loss", loss)
+            if manual:
+                optimizer = self.optimizers()
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                if batch_idx % 2 == 0:  # steps on every other batch: the axis still counts each
+                    optimizer.step()
+            return None if manual else loss
+
+        def configure_optimizers(self):
+            return ExponentiatedO2NC(self.parameters(), lr=0.1, seed=0)
+
+    return Model()
+
+
+def _fit(package, tmp_path, manual, accumulate, max_epochs, ckpt_path=None):
+    data = TensorDataset(torch.randn(70, 4), torch.randint(0, 2, (70,)))  # 7 batches per epoch
+    predictor, logger = PredictSteps(), _recording_logger(package)
+    checkpoint = package.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = package.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        log_every_n_steps=3,
+        accumulate_grad_batches=accumulate,
+        logger=logger,
+        callbacks=[predictor, checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_module(package, manual), DataLoader(data, batch_size=10), ckpt_path=ckpt_path)
+    return predictor.predicted, logger.steps
+
+
+@pytest.mark.parametrize("package_name", PACKAGES)
+@pytest.mark.parametrize(
+    "manual, accumulate", [(False, 1), (False, 2), (True, 1)], ids=["plain", "accumulate", "manual"]
+)
+def test_logging_step_axis_predicts_where_lightning_writes_training_metrics(
+    tmp_path, package_name, manual, accumulate
+):
+    package = importlib.import_module(package_name)
+    predicted, written = _fit(package, tmp_path, manual, accumulate, max_epochs=2)
+    resumed_predicted, resumed_written = _fit(
+        package, tmp_path, manual, accumulate, max_epochs=3, ckpt_path="last"
+    )
+    assert written and resumed_written
+    assert (predicted, resumed_predicted) == (written, resumed_written), (
+        f"{package_name} {package.__version__} writes training metrics at steps {written} and, "
+        f"resumed, {resumed_written}; LoggingStepAxis predicts {predicted} and {resumed_predicted} "
+        f"{UPDATE}"
+    )
+
+
+@pytest.mark.parametrize("package_name", PACKAGES)
+def test_log_dict_logs_through_log_so_the_suffix_reaches_every_metric(package_name):
+    package = importlib.import_module(package_name)
+    source = inspect.getsource(package.LightningModule.log_dict)
+    assert "self.log(" in source, (
+        f"{package_name} {package.__version__}: LightningModule.log_dict no longer calls self.log, "
+        f"so AveragedIterate's _avg names miss metrics logged with log_dict {UPDATE}"
+    )
+
+
+def _lightning_layer_sources():
+    return [
+        *sorted((ROOT / "lightning_o2nc" / "lightning").glob("*.py")),
+        ROOT / "lightning_o2nc" / "pytorch_lightning.py",
+        ROOT / "sweeps" / "callbacks.py",
+    ]
+
+
+OUR_OWN_PRIVATE_NAMES = {"_lightning_base", "_lightning_body"}  # set by packages.lightning_class
+
+
+def test_the_lightning_layer_touches_no_private_lightning_name():
+    found = []
+    for path in _lightning_layer_sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                private = node.attr.startswith("_") and not node.attr.startswith("__")
+                on_self = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+                if private and not on_self and node.attr not in OUR_OWN_PRIVATE_NAMES:
+                    found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                ("lightning", "pytorch_lightning")
+            ):
+                found += [
+                    f"{path.name}:{node.lineno} from {node.module} import {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_")
+                ]
+    assert not found, f"private Lightning names outside compat.py: {found}"
+
+
+def test_for_package_leaves_classes_that_serve_both_packages_alone():
+    from lightning_o2nc.lightning import AveragedIterate, DigitsDataModule
+
+    assert for_package(AveragedIterate, "pytorch_lightning") is AveragedIterate
+    assert for_package(DigitsDataModule, "pytorch_lightning") is DigitsDataModule
