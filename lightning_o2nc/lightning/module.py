@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from ..optim import ExponentiatedO2NC, build_optimizer
+from ..optim import ExponentiatedO2NC, build_optimizer, build_schedulers
 from ..optim.factory import OPTIMIZERS
 from ..optim.hyperparameters import HYPERPARAMETERS
 from .averaged_iterate import AveragedIterate
@@ -273,15 +273,12 @@ class O2NCModule:
             for name in optimizer_arguments.__signature__.parameters
             if name in accepted and not (name in _MODULE_DEFAULTS and hp[name] is None)
         }
-        return build_optimizer(
-            params,
-            name=hp.optimizer,
-            decay_bias_and_norm=hp.decay_bias_and_norm,
-            schedules=dict(hp.schedules) if hp.schedules else None,
-            total_steps=total_steps,
-            total_epochs=total_epochs,
-            **hyperparameters,
+        optimizer = build_optimizer(
+            params, name=hp.optimizer, decay_bias_and_norm=hp.decay_bias_and_norm, **hyperparameters
         )
+        schedules = dict(hp.schedules) if hp.schedules else None
+        schedulers = build_schedulers(optimizer, schedules, total_steps, total_epochs, hp.optimizer)
+        return [optimizer], schedulers
 
     @override
     def configure_callbacks(self) -> list[Callback]:

@@ -1,6 +1,6 @@
 """Pure-torch layer: the optimizer, its random scaling, schedules, the factory and theory helpers."""
 
-from .factory import OPTIMIZERS, build_optimizer, param_groups_weight_decay
+from .factory import OPTIMIZERS, build_optimizer, build_schedulers, param_groups_weight_decay
 from .hyperparameters import HYPERPARAMETERS, Hyperparameter, validate_hyperparameters
 from .o2nc import ExponentiatedO2NC
 from .scaling import SCALINGS, RandomScaling
@@ -18,6 +18,7 @@ __all__ = [
     "RandomScaling",
     "Schedule",
     "build_optimizer",
+    "build_schedulers",
     "make_schedule",
     "param_groups_weight_decay",
     "theory_guided_hyperparameters",

@@ -1,4 +1,4 @@
-"""One call from a model to what ``LightningModule.configure_optimizers`` returns.
+"""From a model to an optimizer (:func:`build_optimizer`) and its schedules (:func:`build_schedulers`).
 
 The registry is data: one frozen :class:`OptimizerSpec` per name, with the builder, the fields a
 schedule may drive and the keyword arguments it accepts.
@@ -10,6 +10,7 @@ schedule may drive and the keyword arguments it accepts.
   changes only the scaling, and the baseline gets the averaged iterate and statistics too.
 - ``"adamw"``: ``torch.optim.AdamW(lr=eta, betas=(beta, 0.999))``.
 
+``configure_optimizers`` returns ``[optimizer], build_schedulers(optimizer, schedules, ...)``.
 This module is pure torch (no lightning import): a Lightning scheduler config is a plain dict.
 """
 
@@ -28,7 +29,13 @@ from .hyperparameters import HYPERPARAMETERS, INTERVALS, SCHEDULABLE, validate_h
 from .o2nc import ExponentiatedO2NC
 from .schedules import HyperparameterScheduler, make_schedule
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "param_groups_weight_decay"]
+__all__ = [
+    "OPTIMIZERS",
+    "OptimizerSpec",
+    "build_optimizer",
+    "build_schedulers",
+    "param_groups_weight_decay",
+]
 
 
 @dataclass(frozen=True)
@@ -121,12 +128,9 @@ def build_optimizer(
     mu: float = HYPERPARAMETERS["mu"].default,
     weight_decay: float = HYPERPARAMETERS["weight_decay"].default,
     decay_bias_and_norm: bool = False,
-    schedules: Mapping[str, Any] | None = None,
-    total_steps: float | None = None,
-    total_epochs: float | None = None,
     **optimizer_kwargs: Any,
-) -> Any:
-    """Build an optimizer (and its hyper-parameter schedules) for ``configure_optimizers``.
+) -> Optimizer:
+    """Build the named optimizer; always returns the optimizer (schedules: :func:`build_schedulers`).
 
     Args:
         model_or_params: an ``nn.Module`` (its trainable parameters, grouped for weight decay) or an
@@ -136,23 +140,16 @@ def build_optimizer(
         weight_decay: L2 decay (added to the gradient for o2nc/sgdm, decoupled for adamw).
         decay_bias_and_norm: ``False`` exempts biases and normalization weights from weight decay
             (timm's ``param_groups_weight_decay``); only applies when a module is given.
-        schedules: ``{field: spec}`` for fields ``lr``/``beta``/``mu``; a spec is a
-            :func:`~lightning_o2nc.optim.schedules.make_schedule` mapping plus an optional
-            ``interval: step | epoch`` (default ``step``).
-        total_steps: horizon of per-step schedules (Lightning: ``trainer.estimated_stepping_batches``).
-        total_epochs: horizon of per-epoch schedules (Lightning: ``trainer.max_epochs``).
-        **optimizer_kwargs: the optimizer's own options (o2nc/sgdm: the rest of the
-            hyper-parameter table: scaling, seed, average, average_beta, skip_nonfinite, foreach,
-            maximize; adamw: eps, amsgrad, foreach, maximize).
+        **optimizer_kwargs: the optimizer's own options (o2nc/sgdm: scaling, seed, average,
+            average_beta, skip_nonfinite, foreach, maximize; adamw: eps, amsgrad, foreach, maximize).
 
-    Returns:
-        The optimizer when there is no schedule; otherwise
-        ``{"optimizer": opt, "lr_scheduler": {"scheduler": ..., "interval": ..., "frequency": 1}}``,
-        or ``([opt], [step_config, epoch_config])`` when both intervals are used.
+    Example (``configure_optimizers``)::
+
+        optimizer = build_optimizer(self, "o2nc", lr=0.05, average=True)
+        return [optimizer], build_schedulers(optimizer, {"lr": "cosine"},
+                                             total_steps=self.trainer.estimated_stepping_batches)
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer name {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
-    spec = OPTIMIZERS[name]
+    spec = _spec(name)
     unknown = sorted(set(optimizer_kwargs) - set(spec.options))
     if unknown:
         raise ValueError(
@@ -169,14 +166,37 @@ def build_optimizer(
             groups = [{"params": groups}]
     if not groups or not any(group["params"] for group in groups):
         raise ValueError("Invalid model_or_params: no trainable parameters to optimize")
-    optimizer = spec.build(
+    return spec.build(
         groups, lr=lr, beta=beta, mu=mu, weight_decay=weight_decay, **optimizer_kwargs
     )
-    if not schedules:
-        return optimizer
 
+
+def build_schedulers(
+    optimizer: Optimizer,
+    schedules: Mapping[str, Any] | None,
+    total_steps: float | None = None,
+    total_epochs: float | None = None,
+    name: str = "o2nc",
+) -> list[dict[str, Any]]:
+    """Lightning scheduler configs (one per interval used) that drive ``optimizer``'s groups.
+
+    Args:
+        optimizer: what :func:`build_optimizer` returned.
+        schedules: ``{field: spec}`` for the fields the optimizer ``name`` may schedule (o2nc:
+            ``lr``/``beta``/``mu``/``weight_decay``); a spec is a
+            :func:`~lightning_o2nc.optim.schedules.make_schedule` mapping (or shape name) plus an
+            optional ``interval: step | epoch`` (default ``step``). ``None`` or empty: no configs.
+        total_steps: horizon of per-step schedules (Lightning: ``trainer.estimated_stepping_batches``).
+        total_epochs: horizon of per-epoch schedules (Lightning: ``trainer.max_epochs``).
+        name: the factory name the optimizer was built with, to check the scheduled fields.
+
+    Returns:
+        ``[{"scheduler", "interval", "frequency": 1, "name"}, ...]``, so ``configure_optimizers``
+        returns ``[optimizer], build_schedulers(...)`` whatever the schedules are.
+    """
+    spec = _spec(name)
     per_interval: dict[str, dict[str, Any]] = {}
-    for field, schedule_spec in schedules.items():
+    for field, schedule_spec in (schedules or {}).items():
         if field not in spec.schedulable:
             raise ValueError(
                 f"Invalid schedule field {field!r} for {name!r}; valid: {', '.join(spec.schedulable)}"
@@ -191,8 +211,7 @@ def build_optimizer(
             )
         horizon = _as_horizon(total_steps if interval == "step" else total_epochs)
         per_interval.setdefault(interval, {})[field] = make_schedule(schedule_spec, horizon)
-
-    configs = [
+    return [
         {
             "scheduler": HyperparameterScheduler(optimizer, fields),
             "interval": interval,
@@ -201,9 +220,12 @@ def build_optimizer(
         }
         for interval, fields in per_interval.items()
     ]
-    if len(configs) == 1:
-        return {"optimizer": optimizer, "lr_scheduler": configs[0]}
-    return [optimizer], configs
+
+
+def _spec(name: str) -> OptimizerSpec:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer name {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
 
 
 def _as_horizon(total: float | None) -> int | None:

@@ -12,6 +12,7 @@ from lightning_o2nc import (
     ExponentiatedO2NC,
     HyperparameterScheduler,
     build_optimizer,
+    build_schedulers,
     make_schedule,
     param_groups_weight_decay,
     theory_guided_hyperparameters,
@@ -241,27 +242,25 @@ def test_factory_sgdm_is_torch_sgd_in_the_eta_beta_mu_parametrization():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_factory_returns_what_configure_optimizers_accepts():
+def test_factory_returns_one_shape_and_the_scheduler_configs_come_from_their_own_helper():
     model = model_with_norm()
-    result = build_optimizer(
-        model, "o2nc", lr=0.1, schedules={"lr": {"shape": "cosine"}}, total_steps=100
-    )
-    assert set(result) == {"optimizer", "lr_scheduler"}
-    assert result["lr_scheduler"]["interval"] == "step"
-    assert isinstance(result["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LRScheduler)
-    both = build_optimizer(
-        model,
-        "o2nc",
-        lr=0.1,
-        schedules={
+    optimizer = build_optimizer(model, "o2nc", lr=0.1)
+    assert isinstance(optimizer, ExponentiatedO2NC)
+    assert build_schedulers(optimizer, None) == [] == build_schedulers(optimizer, {})
+    (config,) = build_schedulers(optimizer, {"lr": {"shape": "cosine"}}, total_steps=100)
+    assert set(config) == {"scheduler", "interval", "frequency", "name"}
+    assert config["interval"] == "step"
+    assert isinstance(config["scheduler"], torch.optim.lr_scheduler.LRScheduler)
+    configs = build_schedulers(
+        optimizer,
+        {
             "lr": "cosine",
             "beta": {"shape": "step", "step_size": 2, "gamma": 0.9, "interval": "epoch"},
         },
         total_steps=100,
         total_epochs=10.0,
     )
-    optimizers, configs = both
-    assert len(optimizers) == 1 and [c["interval"] for c in configs] == ["step", "epoch"]
+    assert [c["interval"] for c in configs] == ["step", "epoch"]
 
 
 @pytest.mark.parametrize(
@@ -283,8 +282,10 @@ def test_factory_returns_what_configure_optimizers_accepts():
     ],
 )
 def test_factory_errors_list_the_valid_choices(kwargs, match):
+    schedules = kwargs.pop("schedules", None)
     with pytest.raises(ValueError, match=match):
-        build_optimizer(model_with_norm(), total_steps=10, **kwargs)
+        optimizer = build_optimizer(model_with_norm(), **kwargs)
+        build_schedulers(optimizer, schedules, total_steps=10, name=kwargs["name"])
 
 
 def test_factory_refuses_a_model_without_trainable_parameters():
