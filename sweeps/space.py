@@ -5,6 +5,7 @@ Each entry of a sweep's ``space`` maps a dotted config path to a dimension::
     space:
       model.lr: {type: float, low: 1.0e-3, high: 1.0, log: true}
       model.beta: {type: one_minus, low: 1.0e-3, high: 0.5}     # 1 - beta is log-uniform
+      model.average_beta: {type: one_minus, low: 1.0e-4, high: 0.1}  # x_bar's own horizon
       model.mu: {type: zero_or_float, low: 1.0e-4, high: 1.0}   # 0, or log-uniform
       model.scaling: {type: categorical, choices: [exponential, uniform, none]}
       model.schedules.lr:
