@@ -3,13 +3,12 @@
 from .averaged_iterate import AveragedIterate
 from .backbones import MLP, SmallCNN, build_backbone, resnet18_cifar
 from .data import (
-    CIFAR10DataModule,
     ClassificationDataModule,
     DigitsDataModule,
     EpochSeededSampler,
-    FashionMNISTDataModule,
     SyntheticDataModule,
 )
+from .image_datasets import CIFAR10DataModule, FashionMNISTDataModule
 from .module import O2NCModule
 from .monitor import O2NCMonitor
 

@@ -1,4 +1,5 @@
 import gzip
+import multiprocessing
 import os
 import pickle
 from pathlib import Path
@@ -227,3 +228,63 @@ def test_missing_cifar10_fails_in_prepare_data_naming_the_path(tmp_path):
     dm = CIFAR10DataModule(root=str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*download: true"):
         dm.prepare_data()
+
+
+# ------------------------------------------------------------------ many processes, one folder
+def _prepare_in_lockstep(roots, system, barrier):
+    for root in roots:
+        barrier.wait(timeout=30)  # all processes start on the same fresh folder together
+        FashionMNISTDataModule(root=root, system_dirs=[system]).prepare_data()
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["gz", "plain"])
+def test_many_processes_prepare_one_fresh_folder_at_once_without_failing(tmp_path, compressed):
+    system = tmp_path / "system"
+    _write_idx(system, n_train=3000, n_test=1000, compress=compressed)  # ~3 MB to decompress
+    roots = [str(tmp_path / f"data{i}") for i in range(5)]  # five rounds, a fresh folder each
+    context = multiprocessing.get_context("fork")  # independent processes, started in a blink
+    barrier = context.Barrier(4)
+    processes = [
+        context.Process(target=_prepare_in_lockstep, args=(roots, str(system), barrier))
+        for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [process.exitcode for process in processes] == [0] * 4
+    for root in roots:
+        dm = FashionMNISTDataModule(root=root, system_dirs=[], val_size=2)
+        assert sorted(p.name for p in dm.raw_folder.iterdir()) == sorted(dm.files)  # no leftovers
+        for name in dm.files:
+            source = system / name
+            if compressed:
+                with gzip.open(f"{source}.gz") as f:
+                    expected = f.read()
+            else:
+                expected = source.read_bytes()
+            assert (dm.raw_folder / name).read_bytes() == expected
+        dm.setup("test")
+        assert len(dm.test_set) == 1000
+
+
+def test_a_truncated_file_left_in_the_raw_folder_is_replaced(tmp_path):
+    system = tmp_path / "system"
+    _write_idx(system)
+    dm = FashionMNISTDataModule(root=str(tmp_path / "data"), system_dirs=[str(system)], val_size=2)
+    dm.prepare_data()
+    target = dm.raw_folder / "t10k-images-idx3-ubyte"
+    whole = target.read_bytes()
+    target.write_bytes(whole[:100])  # e.g. a copy interrupted by a full disk
+    dm.prepare_data()
+    assert target.read_bytes() == whole
+
+
+def test_missing_dataset_is_a_one_line_config_error(tmp_path):
+    from lightning_o2nc.lightning.errors import RunConfigError
+
+    dm = FashionMNISTDataModule(root=str(tmp_path / "none"), system_dirs=[])
+    with pytest.raises(RunConfigError, match="apt-get install dataset-fashion-mnist"):
+        dm.prepare_data()
+    with pytest.raises(RunConfigError, match="download: true"):
+        CIFAR10DataModule(root=str(tmp_path / "none")).prepare_data()
