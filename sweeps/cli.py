@@ -24,8 +24,12 @@ from pathlib import Path
 from rich.console import Console
 
 from .paths import flatten_paths
+from .signals import StopRequest, TrialInterrupted
 
-__all__ = ["main"]
+__all__ = ["TRACEBACK_ENV", "main"]
+
+#: Set to 1 to see the full traceback behind a one-line error (``o2nc-train`` reads it too).
+TRACEBACK_ENV = "O2NC_TRACEBACK"
 
 _DEFAULT_LOGDIR = "runs/sweeps"
 
@@ -143,7 +147,7 @@ def _print_summary(console: Console, report, study, logdir: Path) -> None:
         console.print(f"retrain:     {retrain_command(best)}", highlight=False)
 
 
-def _run(argv: Sequence[str], console: Console) -> int:
+def _run(argv: Sequence[str], console: Console, stop: StopRequest) -> int:
     from .config import load_sweep_config
     from .run import run_sweep
 
@@ -159,6 +163,7 @@ def _run(argv: Sequence[str], console: Console) -> int:
         progress=not args.no_progress,
         console=console,
         plots=not args.no_plots,
+        stop=stop,
     )
     console.print(
         f"study {sweep.study_name!r}: {outcome.trials_run} trial(s) run here; "
@@ -166,7 +171,7 @@ def _run(argv: Sequence[str], console: Console) -> int:
         highlight=False,
     )
     _print_summary(console, outcome.report, outcome.study, Path(args.logdir))
-    return 130 if outcome.interrupted else 0
+    return outcome.exit_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,19 +182,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     console = Console(highlight=False, soft_wrap=True)  # commands stay copy-pasteable
     secret_source = " ".join(argv) + " " + os.environ.get(STORAGE_ENV, "")
+    # Until a study is open a signal exits at once; run_sweep then defers it to a safe point.
+    stop = StopRequest(immediate=True)
     try:
-        if argv and argv[0] == "report":
-            return _report(argv[1:], console)
-        if argv and argv[0] == "serve":
-            from .grpc_proxy import serve_main
+        with stop.installed():
+            if argv and argv[0] == "report":
+                return _report(argv[1:], console)
+            if argv and argv[0] == "serve":
+                from .grpc_proxy import serve_main
 
-            return serve_main(argv[1:])
-        if argv and argv[0] == "run":
-            argv = argv[1:]
-        return _run(argv, console)
+                return serve_main(argv[1:])
+            if argv and argv[0] == "run":
+                argv = argv[1:]
+            return _run(argv, console, stop)
     except (SweepConfigError, StorageError) as error:
+        if os.environ.get(TRACEBACK_ENV):
+            print(redact(traceback.format_exc(), secret_source), file=sys.stderr)
         print(f"o2nc-sweep: error: {redact(str(error), secret_source)}", file=sys.stderr)
         return 2
+    except TrialInterrupted:
+        print(
+            f"o2nc-sweep: {stop.signal_name}: stopped before the study was opened", file=sys.stderr
+        )
+        return stop.exit_status
     except KeyboardInterrupt:
         return 130
     except Exception:

@@ -3,11 +3,16 @@
 No training loop lives here: :func:`lightning_o2nc.lightning.cli.build_run` builds the Trainer,
 module and data module from the config, and ``trainer.fit`` trains them. This module adds what a
 sweep needs around that: a TensorBoard run per trial, per-epoch reports for the pruner, a stop
-on a non-finite loss, and the HParams entry.
+on a non-finite loss, the HParams entry, a stop at the next batch when the worker is asked to
+stop (see :mod:`sweeps.signals`), and no training for a configuration the study already holds
+(see :mod:`sweeps.distinct`). :func:`check_trial_config` runs one batch of the train config
+before any trial exists, so a bad override is refused with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,26 +21,30 @@ from typing import Any
 import optuna
 import torch
 import yaml
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from optuna_integration import PyTorchLightningPruningCallback
 from typing_extensions import override
 
+from lightning_o2nc.lightning.packages import for_package, lightning_class
+
 from .callbacks import EpochReporter, NonFiniteLossGuard
-from .config import SweepConfig
+from .config import SweepConfig, spawn_strategy
+from .distinct import DUPLICATE_OF, VALUES, DuplicateConfiguration, duplicate_of
 from .errors import FAIL_REASON, SweepConfigError
 from .paths import flatten_paths, get_path
 from .progress import SweepProgress
+from .signals import INTERRUPTED_BY, RETRY_OF, StopAtNextBatch, StopRequest, TrialInterrupted
 
-__all__ = ["NonFiniteObjective", "SweepObjective", "SweepTensorBoardLogger", "trial_run_dir"]
+__all__ = [
+    "NonFiniteObjective",
+    "SweepObjective",
+    "SweepTensorBoardLogger",
+    "check_trial_config",
+    "trial_run_dir",
+]
 
-#: Strategies whose launcher re-runs the command and have no spawn-based twin.
-_RELAUNCHING = ("fsdp", "deepspeed")
-_SPAWN_EQUIVALENT = {
-    "ddp": "ddp_spawn",
-    "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
-    "ddp_find_unused_parameters_false": "ddp_spawn_find_unused_parameters_false",
-}
+#: Optuna's key for why a trial failed (system attribute), read by reports and Optuna's tools.
+SYSTEM_FAIL_REASON = "fail_reason"
 
 
 class NonFiniteObjective(RuntimeError):
@@ -47,7 +56,8 @@ def trial_run_dir(logdir: Path, study_name: str, number: int) -> Path:
     return Path(logdir) / study_name / f"trial_{number}"
 
 
-class SweepTensorBoardLogger(TensorBoardLogger):
+@lightning_class("loggers.TensorBoardLogger")  # a trial runs under either Lightning package
+class SweepTensorBoardLogger:
     """A TensorBoard run whose HParams entry also lists the trial's searched values.
 
     The module sends its hyper-parameters with the final metrics at the end of fit; this logger
@@ -79,45 +89,6 @@ def _plain(params: Any) -> dict[str, Any]:
     return dict(vars(params))
 
 
-def spawn_strategy(trainer_config: Mapping[str, Any]) -> str | None:
-    """The spawn-based twin of a script-relaunching DDP strategy, when the trial needs one.
-
-    Lightning's ``ddp`` launcher re-runs the command for ranks 1..N-1 and can do so only once per
-    process, but a sweep worker fits one Trainer per trial. ``ddp_spawn`` starts fresh rank
-    processes for every fit (this is what Optuna's own DDP example uses) and the main process
-    keeps the trial, so every rank trains with the same parameters.
-    """
-    strategy = trainer_config.get("strategy", "auto")
-    if not isinstance(strategy, str):
-        return None
-    if strategy in _SPAWN_EQUIVALENT:
-        return _SPAWN_EQUIVALENT[strategy]
-    if strategy != "auto" and not strategy.startswith(_RELAUNCHING):
-        return None
-    devices = trainer_config.get("devices", "auto")
-    nodes = trainer_config.get("num_nodes", 1)
-    accelerator = trainer_config.get("accelerator", "auto")
-    if isinstance(devices, (list, tuple)):
-        count = len(devices)
-    elif isinstance(devices, int) and devices > 0:
-        count = devices
-    elif devices in (-1, "-1", "auto") and accelerator in ("auto", "gpu", "cuda"):
-        count = torch.cuda.device_count()  # Lightning takes every visible GPU
-    elif isinstance(devices, str) and devices.isdigit():
-        count = int(devices)
-    else:
-        count = 1
-    if count * (nodes if isinstance(nodes, int) else 1) <= 1:
-        return None
-    if strategy != "auto":
-        raise SweepConfigError(
-            f"trainer.strategy: {strategy!r} relaunches the script for its ranks, which works "
-            "once per process, but a sweep worker fits one Trainer per trial; use `ddp` (run as "
-            "ddp_spawn) for multi-device trials, or one device per trial and several workers"
-        )
-    return "ddp_spawn"
-
-
 class SweepObjective:
     """The callable handed to ``study.optimize``: runs one trial, returns its objective value.
 
@@ -125,23 +96,76 @@ class SweepObjective:
         sweep: the validated sweep definition.
         logdir: root of the TensorBoard runs (``<logdir>/<study>/trial_<n>``).
         progress: the live display, or ``None``.
+        stop: the worker's stop request; a trial stops at its next batch once it is set.
     """
 
     def __init__(
-        self, sweep: SweepConfig, logdir: Path, progress: SweepProgress | None = None
+        self,
+        sweep: SweepConfig,
+        logdir: Path,
+        progress: SweepProgress | None = None,
+        *,
+        stop: StopRequest | None = None,
     ) -> None:
         self.sweep = sweep
         self.logdir = Path(logdir)
         self.progress = progress
+        self.stop = stop or StopRequest()
         self.grid = sweep.sampler.name == "grid"
         self.trials_run = 0
+        #: The trial now running in this worker, or ``None``.
+        self.running: int | None = None
+        #: ``(number, queued again)`` of the trial a stop request interrupted.
+        self.interrupted: tuple[int, bool] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.running = trial.number
+        try:
+            self.stop.raise_if_requested()
+            assignment = self.sweep.space.suggest(trial, grid=self.grid)
+            values = _json_safe(assignment)
+            trial.set_user_attr(VALUES, values)
+            earlier = duplicate_of(trial, values)
+            if earlier is not None:
+                trial.set_user_attr(DUPLICATE_OF, earlier)
+                raise DuplicateConfiguration(trial.number, earlier)
+            value = self._train(trial, assignment)
+        except (optuna.TrialPruned, NonFiniteObjective):
+            self.trials_run += 1
+            raise
+        except DuplicateConfiguration:
+            raise
+        except BaseException as error:
+            # Whatever ended the fit once a stop was asked for (our TrialInterrupted, Lightning's
+            # SIGTERM SystemExit, a DDP rank that the signal ended) is the interruption.
+            if not self.stop.requested:
+                raise
+            self._interrupted(trial)
+            raise TrialInterrupted(self.stop.signal_name) from error
+        finally:
+            self.running = None
+        self.trials_run += 1
+        return value
+
+    def _interrupted(self, trial: optuna.Trial) -> None:
+        """Record why the trial failed and queue its parameters again (it does not count)."""
+        name = self.stop.signal_name
+        stored = trial.storage.get_trial(trial._trial_id)
+        params = {**stored.system_attrs.get("fixed_params", {}), **stored.params}
+        trial.set_user_attr(INTERRUPTED_BY, name)
+        reason = f"interrupted by {name}; not counted towards n_trials"
+        if params:
+            trial.study.enqueue_trial(
+                params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False
+            )
+            reason += "; its parameters were queued again"
+        trial.storage.set_trial_system_attr(trial._trial_id, SYSTEM_FAIL_REASON, reason)
+        self.interrupted = (trial.number, bool(params))
+
+    def _train(self, trial: optuna.Trial, assignment: Mapping[str, Any]) -> float:
         from lightning_o2nc.lightning.cli import build_run
 
-        self.trials_run += 1
         sweep = self.sweep
-        assignment = sweep.space.suggest(trial, grid=self.grid)
         config = sweep.trial_config(assignment)
         run_dir = trial_run_dir(self.logdir, sweep.study_name, trial.number)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +173,6 @@ class SweepObjective:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         trial.set_user_attr("tensorboard_run", str(run_dir.resolve()))
         trial.set_user_attr("config", str(config_path.resolve()))
-        trial.set_user_attr("values", _json_safe(assignment))
 
         trainer_config = config.get("trainer") or {}
         overrides: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False}
@@ -160,7 +183,7 @@ class SweepObjective:
                 f"trial {trial.number}: DDP through {spawn!r} (a sweep fits one Trainer per trial)"
             )
 
-        logger = SweepTensorBoardLogger(
+        logger = for_package(SweepTensorBoardLogger)(
             run_dir.parent,
             run_dir.name,
             {"trial/number": trial.number, **flatten_paths(assignment)},
@@ -168,7 +191,7 @@ class SweepObjective:
         guard = NonFiniteLossGuard()
         # Always attached: with the ``none`` pruner it still records the per-epoch curve.
         pruning = PyTorchLightningPruningCallback(trial, monitor=sweep.objective.monitor)
-        callbacks: list[Any] = [guard, pruning]
+        callbacks: list[Any] = [StopAtNextBatch(self.stop), guard, pruning]
         if self.progress is not None and spawn is None:
             callbacks.append(EpochReporter(self.progress.epoch_done))
         if self.progress is not None:
@@ -179,16 +202,11 @@ class SweepObjective:
             config, extra_callbacks=callbacks, logger=logger, trainer_overrides=overrides
         )
         try:
-            trainer.fit(model, datamodule=datamodule)
+            with self.stop.forwarding_to(lambda: _rank_processes(trainer)):
+                trainer.fit(model, datamodule=datamodule)
             pruning.check_pruned()
         except optuna.TrialPruned:
             self._finish(trial, trainer, guard, logger, pruned=True)
-            raise
-        except KeyboardInterrupt:
-            # Interrupted by the user: queue the same parameters so the next run retries them.
-            trial.study.enqueue_trial(
-                trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False
-            )
             raise
         return self._finish(trial, trainer, guard, logger, pruned=False)
 
@@ -233,6 +251,66 @@ class SweepObjective:
             trial.set_user_attr(FAIL_REASON, reason)
             raise NonFiniteObjective(reason)
         return metrics[monitor]
+
+
+def check_trial_config(sweep: SweepConfig, stop: StopRequest | None = None) -> None:
+    """Build and fit one batch of the train config with the overrides and one sample of the space.
+
+    Run once before any trial exists, so that a value no constructor, optimizer, schedule or
+    data module accepts (``model.backbone: nope``) is refused before the study records anything.
+    Multi-device trials are checked on one device (a DDP launch would only add start-up time).
+
+    Raises:
+        SweepConfigError: one line naming the train config and what was wrong with it.
+        TrialInterrupted: when a stop was requested meanwhile.
+    """
+    from lightning_o2nc.lightning.cli import build_run
+
+    stop = stop or StopRequest()
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sweep.seed))
+    assignment = sweep.space.suggest(probe.ask(), grid=sweep.sampler.name == "grid")
+    config = sweep.trial_config(assignment)
+    overrides: dict[str, Any] = {
+        "fast_dev_run": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+    }
+    if spawn_strategy(config.get("trainer") or {}) is not None:
+        overrides.update(strategy="auto", devices=1, num_nodes=1)
+    parser_errors = io.StringIO()
+    try:
+        # LightningCLI reports a value its parser rejects on stderr, then exits.
+        with contextlib.redirect_stderr(parser_errors):
+            trainer, model, datamodule = build_run(
+                config,
+                extra_callbacks=[StopAtNextBatch(stop)],
+                logger=False,
+                trainer_overrides=overrides,
+            )
+        trainer.fit(model, datamodule=datamodule)
+    except TrialInterrupted:
+        raise
+    except SystemExit as error:
+        lines = [line for line in parser_errors.getvalue().splitlines() if "error:" in line]
+        reason = lines[-1].split("error:", 1)[1].strip() if lines else f"exit status {error.code}"
+        raise SweepConfigError(_refusal(sweep, reason)) from error
+    except Exception as error:
+        raise SweepConfigError(_refusal(sweep, f"{type(error).__name__}: {error}")) from error
+    stop.raise_if_requested()
+
+
+def _refusal(sweep: SweepConfig, reason: str) -> str:
+    reason = " ".join(line.strip() for line in reason.splitlines() if line.strip())
+    return f"train config {sweep.train_config_path} with the sweep's overrides: {reason}"
+
+
+def _rank_processes(trainer: Any) -> list[Any]:
+    """The rank processes of a running ``ddp_spawn`` fit (none otherwise).
+
+    Lightning's multiprocessing launcher keeps them in ``procs`` (checked with Lightning 2.6).
+    """
+    return list(getattr(trainer.strategy.launcher, "procs", None) or ())
 
 
 def _nonfinite_reason(metrics: Mapping[str, float]) -> str | None:

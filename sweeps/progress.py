@@ -17,7 +17,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from .distinct import DUPLICATE_OF
 from .errors import FAIL_REASON
+from .signals import RETRY_OF
 from .study import count_finished
 
 __all__ = ["SweepProgress", "format_params"]
@@ -109,6 +111,14 @@ class SweepProgress:
             self._progress.remove_task(self._epochs)
             self._epochs = None
         state = trial.state.name.lower()
+        if DUPLICATE_OF in trial.user_attrs:
+            self.print(
+                f"trial {trial.number} skipped: same configuration as trial "
+                f"{trial.user_attrs[DUPLICATE_OF]}, not trained and not counted"
+            )
+            return
+        if RETRY_OF in trial.user_attrs:
+            state += f" (retry of trial {trial.user_attrs[RETRY_OF]})"
         if trial.state == TrialState.COMPLETE and trial.value is not None:
             detail = f"{self.metric}={trial.value:.4g}"
         elif trial.state == TrialState.PRUNED:

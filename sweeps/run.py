@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from contextlib import contextmanager
@@ -9,12 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import FrozenTrial
 from rich.console import Console
 
-from .config import SweepConfig
-from .objective import NonFiniteObjective, SweepObjective, spawn_strategy
+from .config import SweepConfig, spawn_strategy
+from .distinct import DUPLICATE_OF, DuplicateConfiguration, worker_seed
+from .objective import NonFiniteObjective, SweepObjective, check_trial_config
 from .progress import SweepProgress
 from .report import Report, write_report
+from .samplers import build_sampler
+from .signals import StopRequest, TrialInterrupted
 from .storage import (
     open_storage,
     redact,
@@ -37,6 +44,7 @@ class SweepOutcome:
     report: Report
     trials_run: int
     interrupted: bool = False
+    exit_status: int = 0
 
     @property
     def redacted_storage(self) -> str:
@@ -47,11 +55,13 @@ class SweepOutcome:
 def _quiet_libraries():
     """Optuna's per-trial INFO lines and Lightning's set-up chatter would drown the display."""
     optuna_level = optuna.logging.get_verbosity()
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    # Optuna's own "Trial N failed" warnings (with a traceback) repeat what the display prints.
+    names = ("lightning.pytorch", "lightning.fabric", "optuna.study._optimize")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for logger in loggers:
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.ERROR if logger.name.startswith("optuna") else logging.WARNING)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # build_run hands the config to LightningCLI as `args` while sys.argv holds ours.
@@ -76,11 +86,15 @@ def run_sweep(
     progress: bool = True,
     console: Console | None = None,
     plots: bool = True,
+    stop: StopRequest | None = None,
 ) -> SweepOutcome:
     """Run trials until the study holds ``sweep.n_trials`` finished ones (or the timeout).
 
     Every worker of a shared study calls this with the same storage and study name; a worker
-    started on a finished study runs nothing and rewrites the report.
+    started on a finished study runs nothing and rewrites the report. SIGINT and SIGTERM stop
+    it at the next safe point (see :mod:`sweeps.signals`): the running trial is recorded as
+    failed and queued again, the report is written for what finished, and the outcome says
+    ``interrupted``.
 
     Args:
         sweep: the validated sweep definition.
@@ -91,50 +105,148 @@ def run_sweep(
         progress: show the live rich display.
         console: where the display and messages go.
         plots: draw the report's plots (the report itself is always written).
+        stop: a stop request whose handlers the caller installed (the CLI does, at start-up);
+            ``None`` installs one for the duration of the call.
+
+    Raises:
+        TrialInterrupted: when a stop was requested before the study was opened.
     """
-    spawn = spawn_strategy(sweep.trial_config({}).get("trainer") or {})  # refuse before any trial
-    logdir = Path(logdir)
+    own = stop is None
+    stop = stop or StopRequest()
+    installed = stop.installed() if own else contextlib.nullcontext()
+    with installed, stop.deferred(), _quiet_libraries():
+        return _run(sweep, Path(logdir), storage, storage_class, progress, console, plots, stop)
+
+
+def _run(
+    sweep: SweepConfig,
+    logdir: Path,
+    storage: str | None,
+    storage_class: str | None,
+    progress: bool,
+    console: Console | None,
+    plots: bool,
+    stop: StopRequest,
+) -> SweepOutcome:
+    spawn = spawn_strategy(sweep.base_config.get("trainer") or {})
     logdir.mkdir(parents=True, exist_ok=True)
     storage_class = resolve_storage_class(storage_class, sweep.storage)
     url = resolve_storage_url(storage, logdir, storage_class)
-    with _quiet_libraries():
-        backend = open_storage(url, sweep.storage, storage_class)
-        if spawn is not None:
-            refuse_ddp_without_rdb(backend, url, spawn)
-        study = open_study(sweep, backend, logdir)
-        optuna.storages.fail_stale_trials(study)
-        remaining = sweep.n_trials - count_finished(study)
-        display = SweepProgress(
-            sweep.n_trials,
-            sweep.objective.monitor,
-            sweep.objective.direction,
-            console=console,
-            enabled=progress,
-        )
-        interrupted = False
-        objective = SweepObjective(sweep, logdir, display if progress else None)
-        with display:
+    backend = open_storage(url, sweep.storage, storage_class)
+    if spawn is not None:
+        refuse_ddp_without_rdb(backend, url, spawn)
+    check_trial_config(sweep, stop)  # a bad override: one line, and no study yet
+    study = open_study(sweep, backend, logdir)
+    display = SweepProgress(
+        sweep.n_trials,
+        sweep.objective.monitor,
+        sweep.objective.direction,
+        console=console,
+        enabled=progress,
+    )
+    objective = SweepObjective(sweep, logdir, display if progress else None, stop=stop)
+    stop.last_words = lambda: _left_running(backend, sweep, objective.running)
+    with display:
+        try:
+            stop.raise_if_requested()
+            study.sampler = build_sampler(
+                sweep.sampler, sweep.space, worker_seed(study, sweep.seed)
+            )
+            optuna.storages.fail_stale_trials(study)
             display.show_study(study)
-            if remaining <= 0:
+            if count_finished(study) >= sweep.n_trials:
                 display.print(
                     f"study {sweep.study_name!r} already holds {sweep.n_trials} finished trials; "
                     "raise --n-trials to run more"
                 )
             else:
-                try:
-                    study.optimize(
-                        objective,
-                        n_trials=remaining,
-                        timeout=sweep.timeout,
-                        catch=(NonFiniteObjective,),
-                        callbacks=[display.trial_finished, StopWhenStudyIsComplete(sweep.n_trials)],
-                        gc_after_trial=True,
-                    )
-                except KeyboardInterrupt:
-                    interrupted = True
-                    display.print(
-                        "interrupted: the running trial is queued again; run the same command to "
-                        "continue the study"
-                    )
-        written = write_report(study, storage_url=url, logdir=logdir, plots=plots)
-    return SweepOutcome(study, url, logdir, written, objective.trials_run, interrupted)
+                # No n_trials here: a skipped duplicate or an interrupted trial does not count,
+                # so the study's own count decides when this worker is done.
+                study.optimize(
+                    objective,
+                    timeout=sweep.timeout,
+                    catch=(NonFiniteObjective, DuplicateConfiguration),
+                    callbacks=[
+                        display.trial_finished,
+                        StopWhenStudyIsComplete(sweep.n_trials),
+                        _StopOnRequest(stop, display),
+                        _StopWhenOnlyDuplicates(display),
+                    ],
+                    gc_after_trial=True,
+                )
+        except TrialInterrupted:
+            display.print(_interruption_message(stop, objective))
+        stop.last_words = lambda: ""
+    written = write_report(study, storage_url=url, logdir=logdir, plots=plots)
+    return SweepOutcome(
+        study, url, logdir, written, objective.trials_run, stop.requested, stop.exit_status
+    )
+
+
+class _StopOnRequest:
+    """Optuna callback: end the loop between trials once a stop was asked for."""
+
+    def __init__(self, stop: StopRequest, display: SweepProgress) -> None:
+        self.stop = stop
+        self.display = display
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.stop.requested:
+            self.display.print(
+                f"{self.stop.signal_name}: stopped between trials; no trial was interrupted"
+            )
+            study.stop()
+
+
+class _StopWhenOnlyDuplicates:
+    """Optuna callback: stop when the sampler keeps proposing configurations the study holds.
+
+    A small discrete space can run out of new configurations; without this the worker would
+    draw duplicates forever (they do not count towards ``n_trials``).
+    """
+
+    limit = 20
+
+    def __init__(self, display: SweepProgress) -> None:
+        self.display = display
+        self.in_a_row = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.in_a_row = self.in_a_row + 1 if DUPLICATE_OF in trial.user_attrs else 0
+        if self.in_a_row >= self.limit:
+            self.display.print(
+                f"stopping: the last {self.limit} configurations drawn were all in the study "
+                "already; the search space looks exhausted"
+            )
+            study.stop()
+
+
+def _interruption_message(stop: StopRequest, objective: SweepObjective) -> str:
+    name = stop.signal_name
+    if objective.interrupted is None:
+        return f"{name}: stopped before any trial started"
+    number, queued = objective.interrupted
+    message = f"{name}: trial {number} interrupted and recorded as failed (not counted)"
+    if queued:
+        return message + (
+            "; its parameters are queued again, and the next run on this study takes queued "
+            "trials before it samples new ones"
+        )
+    return message + "; it had drawn no parameters, so there is nothing to queue again"
+
+
+def _left_running(storage: BaseStorage, sweep: SweepConfig, number: int | None) -> str:
+    """What a second signal leaves behind, said truthfully before exiting at once."""
+    if number is None:
+        return "; no trial was running"
+    text = f"; trial {number} is left RUNNING"
+    if not is_heartbeat_enabled(storage):  # optuna's helper, private in Optuna 5.0
+        return text + " (this storage has no heartbeat: mark it failed by hand)"
+    spec = sweep.storage
+    text += (
+        f": once its heartbeat is {spec.grace_period} s old, the next o2nc-sweep on this study "
+        "that starts a trial marks it failed"
+    )
+    if spec.max_retry == 0:
+        return text + " (storage.max_retry is 0: it is not retried)"
+    return text + " and queues its parameters again"

@@ -1,0 +1,237 @@
+"""Stopping a sweep when asked: SIGINT and SIGTERM become a flag read at safe points.
+
+Python turns SIGINT into a ``KeyboardInterrupt`` raised wherever the main thread happens to be,
+which may be a garbage-collection callback that swallows it, a database call, or a rank of a DDP
+trial that then exits without its results. So a worker never lets that happen:
+
+- :class:`StopRequest` installs handlers that only record the signal. The sweep reads the flag at
+  its safe points: before a trial starts, between trials (an Optuna callback) and, inside a
+  trial, after every training and validation batch (:class:`StopAtNextBatch`). The interrupted
+  trial is recorded as failed, its parameters are queued again, and the command exits with
+  ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
+- A second signal exits at once (``os._exit``), after killing the trial's DDP rank processes.
+- Before the study is opened (``immediate=True``) there is nothing to record, so the first
+  signal already exits at once.
+- The rank processes of a ``ddp_spawn`` trial keep the default action (the kernel ends them at
+  once, even inside a collective) and the worker forwards its signal to them: they hold nothing
+  that the worker does not record itself, and their non-zero exit ends ``trainer.fit`` in the
+  worker at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from typing_extensions import override
+
+from lightning_o2nc.lightning.packages import Callback  # of both Lightning packages
+
+__all__ = [
+    "INTERRUPTED_BY",
+    "RETRY_OF",
+    "STOP_SIGNALS",
+    "StopAtNextBatch",
+    "StopRequest",
+    "TrialInterrupted",
+]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Trial user attribute: the signal that interrupted the trial (it then does not count).
+INTERRUPTED_BY = "interrupted_by"
+#: Trial user attribute of a queued retry: the number of the interrupted trial it repeats.
+RETRY_OF = "retry_of"
+
+
+class TrialInterrupted(Exception):
+    """Raised at a safe point once a stop was requested; ends the trial and the worker's loop."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"interrupted by {signal_name}")
+        self.signal_name = signal_name
+
+
+class StopRequest:
+    """Records SIGINT/SIGTERM instead of raising; a second signal exits at once.
+
+    Use :meth:`installed` around the work; the previous handlers come back afterwards.
+
+    Args:
+        immediate: exit at once on the first signal too (nothing to record yet); switch it off
+            with :meth:`deferred` once there is.
+    """
+
+    def __init__(self, *, immediate: bool = False) -> None:
+        self.signum: int | None = None
+        self.immediate = immediate
+        self.last_words: Callable[[], str] = lambda: ""
+        self._rank_processes: Callable[[], Iterable[Any]] = tuple
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop signal arrived."""
+        return self.signum is not None
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    @property
+    def exit_status(self) -> int:
+        """``128 + signum``, the shell's convention (130 for SIGINT, 143 for SIGTERM); else 0."""
+        return 0 if self.signum is None else 128 + self.signum
+
+    def raise_if_requested(self) -> None:
+        """The safe-point check: raise :class:`TrialInterrupted` when a stop was requested."""
+        if self.signum is not None:
+            raise TrialInterrupted(self.signal_name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handle SIGINT and SIGTERM while the block runs (main thread only; a no-op elsewhere)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[StopRequest]:
+        """Record the first signal instead of exiting (there is a study to leave in order)."""
+        before, self.immediate = self.immediate, False
+        try:
+            self.raise_if_requested()  # a signal during the immediate phase's last moments
+            yield self
+        finally:
+            self.immediate = before
+
+    @contextlib.contextmanager
+    def forwarding_to(self, processes: Callable[[], Iterable[Any]]) -> Iterator[None]:
+        """Forward signals to ``processes()`` (objects with ``pid``) while the block runs."""
+        self._rank_processes = processes
+        try:
+            yield
+        finally:
+            self._rank_processes = tuple
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+        self._signal_ranks(signum if first else signal.SIGKILL)
+        if first and not self.immediate:
+            _say(
+                f"o2nc-sweep: {signal.Signals(signum).name} received: stopping at the next safe "
+                "point (a batch end or a trial end); send it again to exit at once\n"
+            )
+            return
+        words = "" if first else self.last_words()
+        _say(f"o2nc-sweep: {signal.Signals(signum).name}: exiting now{words}\n")
+        os._exit(128 + (self.signum or signum))
+
+    def _signal_ranks(self, signum: int) -> None:
+        for process in list(self._rank_processes() or ()):
+            pid = getattr(process, "pid", None)
+            if pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+
+
+def _say(text: str) -> None:
+    """Write from a signal handler: unbuffered, so it never re-enters a print in progress."""
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        os.write(sys.stderr.fileno(), text.encode())
+
+
+class StopAtNextBatch(Callback):
+    """Ends ``trainer.fit`` at the next batch once the worker's :class:`StopRequest` is set.
+
+    In the worker's own process it raises :class:`TrialInterrupted` after any training or
+    validation batch, and at the start of fit, so a trial stops within one batch. In the rank
+    processes of a ``ddp_spawn`` trial (this object arrives there pickled) it restores the
+    default action of SIGINT and SIGTERM: the worker forwards its signal to the ranks, and the
+    kernel ends them at once, even inside a collective, so none can hang waiting for the others.
+
+    Args:
+        stop: the worker's stop request.
+    """
+
+    def __init__(self, stop: StopRequest) -> None:
+        super().__init__()
+        self.stop = stop
+        self._worker_pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_worker_pid": self._worker_pid}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stop = StopRequest()
+        # Unpickled in a spawned rank process: take the default action before anything else runs
+        # (Python's KeyboardInterrupt would make the rank exit 0 without results, and the worker
+        # would wait for them forever).
+        self._default_action_in_rank()
+
+    def _in_rank_process(self) -> bool:
+        return os.getpid() != self._worker_pid
+
+    def _default_action_in_rank(self) -> None:
+        if self._in_rank_process() and threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+
+    def _check(self) -> None:
+        if not self._in_rank_process():
+            self.stop.raise_if_requested()
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check()
+
+    @override
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning registers its own SIGTERM handler in each rank just before: undo it there.
+        self._default_action_in_rank()
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._default_action_in_rank()
+        self._check()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._check()
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._check()
+
+    @override
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning's own SIGTERM path ends a rank with SystemExit, whose status is 0: the worker
+        # would then wait for the rank's results forever. Make it an error exit instead.
+        if self._in_rank_process() and isinstance(exception, SystemExit):
+            raise RuntimeError(f"rank stopped by a signal ({type(exception).__name__})")
