@@ -47,6 +47,7 @@ def train(scaling: str, args: argparse.Namespace, data: tuple[torch.Tensor, ...]
         seed=args.seed,
         average=True,
     )
+    opt.tracks_statistics = True  # keep V's per-step reduction: statistics() is read at the end
     batches = torch.Generator().manual_seed(args.seed)
     scalars = []
     for epoch in range(args.epochs):
