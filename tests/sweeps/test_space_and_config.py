@@ -295,3 +295,71 @@ def test_multi_process_trials_are_run_with_the_spawn_launcher_and_single_ones_un
     assert spawn_strategy({"strategy": "fsdp", "devices": 1}) is None
     with pytest.raises(SweepConfigError, match="trainer.strategy"):
         spawn_strategy({"strategy": "fsdp", "devices": 4})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "float", "low": 0.1, "high": 1.0},
+        {"type": "int", "low": 1, "high": 4},
+        {"type": "categorical", "choices": ["a", "b"]},
+        {"type": "one_minus", "low": 0.01, "high": 0.5},
+        {"type": "zero_or_float", "low": 1.0e-4, "high": 0.1},
+        {"type": "schedule", "choices": {"constant": {}}},
+    ],
+)
+def test_each_dimension_is_built_by_the_class_its_type_names(spec):
+    from sweeps.dimensions import DIMENSIONS
+
+    path = "model.schedules.lr" if spec["type"] == "schedule" else "model.x"
+    (dimension,) = parse_space({path: spec}).dimensions
+    assert type(dimension) is DIMENSIONS[spec["type"]]
+    assert dimension.type_name == spec["type"]
+
+
+def test_the_sweep_file_names_exactly_the_samplers_and_pruners_that_are_built(
+    write_yaml, train_config, default_sweep
+):
+    from sweeps.samplers import PRUNERS, SAMPLERS, PrunerSpec
+
+    for name in SAMPLERS:
+        changes = {"sampler": {"name": name}}
+        if name == "grid":
+            changes["space"] = {
+                "model.lr": {"type": "float", "low": 0.01, "high": 0.3, "grid": [0.1]}
+            }
+        sweep = load_sweep_config(
+            write_yaml(f"{name}.yaml", default_sweep(train_config, **changes))
+        )
+        assert isinstance(build_sampler(sweep.sampler, sweep.space, 0), optuna.samplers.BaseSampler)
+    for name in PRUNERS:
+        assert isinstance(build_pruner(PrunerSpec.parse(name), 4), optuna.pruners.BasePruner)
+    with pytest.raises(SweepConfigError, match=r"sampler.name: unknown sampler 'bohb'.*'tpe'"):
+        load_sweep_config(
+            write_yaml("bohb.yaml", default_sweep(train_config, sampler={"name": "bohb"}))
+        )
+
+
+def test_schedules_are_searched_for_every_field_the_optimizer_schedules_and_no_other():
+    from lightning_o2nc.optim.hyperparameters import HYPERPARAMETERS, SCHEDULABLE
+
+    choices = {"constant": {}, "cosine": {"min_factor": 0.1}}
+    for name in HYPERPARAMETERS:
+        spec = {f"model.schedules.{name}": {"type": "schedule", "choices": choices}}
+        if name in SCHEDULABLE:
+            assert parse_space(spec).paths == [f"model.schedules.{name}"]
+        else:
+            with pytest.raises(SweepConfigError, match=f"space.model.schedules.{name}"):
+                parse_space(spec)
+
+
+def test_every_hyperparameter_of_the_module_is_a_searchable_path(tiny_train_config):
+    # O2NCModule takes the table's hyper-parameters; the path check reads them as LightningCLI does.
+    from lightning_o2nc.lightning.module import optimizer_arguments
+    from lightning_o2nc.optim.hyperparameters import HYPERPARAMETERS
+
+    config = tiny_train_config()
+    names = list(optimizer_arguments.__signature__.parameters)
+    assert "average_beta" in names and set(names) <= set(HYPERPARAMETERS)
+    for name in names:
+        check_path(config, f"model.{name}", key=f"space.model.{name}")
