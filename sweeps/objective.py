@@ -296,7 +296,9 @@ def check_trial_config(sweep: SweepConfig, stop: StopRequest | None = None) -> N
         reason = lines[-1].split("error:", 1)[1].strip() if lines else f"exit status {error.code}"
         raise SweepConfigError(_refusal(sweep, reason)) from error
     except Exception as error:
-        raise SweepConfigError(_refusal(sweep, f"{type(error).__name__}: {error}")) from error
+        # A ValueError says what is wrong by itself; other errors need their kind to make sense.
+        reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        raise SweepConfigError(_refusal(sweep, reason)) from error
     stop.raise_if_requested()
 
 

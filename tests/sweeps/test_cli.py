@@ -1,15 +1,20 @@
-"""``o2nc-sweep`` end to end, as a user runs it against a password-protected PostgreSQL."""
+"""``o2nc-sweep`` end to end, as a user runs it: against a password-protected PostgreSQL, and with
+a sweep file whose train config cannot be built."""
 
 from __future__ import annotations
 
 import subprocess
 
+import optuna
 import pytest
 import sqlalchemy.engine
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+from sweeps.storage import open_storage
+
+pytestmark = pytest.mark.slow
 
 
+@pytest.mark.postgres
 def test_a_sweep_and_its_report_command_print_where_everything_is_and_never_the_password(
     tmp_path, write_yaml, tiny_train_config, default_sweep, worker, postgres_url, study_name
 ):
@@ -52,3 +57,34 @@ def test_a_sweep_and_its_report_command_print_where_everything_is_and_never_the_
     assert len(written) > 10
     for path in written:
         assert password.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("traceback", [False, True], ids=["one-line", "O2NC_TRACEBACK"])
+def test_a_bad_override_is_refused_with_one_line_before_any_trial_and_leaves_no_trial(
+    tmp_path, write_yaml, tiny_train_config, default_sweep, worker, traceback
+):
+    command, env = worker
+    train = write_yaml("train.yaml", tiny_train_config(max_epochs=1))
+    sweep = write_yaml(
+        "sweep.yaml", default_sweep(train, n_trials=2, overrides={"model.backbone": "nope"})
+    )
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    variables = env()
+    if traceback:
+        variables["O2NC_TRACEBACK"] = "1"
+    run = subprocess.run(
+        command("--config", str(sweep), "--storage", url, "--logdir", str(tmp_path / "logs")),
+        env=variables,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("o2nc-sweep: error:")]
+    assert len(errors) == 1 and "nope" in errors[0], run.stderr
+    assert ("Traceback (most recent call last)" in run.stderr) == traceback
+    if not traceback:
+        assert run.stderr.strip().splitlines()[-1] == errors[0]
+    storage = open_storage(url)
+    studies = optuna.get_all_study_summaries(storage)
+    assert all(summary.n_trials == 0 for summary in studies)

@@ -165,3 +165,25 @@ def test_pruning_works_when_each_trial_trains_with_two_ddp_processes(
     assert good.value == pytest.approx(good.intermediate_values[2])
     assert hopeless.state == TrialState.PRUNED
     assert max(hopeless.intermediate_values) < 2
+
+
+def test_with_averaged_weights_the_trial_value_is_the_metric_at_x_bar_not_at_the_weights(
+    tmp_path, write_yaml, tiny_train_config, default_sweep
+):
+    # beta = 0.99 keeps x_bar (the beta-average of the iterates) far behind the trained weights,
+    # so the two validation losses differ; the objective must return the one at x_bar.
+    train = write_yaml("train.yaml", tiny_train_config(max_epochs=2))
+    objective = {"metric": "val/loss", "direction": "minimize", "weights": "averaged"}
+    sweep = _sweep(write_yaml, train, default_sweep, n_trials=1, pruner="none", objective=objective)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = open_study(sweep, open_storage(url), tmp_path / "logs")
+    fixed = {"model.mu:zero": True, "model.schedules.lr.shape": "constant"}
+    study.enqueue_trial({"1-model.beta": 0.01, "model.lr": 0.3, **fixed})
+    outcome = run_sweep(sweep, logdir=tmp_path / "logs", storage=url, progress=False, plots=False)
+
+    (trial,) = outcome.study.trials
+    scalars = SummaryReader(trial.user_attrs["tensorboard_run"]).scalars
+    last = {tag: rows.sort_values("step")["value"].iloc[-1] for tag, rows in scalars.groupby("tag")}
+    assert not math.isclose(last["val/loss"], last["val/loss_avg"], rel_tol=1e-3), last
+    assert trial.value == pytest.approx(last["val/loss_avg"], rel=1e-6)
+    assert outcome.study.user_attrs["o2nc_sweep"]["metric"] == "val/loss_avg"

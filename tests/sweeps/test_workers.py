@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,9 @@ import pytest
 import sqlalchemy.engine
 from optuna.trial import TrialState
 
+from sweeps.config import load_sweep_config
+from sweeps.distinct import worker_seed
+from sweeps.run import run_sweep
 from sweeps.storage import open_storage
 
 pytestmark = pytest.mark.slow
@@ -104,3 +108,85 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_after_the_grace_period(
     assert retry.state == TrialState.COMPLETE
     assert retry.system_attrs["failed_trial"] == first.number
     assert retry.params == first.params
+
+
+def _evaluated(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that trained: complete, pruned, or failed on their own."""
+    return [
+        t
+        for t in study.trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or "fail_reason" in t.user_attrs
+    ]
+
+
+def _configuration(trial: optuna.trial.FrozenTrial) -> str:
+    return json.dumps(trial.user_attrs["values"], sort_keys=True)
+
+
+def test_parallel_workers_and_a_continuation_evaluate_every_configuration_once(
+    tmp_path, write_yaml, tiny_train_config, default_sweep, worker
+):
+    train = write_yaml("train.yaml", tiny_train_config(max_epochs=1))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["--storage", url, "--logdir", str(tmp_path / "logs")]
+    # Every process reads the file's `seed: 0`; random start-up trials for all 8 trials.
+    sampler = {"name": "tpe", "options": {"n_startup_trials": 8}}
+    changes = dict(study_name="distinct", pruner="none", sampler=sampler)
+    first = write_yaml("sweep.yaml", default_sweep(train, n_trials=4, **changes))
+    logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
+    processes = [_start(worker, "--config", str(first), *common, log=log) for log in logs]
+    for process, log in zip(processes, logs, strict=True):
+        _wait(process, log)
+    more = write_yaml("more.yaml", default_sweep(train, n_trials=6, **changes))
+    more_log = tmp_path / "more.log"
+    _wait(_start(worker, "--config", str(more), *common, log=more_log), more_log)
+
+    study = optuna.load_study(study_name="distinct", storage=open_storage(url))
+    evaluated = _evaluated(study)
+    assert len(evaluated) == 6
+    configurations = [_configuration(t) for t in evaluated]
+    assert len(set(configurations)) == len(configurations), configurations
+    params = [json.dumps(t.params, sort_keys=True) for t in evaluated]
+    assert len(set(params)) == len(params)
+    # Three workers, three different sampler seeds, each recorded in the study.
+    seeds = [v["seed"] for k, v in study.user_attrs.items() if k.startswith("o2nc_worker:")]
+    assert len(seeds) == 3 and len(set(seeds)) == 3, seeds
+
+
+def test_a_queued_configuration_the_study_already_holds_is_skipped_not_trained_and_not_counted(
+    tmp_path, write_yaml, tiny_train_config, default_sweep
+):
+    train = write_yaml("train.yaml", tiny_train_config(max_epochs=1))
+    sweep = load_sweep_config(write_yaml("s.yaml", default_sweep(train, n_trials=1, pruner="none")))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    done = run_sweep(sweep, logdir=tmp_path / "logs", storage=url, progress=False, plots=False)
+    (original,) = done.study.trials
+    done.study.enqueue_trial(original.params)  # e.g. a user's enqueue, or a retried trial
+
+    more = load_sweep_config(sweep.source, n_trials=2)
+    outcome = run_sweep(more, logdir=tmp_path / "logs", storage=url, progress=False, plots=False)
+    _, duplicate, new = outcome.study.trials
+    assert duplicate.params == original.params
+    assert duplicate.state == TrialState.FAIL
+    assert duplicate.user_attrs["duplicate_of"] == original.number
+    assert "tensorboard_run" not in duplicate.user_attrs  # never trained
+    assert new.state == TrialState.COMPLETE and new.params != original.params
+    assert outcome.trials_run == 1
+
+
+def test_worker_seeds_repeat_for_one_worker_at_a_time_and_differ_for_workers_started_together():
+    def fresh() -> optuna.Study:
+        return optuna.create_study()
+
+    # Reproducible: the same file seed on the same study state gives the same seed...
+    assert worker_seed(fresh(), 0) == worker_seed(fresh(), 0)
+    study = fresh()
+    first = worker_seed(study, 0)
+    # ...but a second worker on that same state (started together) gets another one,
+    together = worker_seed(study, 0)
+    assert together != first
+    # and a continuation after a trial was added another one again.
+    study.enqueue_trial({})
+    assert worker_seed(study, 0) not in (first, together)
+    assert worker_seed(fresh(), 1) != first
+    assert worker_seed(fresh(), None) is None
