@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
-from jsonargparse import ArgumentError, lazy_instance
+from jsonargparse import ArgumentError
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser
@@ -65,14 +65,16 @@ _LIGHTNING_LOGGERS = (
 
 
 def trainer_defaults(package: ModuleType) -> dict[str, Any]:
-    """The Trainer defaults of ``o2nc-train`` with the classes of the Lightning ``package``."""
+    """The Trainer defaults of ``o2nc-train`` with the classes of the Lightning ``package``.
+
+    The logger is given as a ``class_path`` config rather than a ``lazy_instance``: jsonargparse
+    caches lazy classes by class name, and both packages' loggers are named ``TensorBoardLogger``.
+    """
     return {
-        "logger": lazy_instance(
-            package.loggers.TensorBoardLogger,
-            save_dir="runs",
-            name="o2nc",
-            default_hp_metric=False,
-        ),
+        "logger": {
+            "class_path": f"{package.__name__}.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": "runs", "name": "o2nc", "default_hp_metric": False},
+        },
     }
 
 
@@ -148,6 +150,11 @@ class O2NCLightningCLI:
         if resume:
             logger = config.trainer.logger
             (logger[0] if isinstance(logger, list) else logger).init_args.version = version
+            # resuming writes into the run's own checkpoint folder: that it is not empty is expected
+            folder = re.escape(str(resumable[1].parent))
+            warnings.filterwarnings(
+                "ignore", f"Checkpoint directory .*{folder} exists and is not empty"
+            )
 
     @override
     def instantiate_classes(self) -> None:
