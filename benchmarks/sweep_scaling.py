@@ -1,53 +1,85 @@
-"""Sweep scaling on the digits demo: trials per hour with 1 and 2 workers, and epochs saved by pruning.
+"""Sweep cost on the digits demo: per-trial overhead against a bare loop, and scaling with workers.
 
-Both parts run the real ``o2nc-sweep`` command (as separate processes, each with one torch thread)
-on ``configs/sweeps/digits.yaml`` with a fresh SQLite study:
+Every arm runs as its own processes (one torch thread each) against a fresh SQLite study, and
+every time comes from the study itself (``datetime_start`` / ``datetime_complete``), so process
+start-up and the report are excluded.
 
-- **Workers**: the same number of trials on one study by 1 worker, then by 2 workers started
-  together. The random sampler without pruning makes every trial the same amount of work.
-  Trials per hour are counted between the first trial's start and the last one's end, as stored
-  in the study (process start-up and the report are excluded; the wall time is shown too).
-- **Pruning**: the demo's TPE sweep with its median pruner, and the same sweep (same seed) without
+- **Per-trial overhead**: ``o2nc-sweep`` on ``configs/sweeps/digits.yaml`` (random sampler, no
+  pruning, full monitoring and TensorBoard as the demo has them) against a bare hand-written
+  Optuna + Lightning loop of the same size: the same MLP and digits split, batch 64, torch SGD,
+  no logger, no checkpoint, no progress bar. The two arms alternate over several rounds; each
+  round gives the ratio of the median trial durations.
+- **Workers**: one study run by 1 worker, then by 2 workers started together. What counts is
+  the number of *distinct* configurations evaluated per hour (a repeat is no progress) and the
+  best value reached within the same wall time.
+- **Pruning**: the demo's TPE sweep with its median pruner against the same sweep without
   pruning: epochs trained and best value of each.
 
-Run: ``python -m benchmarks.sweep_scaling [--quick]``; ``run(quick)`` returns the markdown section
-for ``benchmarks/run_all.py``.
+Run: ``python -m benchmarks.sweep_scaling [--quick]``. The raw results go to
+``benchmarks/results/sweep_scaling.json`` (quick runs: the scratch folder); ``run(quick)``
+returns the markdown section for ``benchmarks/run_all.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from subprocess import STDOUT
 from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WORK_DIR = REPO_ROOT / "benchmarks" / "_work" / "sweep_scaling"
+from .report import BENCH_DIR, REPO_ROOT, markdown_table, work_dir
+
 DEMO = REPO_ROOT / "configs" / "sweeps" / "digits.yaml"
+RESULTS_JSON = BENCH_DIR / "results" / "sweep_scaling.json"
+OVERHEAD_SIZE = {"quick": (3, 3, 1), "full": (8, 10, 3)}  # (trials, epochs, rounds)
 
 
 @dataclass
 class SweepTiming:
-    """One measured sweep: its trials and how long they took."""
+    """One measured sweep: its finished trials and how long they took."""
 
     label: str
     workers: int
     trials: int
-    span_s: float
-    wall_s: float
+    distinct: int  # distinct parameter sets among the finished trials
+    span_s: float  # first trial's start to last trial's end
+    wall_s: float  # the processes' whole life
     epochs: int
     best: float | None
+    trial_s: list[float] = field(default_factory=list)  # each completed trial's duration
+    best_curve: list[tuple[float, float]] = field(default_factory=list)  # (s since start, best)
 
     @property
     def trials_per_hour(self) -> float:
         return 3600.0 * self.trials / self.span_s if self.span_s > 0 else float("nan")
+
+    @property
+    def distinct_per_hour(self) -> float:
+        return 3600.0 * self.distinct / self.span_s if self.span_s > 0 else float("nan")
+
+    @property
+    def median_trial_s(self) -> float:
+        return statistics.median(self.trial_s) if self.trial_s else float("nan")
+
+    def best_within(self, seconds: float) -> float | None:
+        """The best value among the trials completed within ``seconds`` of the first start."""
+        reached = [best for at, best in self.best_curve if at <= seconds + 1e-6]
+        return reached[-1] if reached else None
+
+
+def _scratch() -> Path:
+    return work_dir() / "sweep_scaling"
 
 
 def _sweep_file(name: str, **changes: Any) -> Path:
@@ -57,145 +89,313 @@ def _sweep_file(name: str, **changes: Any) -> Path:
     overrides.update(changes.pop("overrides", {}))
     spec["overrides"] = overrides
     spec.update(changes)
-    path = WORK_DIR / f"{name}.yaml"
+    path = _scratch() / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
-def _run_workers(label: str, sweep: Path, workers: int) -> SweepTiming:
+def _sweep_command(sweep: Path) -> Callable[[Path], list[str]]:
+    def command(logdir: Path) -> list[str]:
+        return [sys.executable, "-m", "sweeps.cli", "--config", str(sweep), "--logdir", str(logdir)]
+
+    return lambda logdir: [*command(logdir), "--no-progress", "--no-plots"]
+
+
+def _bare_command(trials: int, epochs: int) -> Callable[[Path], list[str]]:
+    return lambda logdir: [
+        *(sys.executable, "-m", "benchmarks.sweep_scaling", "--bare-worker", str(logdir)),
+        *("--bare-trials", str(trials), "--bare-epochs", str(epochs)),
+    ]
+
+
+def _run_arm(
+    label: str, command: Callable[[Path], list[str]], workers: int, study_name: str
+) -> SweepTiming:
+    """Start ``workers`` copies of ``command(logdir)`` together and read their study back."""
     import optuna
 
-    from sweeps.storage import open_storage
     from sweeps.study import is_finished_for_good
 
-    logdir = WORK_DIR / label
+    logdir = _scratch() / label
     shutil.rmtree(logdir, ignore_errors=True)
+    logdir.mkdir(parents=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.pop("O2NC_SWEEP_STORAGE", None)
-    command = [sys.executable, "-m", "sweeps.cli", "--config", str(sweep), "--logdir", str(logdir)]
-    command += ["--no-progress", "--no-plots"]
-    logdir.mkdir(parents=True)
+    logs = [logdir / f"worker{i}.log" for i in range(workers)]
     started = time.perf_counter()
     processes = [
         subprocess.Popen(
-            command,
-            env=env,
-            stdout=(logdir / f"worker{i}.log").open("w"),
-            stderr=subprocess.STDOUT,
+            command(logdir), env=env, cwd=REPO_ROOT, stdout=log.open("w"), stderr=STDOUT
         )
-        for i in range(workers)
+        for log in logs
     ]
-    for i, process in enumerate(processes):
+    for log, process in zip(logs, processes, strict=True):
         if process.wait() != 0:
-            raise RuntimeError(
-                f"{label}: worker {i} failed:\n{(logdir / f'worker{i}.log').read_text()[-3000:]}"
-            )
+            raise RuntimeError(f"{label}: {log.name} failed:\n{log.read_text()[-3000:]}")
     wall = time.perf_counter() - started
-    name = yaml.safe_load(sweep.read_text())["study_name"]
-    study = optuna.load_study(
-        study_name=name, storage=open_storage(f"sqlite:///{logdir / 'optuna.db'}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{logdir / 'optuna.db'}")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    finished = sorted(
+        (t for t in study.trials if is_finished_for_good(t)), key=lambda t: t.datetime_complete
     )
-    finished = [t for t in study.trials if is_finished_for_good(t)]
-    span = max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
-    try:
-        best = study.best_value
-    except ValueError:
-        best = None
+    first = min(t.datetime_start for t in finished)
+    curve: list[tuple[float, float]] = []
+    for t in finished:
+        if t.value is not None and (not curve or (t.value > curve[-1][1]) == maximize):
+            curve.append(((t.datetime_complete - first).total_seconds(), t.value))
     return SweepTiming(
-        label,
-        workers,
-        len(finished),
-        span.total_seconds(),
-        wall,
-        sum(int(t.user_attrs.get("epochs_trained", 0)) for t in finished),
-        best,
+        label=label,
+        workers=workers,
+        trials=len(finished),
+        distinct=len({tuple(sorted(t.params.items())) for t in finished}),
+        span_s=(finished[-1].datetime_complete - first).total_seconds(),
+        wall_s=wall,
+        epochs=sum(int(t.user_attrs.get("epochs_trained", 0)) for t in finished),
+        best=curve[-1][1] if curve else None,
+        trial_s=[
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in finished
+            if t.state == optuna.trial.TrialState.COMPLETE
+        ],
+        best_curve=curve,
     )
+
+
+# ---------------------------------------------------------------------------- the bare loop
+def bare_worker(logdir: Path, trials: int, epochs: int) -> None:
+    """The reference: Optuna + Lightning written by hand, nothing that a sweep of ours adds.
+
+    The same backbone (``mlp``), data module (digits, batch 64, seed 0), storage (SQLite) and
+    sampler (random) as the o2nc arm; torch SGD with momentum, one validation per epoch, no
+    logger, checkpoint, progress bar or model summary.
+    """
+    import lightning.pytorch as pl
+    import optuna
+    import torch
+    from torch.nn import functional
+
+    from lightning_o2nc.lightning.backbones import build_backbone
+    from lightning_o2nc.lightning.data import DigitsDataModule
+
+    class BareClassifier(pl.LightningModule):
+        def __init__(self, lr: float, momentum: float):
+            super().__init__()
+            self.net = build_backbone("mlp", DigitsDataModule.input_shape, 10)
+            self.lr, self.momentum = lr, momentum
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return functional.cross_entropy(self.net(x), y)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val/acc", (self.net(x).argmax(-1) == y).float().mean())
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
+
+    def objective(trial: optuna.Trial) -> float:
+        model = BareClassifier(
+            trial.suggest_float("lr", 1e-2, 1.0, log=True),
+            trial.suggest_float("momentum", 0.5, 0.999),
+        )
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=64, seed=0))
+        return float(trainer.callback_metrics["val/acc"])
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name="bare",
+        storage=f"sqlite:///{Path(logdir) / 'optuna.db'}",
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    study.optimize(objective, n_trials=trials)
+
+
+# ---------------------------------------------------------------------------- the three parts
+def measure_overhead(quick: bool) -> dict[str, Any]:
+    """Rounds of o2nc-sweep and the bare loop, alternating which of the two goes first."""
+    trials, epochs, rounds = OVERHEAD_SIZE["quick" if quick else "full"]
+    sweep = _sweep_file(
+        "overhead",
+        study_name="overhead",
+        n_trials=trials,
+        sampler={"name": "random"},
+        pruner={"name": "none"},
+        overrides={"trainer.max_epochs": epochs},
+    )
+    arms = {
+        "o2nc": (_sweep_command(sweep), "overhead"),
+        "bare": (_bare_command(trials, epochs), "bare"),
+    }
+    measured: dict[str, list[SweepTiming]] = {"o2nc": [], "bare": []}
+    for i in range(rounds):
+        for name in ("o2nc", "bare") if i % 2 == 0 else ("bare", "o2nc"):
+            command, study_name = arms[name]
+            measured[name].append(_run_arm(f"overhead_{name}_{i}", command, 1, study_name))
+    pairs = list(zip(measured["o2nc"], measured["bare"], strict=True))
+    ratios = [o.median_trial_s / b.median_trial_s for o, b in pairs]
+    return {
+        "trials": trials,
+        "epochs": epochs,
+        "rounds": [
+            {"o2nc_median_s": o.median_trial_s, "bare_median_s": b.median_trial_s, "ratio": r}
+            for (o, b), r in zip(pairs, ratios, strict=True)
+        ],
+        "o2nc_trial_s": [s for t in measured["o2nc"] for s in t.trial_s],
+        "bare_trial_s": [s for t in measured["bare"] for s in t.trial_s],
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
 
 
 def measure(quick: bool) -> dict[str, Any]:
-    """Run both parts; the sizes are the demo's (full) or a few trials (quick)."""
-    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    """All three parts; the sizes are the demo's (full) or a few trials (quick)."""
     demo = yaml.safe_load(DEMO.read_text())
     demo_size = (demo["n_trials"], demo["overrides"]["trainer.max_epochs"])
-    n_scale, epochs_scale = (4, 4) if quick else (12, demo_size[1])
+    n_scale, epochs_scale = (4, 4) if quick else (16, demo_size[1])
     n_prune, epochs_prune = (12, 6) if quick else demo_size  # full: the demo itself
-    scaling = _sweep_file(
-        "scaling",
-        study_name="scaling",
-        n_trials=n_scale,
-        sampler={"name": "random"},
-        pruner={"name": "none"},
-        overrides={"trainer.max_epochs": epochs_scale},
+    overhead = measure_overhead(quick)
+    scaling = _sweep_command(
+        _sweep_file(
+            "scaling",
+            study_name="scaling",
+            n_trials=n_scale,
+            sampler={"name": "random"},
+            pruner={"name": "none"},
+            overrides={"trainer.max_epochs": epochs_scale},
+        )
     )
-    one = _run_workers("workers_1", scaling, 1)
-    two = _run_workers("workers_2", scaling, 2)
-    pruned_file = _sweep_file(
-        "pruned",
-        study_name="pruned",
-        n_trials=n_prune,
-        overrides={"trainer.max_epochs": epochs_prune},
-    )
-    unpruned_file = _sweep_file(
-        "unpruned",
-        study_name="unpruned",
-        n_trials=n_prune,
-        pruner={"name": "none"},
-        overrides={"trainer.max_epochs": epochs_prune},
-    )
-    pruned = _run_workers("pruned", pruned_file, 1)
-    unpruned = _run_workers("unpruned", unpruned_file, 1)
-    return {"one": one, "two": two, "pruned": pruned, "unpruned": unpruned, "quick": quick}
+    one = _run_arm("workers_1", scaling, 1, "scaling")
+    two = _run_arm("workers_2", scaling, 2, "scaling")
+    pruning = {}
+    for label, pruner in (("pruned", {}), ("unpruned", {"pruner": {"name": "none"}})):
+        sweep = _sweep_file(
+            label,
+            study_name=label,
+            n_trials=n_prune,
+            overrides={"trainer.max_epochs": epochs_prune},
+            **pruner,
+        )
+        pruning[label] = _run_arm(label, _sweep_command(sweep), 1, label)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "quick": quick,
+        "cpus": cpus,
+        "overhead": overhead,
+        "workers": {"one": asdict(one), "two": asdict(two)},
+        "pruning": {label: asdict(timing) for label, timing in pruning.items()},
+    }
+
+
+# ---------------------------------------------------------------------------- markdown
+def _timing(raw: dict[str, Any]) -> SweepTiming:
+    raw = dict(raw, best_curve=[tuple(point) for point in raw.get("best_curve", [])])
+    return SweepTiming(**raw)
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def to_markdown(results: dict[str, Any]) -> str:
-    """The ``## Sweep scaling`` section of ``RESULTS.md``."""
-    one, two = results["one"], results["two"]
-    pruned, unpruned = results["pruned"], results["unpruned"]
-    speedup = two.trials_per_hour / one.trials_per_hour
+    """The ``## Sweep scaling`` section of ``RESULTS.md``, from the raw results alone."""
+    overhead = results["overhead"]
+    one, two = (_timing(results["workers"][k]) for k in ("one", "two"))
+    pruned, unpruned = (_timing(results["pruning"][k]) for k in ("pruned", "unpruned"))
     saved = 1 - pruned.epochs / unpruned.epochs if unpruned.epochs else float("nan")
-
-    def best(t: SweepTiming) -> str:
-        return "-" if t.best is None else f"{t.best:.4f}"
-
-    rows = [
-        f"| {t.label} | {t.workers} | {t.trials} | {t.span_s:.1f} | {t.wall_s:.1f} | "
-        f"{t.trials_per_hour:.0f} | {t.epochs} | {best(t)} |"
+    horizon = min(one.span_s, two.span_s)
+    command = f"`python -m benchmarks.sweep_scaling{' --quick' if results['quick'] else ''}`"
+    rounds = [
+        (i, f"{r['o2nc_median_s']:.3f}", f"{r['bare_median_s']:.3f}", f"{r['ratio']:.2f}x")
+        for i, r in enumerate(overhead["rounds"])
+    ]
+    sweeps = [
+        (
+            *(t.label, t.workers, t.trials, t.distinct, f"{t.span_s:.1f}", f"{t.wall_s:.1f}"),
+            *(f"{t.trials_per_hour:.0f}", f"{t.distinct_per_hour:.0f}", t.epochs, _value(t.best)),
+        )
         for t in (one, two, pruned, unpruned)
     ]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return "\n".join(
         [
             "## Sweep scaling (digits demo sweep)",
             "",
-            f"`python -m benchmarks.sweep_scaling{' --quick' if results['quick'] else ''}`; "
-            f"{cpus} CPU cores, one torch thread per worker, SQLite storage.",
+            f"{command}; {results['cpus']} CPU cores, one torch thread per process, SQLite "
+            "storage. Times come from the trials' own start and end stamps in the study.",
             "",
-            "| sweep | workers | trials | trial span (s) | wall (s) | trials/hour | epochs | best val/acc_avg |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-            *rows,
+            f"### Per-trial overhead: o2nc-sweep vs a bare Optuna + Lightning loop "
+            f"({overhead['trials']} trials x {overhead['epochs']} epochs, no pruning)",
             "",
-            f"- 2 workers vs 1: **{speedup:.2f}x** trials per hour (target >= 1.8x on 2 cores).",
+            markdown_table(["round", "o2nc-sweep median (s)", "bare median (s)", "ratio"], rounds),
+            "",
+            f"- ratio of median trial times: **{overhead['ratio_median']:.2f}x** (rounds "
+            f"{overhead['ratio_min']:.2f}x-{overhead['ratio_max']:.2f}x; target <= 1.5x) with "
+            "full monitoring, x_bar validation and TensorBoard on.",
+            "",
+            "### Workers and pruning",
+            "",
+            markdown_table(
+                [
+                    *("sweep", "workers", "trials", "distinct", "trial span (s)", "wall (s)"),
+                    *("trials/hour", "distinct/hour", "epochs", "best val/acc_avg"),
+                ],
+                sweeps,
+            ),
+            "",
+            f"- 2 workers vs 1: **{two.distinct_per_hour / one.distinct_per_hour:.2f}x** distinct "
+            f"configurations per hour ({two.trials_per_hour / one.trials_per_hour:.2f}x trials "
+            f"per hour); best value within the first {horizon:.1f} s: "
+            f"{_value(two.best_within(horizon))} with 2 workers vs {_value(one.best_within(horizon))} "
+            "with 1.",
             f"- median pruning: **{saved:.0%}** of the epochs saved ({pruned.epochs} vs "
-            f"{unpruned.epochs}), best value {best(pruned)} with pruning vs {best(unpruned)} "
-            "without (target >= 40% saved for the same best value).",
+            f"{unpruned.epochs}), best value {_value(pruned.best)} with pruning vs "
+            f"{_value(unpruned.best)} without (target >= 40% saved for the same best value).",
             "",
         ]
     )
 
 
-def run(quick: bool) -> str:
-    """Measure and return the markdown section (for ``benchmarks/run_all.py``)."""
-    section = to_markdown(measure(quick))
+def run(quick: bool, output: Path | None = None) -> str:
+    """Measure, write the raw results as JSON and return the markdown section."""
+    results = measure(quick)
+    output = output or (_scratch() / "sweep_scaling.json" if quick else RESULTS_JSON)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=1) + "\n")
+    section = to_markdown(results)
     print(section)
+    print(f"raw results: {output}")
     return section
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few trials per sweep")
+    parser.add_argument("--quick", action="store_true", help="a few short trials per part")
+    parser.add_argument("--only-overhead", action="store_true", help="only the per-trial part")
+    parser.add_argument("--output", type=Path, help=f"raw results (default: {RESULTS_JSON})")
+    parser.add_argument("--bare-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-trials", type=int, default=8, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-epochs", type=int, default=10, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    run(args.quick)
+    if args.bare_worker is not None:
+        bare_worker(args.bare_worker, args.bare_trials, args.bare_epochs)
+    elif args.only_overhead:
+        print(json.dumps(measure_overhead(args.quick), indent=1))
+    else:
+        run(args.quick, args.output)
 
 
 if __name__ == "__main__":

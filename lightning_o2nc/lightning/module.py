@@ -82,8 +82,9 @@ optimizer_arguments.__doc__ = "Every optimizer argument of O2NCModule.\n\nArgs:\
 class O2NCModule:
     """Classification with Exponentiated O2NC (or the SGDM / AdamW baselines) in one module.
 
-    Logs ``train/loss``, ``train/acc`` (per step), ``val/loss``, ``val/acc``, ``test/loss`` and
-    ``test/acc`` (per epoch), all with ``sync_dist=True``. With ``monitor`` the
+    Logs ``train/loss``, ``train/acc`` (per step, at the steps that loggers write, the last of an
+    epoch, and every step while a progress bar shows them), ``val/loss``, ``val/acc``,
+    ``test/loss`` and ``test/acc`` (per epoch), all with ``sync_dist=True``. With ``monitor`` the
     :class:`O2NCMonitor` callback is added, and with ``average`` the :class:`AveragedIterate`
     callback, which adds ``val/acc_avg`` etc. at the averaged iterate x_bar. At the end of fit the
     hyper-parameters and the final validation metrics (``hp/val_acc``, ...) go to TensorBoard's
@@ -216,10 +217,12 @@ class O2NCModule:
             )
         return self.backbone(x)
 
-    def _evaluate(self, batch: Any, stage: str, on_step: bool) -> torch.Tensor:
+    def _evaluate(self, batch: Any, stage: str, on_step: bool, log: bool = True) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = self.loss_fn(logits, y)
+        if not log:
+            return loss
         accuracy = (logits.argmax(dim=-1) == y).float().mean()
         self.log_dict(
             {f"{stage}/loss": loss, f"{stage}/acc": accuracy},
@@ -233,7 +236,27 @@ class O2NCModule:
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "train", on_step=True)
+        return self._evaluate(batch, "train", on_step=True, log=self._train_metrics_read(batch_idx))
+
+    def _train_metrics_read(self, batch_idx: int) -> bool:
+        """Whether anything reads this batch's ``train/loss`` and ``train/acc``.
+
+        One ``self.log`` costs about 0.5 ms on a CPU (Lightning's result collection), as much as
+        a whole step of a small model, so the per-step training metrics are logged only where they
+        are read: at every batch while a progress bar shows them (and under ``fast_dev_run`` or
+        manual optimization), else at the batches whose metrics the loggers write (every
+        ``log_every_n_steps`` optimizer steps) and at the last batch of each epoch, for callbacks
+        that monitor them at epoch end. Every input of the decision is the same on all DDP ranks,
+        so the ``sync_dist`` reduction stays collective.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.progress_bar_callback is not None or trainer.fast_dev_run:
+            return True
+        if not self.automatic_optimization:
+            return True
+        every = trainer.log_every_n_steps
+        logged = every > 0 and (trainer.global_step + 1) % every == 0
+        return logged or batch_idx + 1 == trainer.num_training_batches
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
