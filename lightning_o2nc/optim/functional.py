@@ -36,7 +36,7 @@ __all__ = [
     "multi_tensor_o2nc",
     "o2nc",
     "single_tensor_o2nc",
-    "squared_norms",
+    "squared_norm_parts",
     "switch_weights_",
     "total",
     "where",
@@ -163,9 +163,14 @@ def average_o2nc(
         keep = where(all_finite, 1.0 - newest_weight, 1.0)
         for (u_list,) in by_device_and_dtype(deviations):
             torch._foreach_mul_(u_list, keep)
-    if squares is not None:
-        squared_distance = k * k * total(squares, deviations[0].device)
-        new_variance = (1.0 - newest_weight) * (variance + newest_weight * squared_distance)
+    if (
+        squares is not None
+    ):  # V_n = (1 - a) V + (1 - a) a ||d_n||^2, with ||d_n||^2 = k^2 sum ||u||^2
+        squared_distance = total(squares, deviations[0].device)
+        keep = 1.0 - newest_weight
+        new_variance = torch.add(
+            keep * variance, squared_distance, alpha=keep * newest_weight * k * k
+        )
         variance = where(all_finite, new_variance, variance)
     return new_k, where(all_finite, new_weight_sum, weight_sum), variance
 
@@ -221,19 +226,15 @@ def single_tensor_o2nc(
     track_norm: bool,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """One tensor at a time: Δ, x and u (and their norms) in one pass over each tensor."""
-    deviation_squares, update_squares = [], []
+    norms = _Norms(track_norm)
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
         delta.mul_(c.zeta).add_(g, alpha=c.grad)
         if c.decay:
             delta.add_(p, alpha=c.decay)
         p.add_(delta, alpha=c.move)
-        if track_norm:
-            update_squares.append(_squared_norm(delta))
-        if deviations is not None:
-            u = deviations[i].add_(delta, alpha=c.deviation)
-            if track_norm:
-                deviation_squares.append(_squared_norm(u))
-    return deviation_squares, update_squares
+        u = None if deviations is None else deviations[i].add_(delta, alpha=c.deviation)
+        norms.add(delta, u)
+    return norms.parts()
 
 
 def multi_tensor_o2nc(
@@ -256,11 +257,11 @@ def multi_tensor_o2nc(
             torch._foreach_add_(d_list, p_list, alpha=c.decay)
         torch._foreach_add_(p_list, d_list, alpha=c.move)
         if track_norm:
-            update_squares += squared_norms(d_list)
+            update_squares += squared_norm_parts(d_list)
         if u_lists:
             torch._foreach_add_(u_lists[0], d_list, alpha=c.deviation)
             if track_norm:
-                deviation_squares += squared_norms(u_lists[0])
+                deviation_squares += squared_norm_parts(u_lists[0])
     return deviation_squares, update_squares
 
 
@@ -278,42 +279,71 @@ def masked_o2nc(
     Δ is only replaced through ``torch.where``, so it stays finite, and a skipped step adds
     ``0 * Delta = 0`` to x and u (``move`` and ``deviation`` are 0 then).
     """
-    deviation_squares, update_squares = [], []
+    norms = _Norms(track_norm)
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
         new_delta = delta.mul(c.zeta).add_(g, alpha=c.grad)
         if c.decay:
             new_delta.add_(p, alpha=c.decay)
         delta.copy_(torch.where(all_finite, new_delta, delta))
         p.add_(delta * c.move)
-        if track_norm:
-            update_squares.append(_squared_norm(delta))
-        if deviations is not None:
-            u = deviations[i].add_(delta * c.deviation)
-            if track_norm:
-                deviation_squares.append(_squared_norm(u))
-    return deviation_squares, update_squares
+        u = None if deviations is None else deviations[i].add_(delta * c.deviation)
+        norms.add(delta, u)
+    return norms.parts()
 
 
-def _squared_norm(t: Tensor) -> Tensor:
-    """||t||^2 as a 0-d tensor: BLAS ``dot`` for float32/64 on the CPU (about 2.5x faster there
-    than ``linalg.vector_norm``), otherwise a norm reduced in at least float32."""
-    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
-        flat = t.reshape(-1)
-        return torch.dot(flat, flat)
-    return torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32)).square()
+_HOT_NORM_NUMEL = 1 << 16  # from this size on, a CPU tensor's norm is taken while it is in cache
 
 
-def squared_norms(tensors: list[Tensor]) -> list[Tensor]:
-    """``||t||^2`` for each tensor, without a host sync (one multi-tensor norm off the CPU)."""
-    result: list[Tensor] = []
-    for (bucket,) in by_device_and_dtype(tensors):
-        first = bucket[0]
-        if first.device.type == "cpu":
-            result += [_squared_norm(t) for t in bucket]
+def _norm_now(t: Tensor) -> bool:
+    """Large float32/64 tensors on the CPU: BLAS ``dot`` right after the update, while the tensor
+    is in cache (about 2.5x faster there than a norm). Others: one multi-tensor norm later."""
+    return t.device.type == "cpu" and t.dtype in _DOT_DTYPES and t.numel() >= _HOT_NORM_NUMEL
+
+
+_DOT_DTYPES = (torch.float32, torch.float64)
+
+
+def _dot_square(t: Tensor) -> Tensor:
+    flat = t.reshape(-1)
+    return torch.dot(flat, flat)
+
+
+class _Norms:
+    """A kernel's ``||Delta||^2`` and ``||u||^2`` parts (0-d tensors that add up to the sums):
+    large CPU tensors right after their update, the rest in one multi-tensor norm at the end."""
+
+    def __init__(self, track: bool) -> None:
+        self.track = track
+        self.now: tuple[list[Tensor], list[Tensor]] = ([], [])  # (deviations, updates)
+        self.later: tuple[list[Tensor], list[Tensor]] = ([], [])
+
+    def add(self, delta: Tensor, u: Tensor | None) -> None:
+        if not self.track:
+            return
+        now = delta.numel() >= _HOT_NORM_NUMEL and _norm_now(delta)
+        for kind, t in ((1, delta), (0, u)):
+            if t is not None:
+                (self.now if now else self.later)[kind].append(_dot_square(t) if now else t)
+
+    def parts(self) -> tuple[list[Tensor], list[Tensor]]:
+        return tuple(n + squared_norm_parts(t) for n, t in zip(self.now, self.later, strict=True))
+
+
+def squared_norm_parts(tensors: list[Tensor]) -> list[Tensor]:
+    """0-d tensors that add up to ``sum_i ||t_i||^2``, without a host sync: BLAS ``dot`` for large
+    CPU float tensors, one multi-tensor norm (reduced in at least float32) per device and dtype for
+    the rest (one call for many small tensors)."""
+    parts, rest = [], []
+    for t in tensors:
+        if t.numel() >= _HOT_NORM_NUMEL and _norm_now(t):
+            parts.append(_dot_square(t))
         else:
-            norm_dtype = torch.promote_types(first.dtype, torch.float32)
-            result += [n.square() for n in torch._foreach_norm(bucket, 2, dtype=norm_dtype)]
-    return result
+            rest.append(t)
+    for (bucket,) in by_device_and_dtype(rest):
+        norm_dtype = torch.promote_types(bucket[0].dtype, torch.float32)
+        norms = torch._foreach_norm(bucket, 2, dtype=norm_dtype)
+        parts.append(torch.stack(norms).square().sum() if len(norms) > 1 else norms[0].square())
+    return parts
 
 
 def by_device_and_dtype(*tensor_lists: list[Tensor]) -> list[tuple[list[Tensor], ...]]:
@@ -324,8 +354,8 @@ def by_device_and_dtype(*tensor_lists: list[Tensor]) -> list[tuple[list[Tensor],
     first = tensor_lists[0]
     if not first:
         return []
-    head = first[0]
-    if all(t.device == head.device and t.dtype == head.dtype for t in first):
+    dtype, device_index = first[0].dtype, first[0].get_device()  # get_device(): -1 on the CPU
+    if all(t.dtype is dtype and t.get_device() == device_index for t in first):
         return [tensor_lists]
     buckets: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = defaultdict(
         lambda: tuple([] for _ in tensor_lists)

@@ -51,7 +51,7 @@ from .functional import (
     average_o2nc,
     averaged_iterates,
     o2nc,
-    squared_norms,
+    squared_norm_parts,
     switch_weights_,
     total,
     where,
@@ -303,7 +303,7 @@ class ExponentiatedO2NC(Optimizer):
         for index, group in enumerate(self.param_groups):
             tensors = self._init_group(index, group)
             if tensors is not None:
-                self._step_group(index, group, tensors, scale, all_finite)
+                self._step_group(index, tensors, scale, all_finite)
         if all_finite is not None:
             self.skipped_steps.add_((~all_finite).to(torch.int64))
         return loss
@@ -336,14 +336,13 @@ class ExponentiatedO2NC(Optimizer):
         idle = [
             self.state.get(p, {}) for p, g in zip(group_params, grads, strict=True) if g is None
         ]
+        deviations = [self.state[p]["iterate_deviation"] for p in params] if self.average else None
         tensors = _GroupTensors(
             group_params=group_params,
             params=params,
             grads=[g for g in grads if g is not None],
             deltas=[self.state[p]["momentum_buffer"] for p in params],
-            deviations=[self.state[p]["iterate_deviation"] for p in params]
-            if self.average
-            else None,
+            deviations=deviations,
             idle_deltas=[s["momentum_buffer"] for s in idle if "momentum_buffer" in s],
             idle_deviations=[s["iterate_deviation"] for s in idle if "iterate_deviation" in s],
             foreach_default=all(p.is_cuda for p in params) and not torch.jit.is_scripting(),
@@ -352,14 +351,8 @@ class ExponentiatedO2NC(Optimizer):
             self._cache[index] = tensors
         return tensors
 
-    def _step_group(
-        self,
-        index: int,
-        group: dict[str, Any],
-        t: _GroupTensors,
-        scale: float,
-        all_finite: Tensor | None,
-    ) -> None:
+    def _step_group(self, index: int, t: _GroupTensors, scale: float, all_finite: Any) -> None:
+        group = self.param_groups[index]
         eta, beta, mu = group["lr"], group["beta"], group["mu"]
         if isinstance(eta, Tensor) or isinstance(beta, Tensor) or isinstance(mu, Tensor):
             raise TypeError(
@@ -378,20 +371,16 @@ class ExponentiatedO2NC(Optimizer):
             all_finite, zeta * (group["update_weight_sum"] + eta), group["update_weight_sum"]
         )
         # ||Delta||^2 taken in the step's pass, for statistics() (the idle Deltas did not change)
-        self._update_squares[index] = (
-            total(update_squares + squared_norms(t.idle_deltas), self._device()) if track else None
-        )
+        update_squares += squared_norm_parts(t.idle_deltas) if track else []
+        self._update_squares[index] = total(update_squares, self._device()) if track else None
         if self.average:
-            discount = beta if self.average_beta is None else self.average_beta
+            deviation_squares += squared_norm_parts(t.idle_deviations) if track else []
             k, weight_sum, variance = average_o2nc(
-                t.deviations + t.idle_deviations,
-                deviation_squares + squared_norms(t.idle_deviations) if track else None,
-                deviation_scale=k,
-                weight_sum=group["average_weight_sum"],
-                variance=group["iterate_variance"],
-                discount=discount,
-                all_finite=all_finite,
-            )
+                t.deviations + t.idle_deviations, deviation_squares if track else None,
+                deviation_scale=k, weight_sum=group["average_weight_sum"],
+                variance=group["iterate_variance"], all_finite=all_finite,
+                discount=beta if self.average_beta is None else self.average_beta,
+            )  # fmt: skip
             group.update(
                 deviation_scale=k, average_weight_sum=weight_sum, iterate_variance=variance
             )
@@ -429,7 +418,7 @@ class ExponentiatedO2NC(Optimizer):
                 ]
                 if not deltas:
                     continue
-                group_sq = total(squared_norms(deltas), device)
+                group_sq = total(squared_norm_parts(deltas), device)
             weight = group["update_weight_sum"]  # W = 0 (beta = 0): m_hat is undefined
             has_weight = isinstance(weight, Tensor) or weight > 0
             update_sq.append(group_sq)
