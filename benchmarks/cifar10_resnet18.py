@@ -6,15 +6,15 @@ crop+flip; SGDM is ExponentiatedO2NC with ``scaling="none"``, i.e. torch SGD), b
 ``lightning_o2nc.lightning.cli.build_run``, so this script and ``o2nc-train`` train the same thing.
 Each (arm, seed) is one fit followed by a test at the final weights and at the averaged iterate x_bar.
 
-Every finished run is written as a row into the ``cifar10_resnet18`` block of ``RESULTS.md``
-(rows are kept across invocations, keyed by arm, seed and epochs; a rerun replaces its row), so
-seeds can be run on different machines or days:
+Every finished run is written as a row of ``benchmarks/results/cifar10_resnet18.json`` (rows are
+kept across invocations, keyed by arm, seed and epochs; a rerun replaces its row), so seeds can be
+run on different machines or days; :mod:`benchmarks.render` shows them in RESULTS.md:
 
     python -m benchmarks.cifar10_resnet18 --data-root data --seeds 0 1 2            # GPU + CIFAR-10
-    python -m benchmarks.cifar10_resnet18 --fixture --results /tmp/check.md         # pipeline check
+    python -m benchmarks.cifar10_resnet18 --fixture --results /tmp/check.json       # pipeline check
 
 ``--fixture`` writes a tiny random CIFAR-format archive and trains one short epoch on the CPU: it
-checks the pipeline only; its accuracies mean nothing and are never written into ``RESULTS.md``.
+checks the pipeline only; its accuracies mean nothing and are never written into the results.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import copy
 import datetime as _dt
 import json
 import pickle
-import re
 import statistics
 import time
 from pathlib import Path
@@ -32,15 +31,16 @@ from typing import Any
 
 import yaml
 
-from .report import REPO_ROOT, RESULTS_PATH, markdown_table, work_dir, write_block
+from .report import REPO_ROOT, markdown_table, work_dir
+from .results import RESULTS_DIR
 
-BLOCK = "cifar10_resnet18"
+RESULTS_JSON = RESULTS_DIR / "cifar10_resnet18.json"
+COMMAND = "python -m benchmarks.cifar10_resnet18 --data-root DATA --seeds 0 1 2"
 CONFIGS = {
     "sgdm": REPO_ROOT / "configs" / "train" / "cifar10_resnet18_sgdm.yaml",
     "o2nc": REPO_ROOT / "configs" / "train" / "cifar10_resnet18_o2nc.yaml",
 }
 ARM_LABELS = {"sgdm": "SGDM", "o2nc": "O2NC (exponential)"}
-_ROWS_COMMENT = re.compile(r"<!-- rows: (.*?) -->", re.S)
 
 
 def write_tiny_cifar10(root: Path, per_batch: int = 16, n_test: int = 16, seed: int = 0) -> Path:
@@ -124,21 +124,17 @@ def run_one(
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows stored in ``path``'s CIFAR-10 block (none when absent)."""
-    from .report import read_block
-
-    block = read_block(BLOCK, path) or ""
-    match = _ROWS_COMMENT.search(block)
-    return json.loads(match.group(1)) if match else []
+    """The rows stored in the JSON file ``path`` (none when it does not exist)."""
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
 
 
-def block_markdown(rows: list[dict[str, Any]]) -> str:
-    """The CIFAR-10 block: the command, a per-run table and a per-arm summary (or how to get rows)."""
-    command = "`python -m benchmarks.cifar10_resnet18 --data-root DATA --seeds 0 1 2`"
+def to_markdown(result: dict[str, Any]) -> str:
+    """A per-arm summary and a per-run table of the stored rows (or how to get rows)."""
+    rows = result["rows"]
     if not rows:
         return (
             "No CIFAR-10 rows yet: they need the CIFAR-10 data and a GPU. Rows appear here when "
-            f"{command} is run where both exist (each run adds or replaces its own row)."
+            f"`{COMMAND}` is run where both exist (each run adds or replaces its own row)."
         )
     rows = sorted(rows, key=lambda r: (r["epochs"], r["arm"], r["seed"]))
     per_run = markdown_table(
@@ -174,17 +170,7 @@ def block_markdown(rows: list[dict[str, Any]]) -> str:
     summary = markdown_table(
         ["arm", "epochs", "seeds", "test acc % mean ± std", "at x̄ %"], summary_rows
     )
-    return "\n".join(
-        [
-            f"Command: {command} (rows from every invocation are kept).",
-            "",
-            summary,
-            "",
-            per_run,
-            "",
-            f"<!-- rows: {json.dumps(rows)} -->",
-        ]
-    )
+    return "\n".join(["Rows from every invocation are kept.", "", summary, "", per_run])
 
 
 def _group(rows: list[dict[str, Any]]) -> dict[tuple[int, str], list[dict[str, Any]]]:
@@ -201,16 +187,12 @@ def _mean_std(values: list[float]) -> str:
 
 
 def add_rows(new_rows: list[dict[str, Any]], path: Path) -> None:
-    """Insert or replace rows (keyed by arm, seed, epochs) in ``path``'s CIFAR-10 block."""
+    """Insert or replace rows (keyed by arm, seed, epochs) in the JSON file ``path``."""
     key = lambda r: (r["arm"], r["seed"], r["epochs"])  # noqa: E731
     rows = {key(r): r for r in read_rows(path)}
     rows.update({key(r): r for r in new_rows})
-    write_block(
-        BLOCK,
-        block_markdown(list(rows.values())),
-        path,
-        heading="## CIFAR-10 / ResNet-18 (the paper's experiment)",
-    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": COMMAND, "rows": list(rows.values())}, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -228,12 +210,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--logdir", help="TensorBoard logs (default: benchmarks/_work/cifar10_logs)"
     )
-    parser.add_argument("--results", default=str(RESULTS_PATH), help="markdown file to add rows to")
+    parser.add_argument("--results", default=str(RESULTS_JSON), help="JSON file to add rows to")
     parser.add_argument(
         "--fixture",
         action="store_true",
         help="pipeline check: tiny random CIFAR-format data, 1 epoch on the CPU; rows are written "
-        "only to --results, which must then not be RESULTS.md",
+        "only to --results, which must then not be the stored results",
     )
     args = parser.parse_args(argv)
 
@@ -253,8 +235,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         data_overrides["num_workers"] = args.num_workers
     data_root = args.data_root
     if args.fixture:
-        if Path(args.results).resolve() == RESULTS_PATH.resolve():
-            parser.error("--fixture rows must not go into RESULTS.md: pass --results elsewhere")
+        if Path(args.results).resolve().parent == RESULTS_DIR.resolve():
+            parser.error(f"--fixture rows must not go into {RESULTS_DIR}: pass --results elsewhere")
         data_root = str(write_tiny_cifar10(work_dir() / "cifar10_fixture"))
         trainer_overrides.update(
             accelerator="cpu",

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .jobs import run_jobs
-from .report import REPO_ROOT, work_dir
+from .report import REPO_ROOT, markdown_table, work_dir
 from .results import RESULTS_DIR, write_result
 from .tuned_parity import ARMS, parse_settings
 
@@ -93,6 +93,17 @@ def blowup(losses: list[float], scales: list[float], classes: int) -> dict[str, 
             before = scales[max(0, step - LOOKBACK) : step]
             return {"blowup_step": step + 1, "scale_before_blowup": max(before, default=None)}
     return {"blowup_step": None, "scale_before_blowup": None}
+
+
+def tail_of_largest(arm: str, s: float) -> float:
+    """P(the largest of LOOKBACK independent draws of the arm's scale is >= s).
+
+    Exp(1): 1 - (1 - e^{-s})^k; U(0, 2): 1 - (s / 2)^k. A blow-up caused by the Exp(1) tail would
+    follow draws far in it (a small probability); ordinary draws give values near 0.5.
+    """
+    if ARMS[arm] == "exponential":
+        return 1.0 - (1.0 - math.exp(-s)) ** LOOKBACK
+    return 1.0 - min(s / 2.0, 1.0) ** LOOKBACK
 
 
 def grid_run(config: dict[str, Any], dataset: str, arm: str, eta: float, seed: int) -> dict:
@@ -165,6 +176,96 @@ def summary(result: dict[str, Any], dataset: str) -> dict[str, dict[str, Any]]:
             ],
         }
     return out
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """Accuracy against η per arm and dataset, then best η, stability limit and the s before blow-ups."""
+    config = result["config"]
+    lines = [
+        f"β = {FIXED['model.beta']}, μ = {FIXED['model.mu']}, each config's own η schedule (η is its "
+        f"peak); digits: `{SWEEP_FILES['digits']}` (its train config and overrides); Fashion-MNIST: "
+        f"`{SWEEP_FILES['fashion_mnist']}` at {config['fashion_epochs']} epochs. Seeds "
+        f"{config['seeds']}; test accuracy at x. A *blow-up* is the first step whose training loss "
+        f"is non-finite or above {BLOWUP_FACTOR:g}·ln(10); an arm *trains* at η when its mean "
+        "accuracy is at least halfway from chance to the best mean of that dataset.",
+    ]
+    for dataset in config["datasets"]:
+        table = curves(result, dataset)
+        etas = sorted({eta for row in table.values() for eta in row})
+        blowups: dict[tuple[str, float], int] = {}
+        for r in result["runs"]:
+            if r["dataset"] == dataset and r["blowup_step"] is not None:
+                blowups[r["arm"], r["eta"]] = blowups.get((r["arm"], r["eta"]), 0) + 1
+        rows = [
+            (
+                f"{eta:g}",
+                *(
+                    f"{100 * statistics.fmean(table[arm][eta]):.1f}"
+                    + (f" ({blowups[arm, eta]}✗)" if blowups.get((arm, eta)) else "")
+                    for arm in ARMS
+                ),
+            )
+            for eta in etas
+        ]
+        lines += [
+            "",
+            f"**{dataset}**: mean test accuracy % over seeds (n✗: seeds that blew up)",
+            "",
+            markdown_table(["η", *ARMS], rows),
+            "",
+        ]
+        found = summary(result, dataset)
+        summary_rows = []
+        for arm, row in found.items():
+            before = row["scales_before_blowup"]
+            summary_rows.append(
+                (
+                    arm,
+                    f"{row['best_eta']:g}",
+                    f"{100 * row['best_acc']:.1f}",
+                    f"{row['largest_training_eta']:g}" if row["largest_training_eta"] else "none",
+                    f"{row['blowups']}/{row['runs']}",
+                    f"{row['max_scale']:.2f}",
+                    (
+                        f"median {statistics.median(before):.2f}, max {max(before):.2f}; "
+                        f"P(largest of {LOOKBACK} draws ≥ median) = "
+                        f"{tail_of_largest(arm, statistics.median(before)):.2f}"
+                        if before and arm != "SGDM"
+                        else "—"
+                    ),
+                )
+            )
+        lines.append(
+            markdown_table(
+                [
+                    "arm",
+                    "best η",
+                    "acc at best η %",
+                    "largest η that trains",
+                    "runs that blew up",
+                    "largest s drawn",
+                    f"largest s in the {LOOKBACK} steps before a blow-up",
+                ],
+                summary_rows,
+            )
+        )
+        sgdm = found["SGDM"]
+        for arm in ARMS:
+            if arm == "SGDM":
+                continue
+            row = found[arm]
+            if sgdm["largest_training_eta"] and row["largest_training_eta"]:
+                ratio = sgdm["largest_training_eta"] / row["largest_training_eta"]
+                limit = f"SGDM's / this arm's = {ratio:.3g}"
+            else:
+                limit = "not defined (an arm never trains)"
+            lines += [
+                "",
+                f"- {arm}: best η {row['best_eta']:g} against SGDM's {sgdm['best_eta']:g} "
+                f"(SGDM's / this arm's = {sgdm['best_eta'] / row['best_eta']:.3g}); largest η "
+                f"that trains: {limit}.",
+            ]
+    return "\n".join(lines)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -5,11 +5,11 @@
     python -m benchmarks.gpu_check step            --out DIR   # CUDA step time vs SGD foreach/fused
     python -m benchmarks.gpu_check train_plain     --out DIR   # ResNet-18 on Fashion-MNIST, data on GPU
     python -m benchmarks.gpu_check train_lightning --out DIR   # the same through a Lightning fit
-    python -m benchmarks.gpu_check report          --out DIR   # DIR/gpu_results.md from the parts
-    python -m benchmarks.gpu_check merge DIR [--results RESULTS.md]   # put it into RESULTS.md
+    python -m benchmarks.gpu_check merge DIR       # DIR's parts -> benchmarks/results/gpu_check.json
 
-``prepare`` (run here, before the device call) copies the Fashion-MNIST ``.gz`` files into
-``benchmarks/_work/fashion-mnist-gz`` (gitignored, about 30 MB) for the run's ``carry``.
+``prepare`` copies the Fashion-MNIST ``.gz`` files into ``benchmarks/_work/fashion-mnist-gz``
+(gitignored, about 30 MB), to take along to a GPU machine without the Debian package.
+:mod:`benchmarks.gpu_report` renders the merged file.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -28,14 +27,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .report import RESULTS_PATH, WORK_DIR, markdown_table, write_block
+from .gpu_report import merge
+from .report import WORK_DIR
+from .results import RESULTS_DIR
 
 CARRY_DIR = WORK_DIR / "fashion-mnist-gz"
 # O2NC_GPU_CHECK_DRY_RUN=1: every part on the CPU with tiny sizes, to check the script end to end
 # without a GPU (CUDA-only checks are marked as skipped).
 DRY_RUN = os.environ.get("O2NC_GPU_CHECK_DRY_RUN", "") not in ("", "0")
-BLOCK = "gpu_check"
-PARTS = ("env", "sync", "step", "train_plain", "train_lightning")
 
 
 # ----------------------------------------------------------------------------- parts
@@ -82,27 +81,28 @@ def part_env() -> dict[str, Any]:
 
 
 def part_sync() -> dict[str, Any]:
-    import torch
-
-    from .step_overhead import check_no_host_sync
-
-    if DRY_RUN:
-        return {"sync_check": {"(dry run on CPU)": "skipped: needs CUDA"}}
-    return {"sync_check": check_no_host_sync(torch.device("cuda"))}
+    """The host-sync tests of tests/optim (every option under CUDA's sync debug mode), on the GPU."""
+    test = str(
+        Path(__file__).resolve().parent.parent / "tests" / "optim" / "test_cuda_no_host_sync.py"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        capture_output=True,
+        text=True,
+    )
+    output = (done.stdout + done.stderr)[-4000:]
+    skipped = "skipped" in output and "passed" not in output
+    status = "skipped" if skipped else "passed" if done.returncode == 0 else "failed"
+    failed = [line.split()[1] for line in output.splitlines() if line.startswith("FAILED ")]
+    return {"tests": status, "failed": failed, "output": output}
 
 
 def part_step() -> dict[str, Any]:
-    from .step_overhead import run, to_markdown
+    from .step_overhead import run
 
     if DRY_RUN:
-        result = run("cpu", rounds=2, steps_per_block=1, warmup_steps=1)
-        return {**result, "markdown": to_markdown(result)}
-    result = run("cuda", rounds=60, steps_per_block=20, warmup_steps=5, sync_check=False)
-    result["markdown"] = to_markdown(
-        result,
-        "`python -m benchmarks.step_overhead --device cuda --rounds 60 --steps-per-block 20`",
-    )
-    return result
+        return run("cpu", rounds=2, steps_per_block=1, warmup_steps=1)
+    return run("cuda", rounds=60, steps_per_block=20, warmup_steps=5)
 
 
 def _fashion_on_gpu(device: Any) -> tuple[Any, Any]:
@@ -228,7 +228,7 @@ def part_train_plain(
 
 
 def part_train_lightning() -> dict[str, Any]:
-    from .throughput import ThroughputConfig, run, to_markdown
+    from .throughput import ThroughputConfig, run
 
     config = ThroughputConfig(
         dataset="fashion_mnist",
@@ -244,169 +244,7 @@ def part_train_lightning() -> dict[str, Any]:
     if DRY_RUN:
         config.accelerator, config.num_workers = "cpu", 0
         config.warmup_batches, config.batches, config.repeats, config.batch_size = 1, 1, 1, 4
-    result = run(config)
-    result["markdown"] = to_markdown(result)
-    return result
-
-
-# ----------------------------------------------------------------------------- report
-def _read(out: Path, name: str) -> dict[str, Any] | None:
-    path = out / f"part_{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def report_markdown(out: Path) -> str:
-    """The GPU section, from whichever parts finished (a missing part says so)."""
-    lines = [
-        "Produced by `bash benchmarks/gpu_check.sh` (one call on the device machine; each part below "
-        "is a separate, time-limited process, so a failed part loses only its own numbers).",
-        "",
-    ]
-    env = _read(out, "env")
-    if env:
-        machine = env["machine"]
-        gpu = env.get("gpu", {})
-        lines += [
-            f"- **GPU**: {gpu.get('name', '?')}, {gpu.get('memory_gib', '?')} GiB, compute "
-            f"capability {gpu.get('capability', '?')}; nvidia-smi: {env.get('nvidia_smi', '?')}",
-            f"- **date (UTC)**: {machine.get('date (UTC)')}; **torch** {machine.get('torch')}; "
-            f"**lightning** {env.get('lightning')}; **CPU**: {machine.get('CPU')}",
-            "",
-        ]
-    else:
-        lines += ["- environment part missing (see gpu_check.log)", ""]
-
-    lines += ["### Host syncs in the O2NC step (CUDA)", ""]
-    sync = _read(out, "sync")
-    plain = _read(out, "train_plain")
-    if sync:
-        rows = list(sync["sync_check"].items())
-        if plain:
-            rows.append(
-                (
-                    "whole ResNet-18 training step (forward, backward, O2NC step, with and "
-                    "without average + statistics)",
-                    plain["whole_step_sync_check"],
-                )
-            )
-        lines += [
-            'Each option steps 4 times under `torch.cuda.set_sync_debug_mode("error")` after one '
-            "unchecked step that allocates the state (a NaN gradient in the third step with "
-            "`skip_nonfinite`); a fresh optimizer's very first step is checked too and reported "
-            'only when it syncs. "ok" means no synchronizing CUDA call happened.',
-            "",
-            "Command: `python -m benchmarks.gpu_check sync --out DIR`",
-            "",
-            markdown_table(["option", "result"], rows),
-            "",
-        ]
-    else:
-        lines += ["Part `sync` did not finish (see gpu_check.log).", ""]
-
-    lines += ["### Step time on CUDA (ResNet-18 parameters)", ""]
-    step = _read(out, "step")
-    lines += [step["markdown"] if step else "Part `step` did not finish (see gpu_check.log).", ""]
-
-    lines += [
-        "### ResNet-18 training throughput on Fashion-MNIST (data on the GPU, plain loop)",
-        "",
-    ]
-    if plain:
-        rows = [
-            (name, f"{statistics.median(v):.0f}", f"{min(v):.0f} – {max(v):.0f}")
-            for name, v in plain["samples_per_second"].items()
-        ]
-        ratio_rows = [
-            (name, f"{statistics.median(v):.3f}", f"{min(v):.3f} – {max(v):.3f}")
-            for name, v in plain["ratios"].items()
-        ]
-        lines += [
-            f"CIFAR ResNet-18 (1 input channel) on 28×28 Fashion-MNIST, batch {plain['batch_size']}, "
-            f"fp32, the 60k training images resident on the GPU; {plain['rounds']} interleaved "
-            f"rounds of {plain['steps']} steps per arm (after warm-up).",
-            "",
-            "Command: `python -m benchmarks.gpu_check train_plain --out DIR`",
-            "",
-            markdown_table(["arm", "median samples/s", "range"], rows),
-            "",
-            markdown_table(["ratio (paired per round)", "median", "range"], ratio_rows),
-            "",
-        ]
-    else:
-        lines += ["Part `train_plain` did not finish (see gpu_check.log).", ""]
-
-    lines += ["### Lightning fit throughput on the GPU (ResNet-18, Fashion-MNIST)", ""]
-    lightning_part = _read(out, "train_lightning")
-    lines += [
-        lightning_part["markdown"]
-        if lightning_part
-        else "Part `train_lightning` did not finish (see gpu_check.log).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def facts(out: Path) -> dict[str, Any]:
-    """Targets and one summary sentence from the finished parts (for RESULTS.md and the README)."""
-    from .step_overhead import targets as step_targets
-
-    rows: list[tuple[str, str, str, str]] = []
-    words: list[str] = []
-    sync, step = _read(out, "sync"), _read(out, "step")
-    plain, fit = _read(out, "train_plain"), _read(out, "train_lightning")
-    env = _read(out, "env") or {}
-    if sync:
-        failed = [
-            k for k, v in sync["sync_check"].items() if v != "ok" and not v.startswith("skipped")
-        ]
-        if plain and plain["whole_step_sync_check"] not in ("ok", "skipped: needs CUDA"):
-            failed.append("whole training step")
-        rows.append(
-            (
-                "GPU",
-                "zero host syncs per step, every option",
-                "all ok" if not failed else "syncs: " + ", ".join(failed),
-                "met" if not failed else "**missed**",
-            )
-        )
-        words.append(
-            "no host sync in any option" if not failed else f"host syncs in {', '.join(failed)}"
-        )
-    if step:
-        for target, measured, verdict, _ in step_targets(step):
-            if "sync" not in target:
-                rows.append(("GPU step", target, measured, verdict))
-        default = next(r for r in step["rows"] if r["arm"].startswith("O2NC defaults"))
-        averaged = next(r for r in step["rows"] if "statistics" in r["arm"])
-        words.append(
-            f"a step at {default['ratio']:.2f}× the faster SGD path ({step['fastest_sgd']}) with the "
-            f"defaults and {averaged['ratio']:.2f}× with averaging and statistics"
-        )
-    for part, label, key in (
-        (plain, "ResNet-18 training, data on the GPU", "O2NC / SGDM (factory)"),
-        (fit, "ResNet-18 Lightning fit", "O2NC / SGDM (factory)"),
-    ):
-        if part and key in part["ratios"]:
-            median = statistics.median(part["ratios"][key])
-            rows.append(
-                (
-                    "GPU throughput",
-                    f"{label}: {key} ≥ 0.99",
-                    f"{median:.3f} (range {min(part['ratios'][key]):.3f}–{max(part['ratios'][key]):.3f})",
-                    "met" if median >= 0.99 else "**missed**",
-                )
-            )
-            words.append(f"{label} at {median:.3f}× SGDM")
-    gpu = env.get("gpu", {}).get("name", "the GPU")
-    sentence = f"On {gpu}: " + "; ".join(words) + "." if words else ""
-    return {"targets": rows, "sentence": sentence}
-
-
-def merge(out: Path, results: Path) -> None:
-    """Write the GPU section into ``results`` (replacing an earlier one)."""
-    text = report_markdown(out) + f"\n\n<!-- gpu-facts: {json.dumps(facts(out))} -->"
-    write_block(BLOCK, text, results, heading="## GPU check (H200)")
-    print(f"merged the GPU results of {out} into {results}")
+    return run(config)
 
 
 def prepare() -> None:
@@ -432,10 +270,7 @@ def prepare() -> None:
                     shutil.copyfileobj(src, dst)
                 break
     size = sum(p.stat().st_size for p in CARRY_DIR.iterdir()) / 2**20
-    print(
-        f"{CARRY_DIR} holds the Fashion-MNIST files ({size:.0f} MiB): carry "
-        f"'{CARRY_DIR.relative_to(Path.cwd()) if CARRY_DIR.is_relative_to(Path.cwd()) else CARRY_DIR}'"
-    )
+    print(f"{CARRY_DIR} holds the Fashion-MNIST files ({size:.0f} MiB)")
 
 
 PART_FUNCTIONS = {
@@ -449,24 +284,19 @@ PART_FUNCTIONS = {
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=[*PART_FUNCTIONS, "report", "merge", "prepare"])
+    parser.add_argument("part", choices=[*PART_FUNCTIONS, "merge", "prepare"])
     parser.add_argument("dir", nargs="?", help="merge: the folder holding the part files")
     parser.add_argument("--out", default=os.environ.get("OUT", str(WORK_DIR / "gpu_out")))
-    parser.add_argument("--results", default=str(RESULTS_PATH))
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="merge: the results folder")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.part == "prepare":
         prepare()
         return
     if args.part == "merge":
-        merge(Path(args.dir or out), Path(args.results))
+        print(f"wrote {merge(Path(args.dir or out), Path(args.results))}")
         return
     out.mkdir(parents=True, exist_ok=True)
-    if args.part == "report":
-        text = report_markdown(out)
-        (out / "gpu_results.md").write_text(text + "\n")
-        print(text)
-        return
     started = time.perf_counter()
     try:
         result = PART_FUNCTIONS[args.part]()
@@ -476,10 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     result["seconds"] = time.perf_counter() - started
     result["host"] = platform.node()
     (out / f"part_{args.part}.json").write_text(json.dumps(result, indent=1, default=str))
-    summary = {k: v for k, v in result.items() if k not in ("markdown", "rows", "profile")}
-    print(json.dumps(summary, indent=1, default=str)[:4000])
-    if "markdown" in result:
-        print(result["markdown"])
+    print(json.dumps(result, indent=1, default=str)[:4000])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
-"""Markdown pieces shared by the benchmarks: tables, number formats, the machine description, and the
-kept blocks of ``RESULTS.md`` that other scripts (CIFAR-10, the GPU check) write between markers.
-
-Every number in ``RESULTS.md`` comes from a script through these helpers; nothing is typed by hand.
+"""Markdown pieces shared by the benchmarks: tables, number formats, command lines and the machine
+description that every results file records.
 """
 
 from __future__ import annotations
@@ -9,7 +7,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import re
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -19,7 +16,6 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_PATH = BENCH_DIR / "RESULTS.md"
-README_PATH = REPO_ROOT / "README.md"
 WORK_DIR = BENCH_DIR / "_work"  # gitignored: logs, checkpoints, downloaded or copied data
 
 
@@ -114,40 +110,6 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
     if len(scaled) == 1:
         return f"{scaled[0]:.{digits}f}"
     return f"{statistics.fmean(scaled):.{digits}f} ± {statistics.stdev(scaled):.{digits}f}"
-
-
-# ----------------------------------------------------------------------------- kept blocks
-def _markers(name: str) -> tuple[str, str]:
-    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-
-
-def read_block(name: str, path: Path = RESULTS_PATH) -> str | None:
-    """The text between ``name``'s markers in ``path`` (markers excluded), or None."""
-    if not path.exists():
-        return None
-    begin, end = _markers(name)
-    match = re.search(re.escape(begin) + r"\n?(.*?)\n?" + re.escape(end), path.read_text(), re.S)
-    return None if match is None else match.group(1)
-
-
-def wrap_block(name: str, body: str) -> str:
-    begin, end = _markers(name)
-    return f"{begin}\n{body.strip()}\n{end}"
-
-
-def write_block(
-    name: str, body: str, path: Path = RESULTS_PATH, heading: str | None = None
-) -> None:
-    """Replace ``name``'s block in ``path``, or append it (under ``heading``) when it is absent."""
-    block = wrap_block(name, body)
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    begin, end = _markers(name)
-    pattern = re.escape(begin) + r".*?" + re.escape(end)
-    if re.search(pattern, text, re.S):
-        text = re.sub(pattern, lambda _: block, text, count=1, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
-    path.write_text(text)
 
 
 def config_command(module: str, config: dict[str, Any], defaults: dict[str, Any]) -> str:

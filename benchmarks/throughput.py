@@ -23,11 +23,10 @@ Run: ``python -m benchmarks.throughput [--dataset digits|fashion_mnist] [--repea
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,8 +36,10 @@ from typing_extensions import override
 
 from lightning_o2nc import O2NCModule, param_groups_weight_decay
 
-from .report import config_command, markdown_table, work_dir
-from .workloads import make_backbone, make_datamodule
+from .report import config_command, machine_description, work_dir
+from .results import RESULTS_DIR, write_result
+from .throughput_report import to_markdown
+from .workloads import make_backbone, make_datamodule, with_train_hyperparameters
 
 
 class TorchSGDModule(O2NCModule):
@@ -92,13 +93,13 @@ class ThroughputConfig:
     dataset: str = "fashion_mnist"
     backbone: str = "small_cnn"
     width: int = 16
-    batch_size: int = 128
+    batch_size: int | None = None  # None: configs/train/<dataset>_sgdm.yaml
     warmup_batches: int = 5
     batches: int = 60
     repeats: int = 5
-    lr: float = 0.05
-    beta: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float | None = None  # None: the train config's, as batch_size
+    beta: float | None = None
+    weight_decay: float | None = None
     accelerator: str = "cpu"
     num_workers: int = 0
     with_average_and_monitor: bool = True
@@ -170,6 +171,7 @@ def fit_once(
 
 def run(config: ThroughputConfig) -> dict[str, Any]:
     """Interleaved repetitions of every arm; samples/s per run and paired ratios."""
+    config = with_train_hyperparameters(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     arm_table = arms(config)
@@ -195,63 +197,6 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
     return {"config": asdict(config), "samples_per_second": samples, "ratios": ratios}
 
 
-def to_markdown(result: dict[str, Any], command: str | None = None) -> str:
-    config = result["config"]
-    command = command or config_command("benchmarks.throughput", config, asdict(ThroughputConfig()))
-    model = (
-        f"SmallCNN(width={config['width']})"
-        if config["backbone"] == "small_cnn"
-        else config["backbone"]
-    )
-    rows = []
-    for name, values in result["samples_per_second"].items():
-        rows.append(
-            (
-                name,
-                f"{statistics.median(values):.0f}",
-                f"{statistics.fmean(values):.0f} ± {statistics.stdev(values):.0f}"
-                if len(values) > 1
-                else f"{values[0]:.0f}",
-            )
-        )
-    ratio_rows = [
-        (
-            name,
-            f"{statistics.median(values):.3f}",
-            f"{min(values):.3f} – {max(values):.3f}",
-            "met" if statistics.median(values) >= 0.99 else "**missed**",
-        )
-        for name, values in result["ratios"].items()
-    ]
-    return "\n".join(
-        [
-            f"{model} on {config['dataset']}, batch {config['batch_size']}, "
-            f"{config['accelerator']} ({config.get('threads') or 'default'} torch thread(s)); "
-            f"each run times {config['batches']} training batches after "
-            f"{config['warmup_batches']} warm-up batches; {config['repeats']} interleaved repetitions "
-            "per arm (seed = repetition, equal across arms).",
-            "",
-            f"Command: {command}",
-            "",
-            markdown_table(["arm", "median samples/s", "mean ± std"], rows),
-            "",
-            markdown_table(
-                ["ratio (paired per repetition)", "median", "range", "target ≥ 0.99"], ratio_rows
-            ),
-            *(
-                [
-                    "",
-                    "A missed ratio whose range straddles 1 is run-to-run noise of the machine "
-                    "(the optimizer step is a small part of a training step, see section 1 for "
-                    "the step alone); the spread is shown so that it can be judged.",
-                ]
-                if any("missed" in row[-1] for row in ratio_rows)
-                else []
-            ),
-        ]
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = ThroughputConfig()
@@ -262,15 +207,21 @@ def main(argv: list[str] | None = None) -> None:
                 flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value
             )
         else:
-            parser.add_argument(flag, type=type(value), default=value)
-    parser.add_argument("--json", help="also write the raw result here")
+            kind = int if field == "batch_size" else float if value is None else type(value)
+            parser.add_argument(flag, type=kind, default=value)
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="folder of throughput.json")
     args = vars(parser.parse_args(argv))
-    json_path = args.pop("json")
-    result = run(ThroughputConfig(**args))
+    out = Path(args.pop("out"))
+    config = ThroughputConfig(**args)
+    started = time.perf_counter()
+    result = run(config)
+    result["seconds"] = time.perf_counter() - started
+    result["command"] = config_command(
+        "benchmarks.throughput", asdict(config), asdict(ThroughputConfig())
+    ).strip("`")
+    result["machine"] = machine_description()
+    write_result("throughput", result, out)
     print(to_markdown(result))
-    if json_path:
-        with open(json_path, "w") as handle:
-            json.dump(result, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Protocol (Fashion-MNIST, the sweep file ``configs/sweeps/tuned_fashion_mnist.yam
    the longer horizons ``--horizons`` (:mod:`benchmarks.config_runs`).
 
 The raw result (studies, best values, every seed run) goes to ``benchmarks/results/tuned_parity.json``
-with a plot; :mod:`benchmarks.render` turns it into the "Tuned comparison" section of RESULTS.md
+with a plot; :mod:`benchmarks.tuned_report` turns it into the "Tuned comparison" section of RESULTS.md
 (means ± std, Δ against SGDM with its standard error and a two-sided Welch p-value).
 
 Run: ``python -m benchmarks.tuned_parity`` (about 90 minutes on 2 idle cores) or ``--quick``
@@ -57,7 +57,7 @@ QUICK = {
 @dataclasses.dataclass
 class TunedConfig:
     sweep_file: str = str(SWEEP_FILE.relative_to(REPO_ROOT))
-    epochs: list[int] = dataclasses.field(default_factory=lambda: [3, 9])
+    epochs: list[int] = dataclasses.field(default_factory=lambda: [2, 6])
     n_trials: int | None = None  # None: the sweep file's n_trials
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4])
     horizons: list[float] = dataclasses.field(default_factory=lambda: [0.99, 0.999])
@@ -256,9 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="delete the studies and start over")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder of the JSON and the PNG")
     args = parser.parse_args(argv)
+    if args.quick:  # the quick sizes, unless given on the command line
+        parser.set_defaults(**{k: v for k, v in QUICK.items() if k != "set"})
+        args = parser.parse_args(argv)
+        args.set = [*QUICK["set"], *args.set]
     options = {k: v for k, v in vars(args).items() if k not in ("quick", "fresh", "out")}
-    if args.quick:
-        options.update(QUICK, set=[*QUICK["set"], *args.set])
     config = TunedConfig(**options)
     if args.fresh:
         shutil.rmtree(config.logdir, ignore_errors=True)

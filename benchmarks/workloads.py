@@ -75,6 +75,39 @@ def ensure_fashion_mnist(install: bool = True) -> str | None:
     return None if fashion_mnist_available() else HOW_TO_GET_FASHION_MNIST
 
 
+#: The hyper-parameters a benchmark takes from ``configs/train/<dataset>_sgdm.yaml`` when not given.
+TRAIN_HYPERPARAMETERS = ("lr", "beta", "weight_decay", "batch_size")
+
+
+def train_hyperparameters(dataset: str) -> dict[str, Any]:
+    """η, β, weight decay and batch size of ``configs/train/<dataset>_sgdm.yaml``."""
+    import yaml
+
+    from .report import REPO_ROOT
+
+    path = REPO_ROOT / "configs" / "train" / f"{dataset}_sgdm.yaml"
+    if not path.is_file():
+        raise ValueError(f"no train config {path} for dataset {dataset!r}")
+    config = yaml.safe_load(path.read_text())
+    model = config["model"]
+    return {
+        "lr": model["lr"],
+        "beta": model["beta"],
+        "weight_decay": model["weight_decay"],
+        "batch_size": config["data"]["init_args"]["batch_size"],
+    }
+
+
+def with_train_hyperparameters(config: Any) -> Any:
+    """``config`` (a dataclass with ``dataset``) with every unset (None) training hyper-parameter
+    taken from the dataset's train config."""
+    import dataclasses
+
+    known = train_hyperparameters(config.dataset)
+    unset = {k: known[k] for k in TRAIN_HYPERPARAMETERS if getattr(config, k) is None}
+    return dataclasses.replace(config, **unset)
+
+
 def make_datamodule(dataset: str, batch_size: int, seed: int = 0, num_workers: int = 0) -> Any:
     """``"digits"`` or ``"fashion_mnist"`` as the Lightning layer's data module."""
     from lightning_o2nc import DigitsDataModule, FashionMNISTDataModule
