@@ -10,6 +10,10 @@ file on a shared file system with ``--storage-class JournalFileBackend``, or ``g
 of an ``o2nc-sweep serve`` proxy) and one ``--study-name`` and they share the study.
 ``--storage`` may be left out in favour of the ``O2NC_SWEEP_STORAGE`` environment variable, which
 keeps a password out of the process list (``O2NC_SWEEP_STORAGE_CLASS`` for ``--storage-class``).
+
+A bad sweep file, train config or storage is refused before any trial with one line,
+``o2nc-sweep: error: ...``, and exit status 2 (``O2NC_TRACEBACK=1`` adds the traceback). SIGINT and
+SIGTERM stop the sweep at a safe point with exit status 130 or 143 (see :mod:`sweeps.signals`).
 """
 
 from __future__ import annotations
@@ -26,10 +30,7 @@ from rich.console import Console
 from .paths import flatten_paths
 from .signals import StopRequest, TrialInterrupted
 
-__all__ = ["TRACEBACK_ENV", "main"]
-
-#: Set to 1 to see the full traceback behind a one-line error (``o2nc-train`` reads it too).
-TRACEBACK_ENV = "O2NC_TRACEBACK"
+__all__ = ["main"]
 
 _DEFAULT_LOGDIR = "runs/sweeps"
 
@@ -176,6 +177,8 @@ def _run(argv: Sequence[str], console: Console, stop: StopRequest) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``o2nc-sweep`` console script."""
+    from lightning_o2nc.lightning.errors import wants_traceback
+
     from .errors import SweepConfigError
     from .storage import STORAGE_ENV, StorageError, redact
 
@@ -196,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 argv = argv[1:]
             return _run(argv, console, stop)
     except (SweepConfigError, StorageError) as error:
-        if os.environ.get(TRACEBACK_ENV):
+        if wants_traceback():  # O2NC_TRACEBACK=1, as for o2nc-train
             print(redact(traceback.format_exc(), secret_source), file=sys.stderr)
         print(f"o2nc-sweep: error: {redact(str(error), secret_source)}", file=sys.stderr)
         return 2

@@ -209,7 +209,7 @@ def test_a_signal_to_the_worker_alone_stops_a_ddp_trial_and_its_rank_processes(
         write_yaml, tiny_train_config, default_sweep, n_trials=1, **ddp
     )
     running = Worker(worker, tmp_path, long_sweep, "first")
-    running.wait_for(_trial_is_training(tmp_path), "the DDP trial training")
+    running.wait_for(_trial_is_training(tmp_path), "the DDP trial training", timeout=480)
     time.sleep(1.0)
     ranks = _children(running.process.pid)
     assert len(ranks) >= 2, ranks
