@@ -199,7 +199,11 @@ def test_o2nc_train_fits_and_checkpoints_under_the_package_of_the_environment(
     package = importlib.import_module(package_name)
     config = yaml.safe_load(Path("configs/train/digits_o2nc.yaml").read_text())
     config["trainer"].update(
-        max_epochs=1, limit_train_batches=3, limit_val_batches=2, enable_progress_bar=False
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
     )
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
     trainer, model, datamodule = build_run(config)
@@ -213,3 +217,18 @@ def test_o2nc_train_fits_and_checkpoints_under_the_package_of_the_environment(
     assert (run / "config.yaml").is_file()
     tags = set(SummaryReader(str(run)).scalars.tag)
     assert {"o2nc/scale", "val/acc", "val/acc_avg", "hp/val_acc"} <= tags
+
+
+def test_the_default_logger_is_of_the_package_that_runs_even_after_the_other_ran(
+    tmp_path, monkeypatch
+):
+    from lightning_o2nc.lightning.cli import build_run
+
+    monkeypatch.chdir(tmp_path)
+    config = {"model": {"backbone": "mlp"}, "data": {"class_path": "SyntheticDataModule"}}
+    for package_name in (*PACKAGES, *PACKAGES):
+        monkeypatch.setenv(ENV_VAR, package_name)
+        trainer, _, _ = build_run(config)
+        package = importlib.import_module(package_name)
+        assert isinstance(trainer, package.Trainer)
+        assert isinstance(trainer.logger, package.loggers.TensorBoardLogger)
