@@ -8,11 +8,12 @@ Storages, each opened exactly as an ``o2nc-sweep`` worker opens it (``sweeps.sto
 - ``grpc``: the same PostgreSQL behind ``o2nc-sweep serve`` (Optuna's gRPC proxy).
 
 The objective is trivial (``x**2``, random sampler), so the figure is the storage's own cost per
-trial: create, suggest, set attributes, finish. Database workers keep o2nc-sweep's heartbeats (a
-journal file and the proxy have none). Worker processes are started once and told, over stdin,
-which storage and study to run next; every cell (storage, workers) gets a fresh study, all its
-workers start together after each has loaded it, and run for ``--seconds``. Afterwards the
-study must hold exactly the trials the workers report, all complete.
+trial: create, suggest, set attributes, finish. Database workers keep o2nc-sweep's heartbeats
+(a journal file and the proxy have none; ``--no-heartbeat`` drops them). Worker processes are
+started once and told, over stdin, which storage and study to run next; every cell (storage,
+workers) gets a fresh study, all its workers start together after each has loaded it, and run
+for ``--seconds``. Afterwards the study must hold exactly the trials the workers report, all
+complete.
 
     python -m benchmarks.storage_throughput [--workers 1 4 8 16] [--seconds 5]
         [--storages sqlite journal postgresql grpc] [--output-dir benchmarks/results]
@@ -73,10 +74,12 @@ def _worker() -> None:
     for line in sys.stdin:
         job = json.loads(line)
         if job is None:
-            return
+            break
         key = (job["url"], job["storage_class"])
         if key not in storages:
-            storages[key] = open_storage(job["url"], storage_class=job["storage_class"])
+            storages[key] = open_storage(
+                job["url"], storage_class=job["storage_class"], heartbeat=job["heartbeat"]
+            )
         study = optuna.load_study(
             study_name=job["study"], storage=storages[key], sampler=optuna.samplers.RandomSampler()
         )
@@ -87,6 +90,10 @@ def _worker() -> None:
         study.optimize(objective, timeout=job["seconds"])
         seconds = time.perf_counter() - start
         print(json.dumps({"trials": calls[0], "seconds": seconds}), flush=True)
+    for storage in storages.values():
+        if hasattr(storage, "close"):
+            storage.close()  # the gRPC channel
+    os._exit(0)  # nothing left to flush; skip the interpreter's slow teardown of torch & co.
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -134,7 +141,11 @@ class WorkerPool:
                 process.stdin.write("null\n")
                 process.stdin.close()
         for process in self.processes:
-            process.wait(timeout=60)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _start_proxy(database: str, log: Path, stack: ExitStack) -> str:
@@ -189,13 +200,16 @@ def _storage_targets(
     return targets
 
 
-def measure(workers: list[int], seconds: float, storages: list[str]) -> dict[str, Any]:
+def measure(
+    workers: list[int], seconds: float, storages: list[str], heartbeat: bool = True
+) -> dict[str, Any]:
     """Run every (storage, worker count) cell; the raw result."""
     import optuna
 
     from sweeps.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    load_before = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="o2nc-storage-") as scratch:
         targets = _storage_targets(storages, Path(scratch), stack)
@@ -207,6 +221,7 @@ def measure(workers: list[int], seconds: float, storages: list[str]) -> dict[str
                 study = f"{storage}-{k}"
                 optuna.create_study(storage=own, study_name=study)
                 job = {"url": url, "storage_class": storage_class, "study": study}
+                job["heartbeat"] = heartbeat
                 reports = pool.run(k, {**job, "seconds": seconds})
                 trials = optuna.load_study(study_name=study, storage=own).get_trials()
                 ran = sum(r["trials"] for r in reports)
@@ -235,7 +250,10 @@ def measure(workers: list[int], seconds: float, storages: list[str]) -> dict[str
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, "
         f"Python {platform.python_version()}, Optuna {optuna.__version__}",
+        # Every worker needs a core: other load on the machine lowers every figure.
+        "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "seconds_per_cell": seconds,
+        "database_heartbeats": heartbeat,
         "objective": "x**2 with the random sampler (storage cost only)",
         "rows": rows,
     }
@@ -274,6 +292,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     axes.set_ylabel("trials per second (all workers)")
     axes.set_title("Sweep storage throughput, trivial objective")
     axes.set_xscale("log", base=2)
+    ticks = sorted({r["workers"] for r in result["rows"]})
+    axes.set_xticks(ticks, [str(k) for k in ticks])
+    axes.minorticks_off()
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -290,6 +311,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--storages", nargs="+", choices=STORAGES, default=list(STORAGES))
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="for the JSON")
     parser.add_argument("--plot", type=Path, default=BENCH_DIR / f"{NAME}.png")
+    parser.add_argument(
+        "--no-heartbeat",
+        action="store_true",
+        help="databases without o2nc-sweep's heartbeats (to see what they cost)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -297,7 +323,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     if min(args.workers) < 1 or args.seconds <= 0:
         parser.error("--workers must be positive and --seconds > 0")
-    result = measure(sorted(set(args.workers)), args.seconds, args.storages)
+    result = measure(
+        sorted(set(args.workers)), args.seconds, args.storages, heartbeat=not args.no_heartbeat
+    )
     args.output_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.output_dir / f"{NAME}.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")

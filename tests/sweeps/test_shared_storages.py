@@ -210,7 +210,20 @@ def test_eight_workers_through_the_grpc_proxy_record_every_trial_exactly_once(
 
 
 @pytest.mark.postgres
-def test_a_sweep_runs_through_the_proxy_and_ddp_trials_there_are_refused_up_front(
+def test_a_sweep_runs_through_the_proxy(
+    grpc_proxy, postgres_url, study_name, tmp_path, write_yaml, train_config, default_sweep
+):
+    url, _ = grpc_proxy
+    sweep = write_yaml("sweep.yaml", default_sweep(train_config, study_name=study_name))
+    argv = ["--config", str(sweep), "--storage", url, "--logdir", str(tmp_path / "l")]
+    assert main([*argv, "--n-trials", "2", "--no-progress", "--no-plots"]) == 0
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(postgres_url)).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert (tmp_path / "l" / study_name / "report" / "report.md").is_file()
+
+
+@pytest.mark.postgres
+def test_ddp_trials_through_the_proxy_are_refused_before_any_trial(
     grpc_proxy,
     postgres_url,
     study_name,
@@ -221,19 +234,12 @@ def test_a_sweep_runs_through_the_proxy_and_ddp_trials_there_are_refused_up_fron
     capsys,
 ):
     url, _ = grpc_proxy
-    sweep = write_yaml("sweep.yaml", default_sweep(write_yaml("t.yaml", tiny_train_config())))
-    logdir = str(tmp_path / "l")
-    common = ["--storage", url, "--study-name", study_name, "--logdir", logdir, "--no-progress"]
-    assert main(["--config", str(sweep), *common, "--n-trials", "2", "--no-plots"]) == 0
-    trials = optuna.load_study(study_name=study_name, storage=open_storage(postgres_url)).trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-
-    ddp = _ddp_sweep(write_yaml, tiny_train_config, default_sweep, study_name + "-ddp")
-    code = main(["--config", str(ddp), "--storage", url, "--logdir", logdir])
+    sweep = _ddp_sweep(write_yaml, tiny_train_config, default_sweep, study_name)
+    code = main(["--config", str(sweep), "--storage", url, "--logdir", str(tmp_path / "l")])
     err = capsys.readouterr().err
     assert code == 2
     assert "gRPC storage proxy" in err and "postgresql://" in err, err
-    assert study_name + "-ddp" not in optuna.get_all_study_names(open_storage(postgres_url))
+    assert study_name not in optuna.get_all_study_names(open_storage(postgres_url))
 
 
 def test_serve_warns_when_bound_beyond_loopback_and_refuses_a_journal_file(tmp_path, env):
