@@ -226,15 +226,16 @@ def single_tensor_o2nc(
     track_norm: bool,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """One tensor at a time: Δ, x and u (and their norms) in one pass over each tensor."""
-    norms = _Norms(track_norm)
+    norms = _Norms() if track_norm else None
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
         delta.mul_(c.zeta).add_(g, alpha=c.grad)
         if c.decay:
             delta.add_(p, alpha=c.decay)
         p.add_(delta, alpha=c.move)
         u = None if deviations is None else deviations[i].add_(delta, alpha=c.deviation)
-        norms.add(delta, u)
-    return norms.parts()
+        if norms is not None:
+            norms.add(delta, u)
+    return ([], []) if norms is None else norms.parts()
 
 
 def multi_tensor_o2nc(
@@ -279,7 +280,7 @@ def masked_o2nc(
     Δ is only replaced through ``torch.where``, so it stays finite, and a skipped step adds
     ``0 * Delta = 0`` to x and u (``move`` and ``deviation`` are 0 then).
     """
-    norms = _Norms(track_norm)
+    norms = _Norms() if track_norm else None
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
         new_delta = delta.mul(c.zeta).add_(g, alpha=c.grad)
         if c.decay:
@@ -287,8 +288,9 @@ def masked_o2nc(
         delta.copy_(torch.where(all_finite, new_delta, delta))
         p.add_(delta * c.move)
         u = None if deviations is None else deviations[i].add_(delta * c.deviation)
-        norms.add(delta, u)
-    return norms.parts()
+        if norms is not None:
+            norms.add(delta, u)
+    return ([], []) if norms is None else norms.parts()
 
 
 _HOT_NORM_NUMEL = 1 << 16  # from this size on, a CPU tensor's norm is taken while it is in cache
@@ -312,14 +314,11 @@ class _Norms:
     """A kernel's ``||Delta||^2`` and ``||u||^2`` parts (0-d tensors that add up to the sums):
     large CPU tensors right after their update, the rest in one multi-tensor norm at the end."""
 
-    def __init__(self, track: bool) -> None:
-        self.track = track
+    def __init__(self) -> None:
         self.now: tuple[list[Tensor], list[Tensor]] = ([], [])  # (deviations, updates)
         self.later: tuple[list[Tensor], list[Tensor]] = ([], [])
 
     def add(self, delta: Tensor, u: Tensor | None) -> None:
-        if not self.track:
-            return
         now = delta.numel() >= _HOT_NORM_NUMEL and _norm_now(delta)
         for kind, t in ((1, delta), (0, u)):
             if t is not None:

@@ -325,7 +325,7 @@ class ExponentiatedO2NC(Optimizer):
         cached = self._cache.get(index)
         reusable = cached is not None and cached.group_params is group_params
         if complete and reusable and len(cached.params) == len(group_params):
-            return cached._replace(grads=grads)
+            return _GroupTensors(*cached[:2], grads, *cached[3:])  # only the gradients are new
         params = [p for p, g in zip(group_params, grads, strict=True) if g is not None]
         if not params:
             return None
