@@ -127,8 +127,12 @@ class SweepObjective:
             trial.set_user_attr(VALUES, values)
             earlier = duplicate_of(trial, values)
             if earlier is not None:
+                duplicate = DuplicateConfiguration(trial.number, earlier)
                 trial.set_user_attr(DUPLICATE_OF, earlier)
-                raise DuplicateConfiguration(trial.number, earlier)
+                trial.storage.set_trial_system_attr(
+                    trial._trial_id, SYSTEM_FAIL_REASON, f"{duplicate}; not counted"
+                )
+                raise duplicate
             value = self._train(trial, assignment)
         except (optuna.TrialPruned, NonFiniteObjective):
             self.trials_run += 1

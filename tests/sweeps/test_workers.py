@@ -169,6 +169,7 @@ def test_a_queued_configuration_the_study_already_holds_is_skipped_not_trained_a
     assert duplicate.params == original.params
     assert duplicate.state == TrialState.FAIL
     assert duplicate.user_attrs["duplicate_of"] == original.number
+    assert f"same configuration as trial {original.number}" in duplicate.system_attrs["fail_reason"]
     assert "tensorboard_run" not in duplicate.user_attrs  # never trained
     assert new.state == TrialState.COMPLETE and new.params != original.params
     assert outcome.trials_run == 1
