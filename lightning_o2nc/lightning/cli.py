@@ -208,7 +208,9 @@ class O2NCLightningCLI:
 
     def _argument_names(self, section: str, component: type) -> list[str]:
         """The arguments of a config section: its keys (``**kwargs`` included) and the signature's."""
-        config = self.config.get(str(self.subcommand), self.config).get(section)
+        parsed = getattr(self, "config", None)  # absent while the arguments are being parsed
+        subcommand = parsed.get("subcommand") if parsed is not None else None
+        config = parsed.get(str(subcommand), parsed).get(section) if parsed is not None else None
         keys = list(vars(config)) if config is not None and hasattr(config, "__dict__") else []
         return keys + [
             name
