@@ -23,7 +23,8 @@ The renderers of the other benchmarks read these shapes:
   per arm: ``arm``, ``ratio``, ``ratio_iqr``, ``median_us``, ...), and ``targets``;
 - ``sweep_scaling.json`` (:mod:`benchmarks.sweep_scaling`): ``overhead``, ``workers``
   (``one``/``two``), ``pruning`` (``pruned``/``unpruned``), ``quick``, ``cpus``;
-- ``storage_throughput.json`` (:mod:`benchmarks.storage_throughput`): what its ``table`` reads;
+- ``storage_throughput.json`` (:mod:`benchmarks.storage_throughput`): ``rows`` (``storage``,
+  ``workers``, ``trials``, ``seconds``, ``trials_per_s``) and ``seconds_per_cell``;
 - ``tuned_parity.json``: see :mod:`benchmarks.tuned_report`;
 - ``eta_sensitivity.json``, ``accuracy_parity.json``, ``throughput.json`` (:mod:`benchmarks.throughput_report`),
   ``cifar10_resnet18.json``, ``gpu_check.json`` (:mod:`benchmarks.gpu_report`): see the module of the same name.
@@ -99,7 +100,7 @@ SECTIONS = [
     Section(
         "storage_throughput",
         "Sweep storage throughput",
-        "benchmarks.storage_throughput:table",
+        "benchmarks.storage_throughput:to_markdown",
         "python -m benchmarks.storage_throughput",
     ),
     Section(

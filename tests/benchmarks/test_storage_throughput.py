@@ -14,7 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.slow
 def test_the_storage_benchmark_measures_each_storage_and_worker_count(tmp_path, capsys):
-    plot = tmp_path / "throughput.png"
+    plot = tmp_path / "storage_throughput.png"
     argv = ["--workers", "1", "2", "--seconds", "0.3", "--storages", "sqlite", "journal"]
     result = storage_throughput.main([*argv, "--output-dir", str(tmp_path), "--plot", str(plot)])
 
@@ -28,8 +28,10 @@ def test_the_storage_benchmark_measures_each_storage_and_worker_count(tmp_path, 
             row["trials"] / row["seconds"], rel=0.01
         )
     assert plot.read_bytes().startswith(PNG_MAGIC)
+    assert saved["figures"] == [plot.name]  # RESULTS.md shows it under the section
     out = capsys.readouterr().out
     assert "| SQLite file |" in out and "| journal file |" in out and "2 workers" in out
+    assert out.count("\n- **") == 4  # which storage at which scale, one line per storage
 
 
 def test_the_table_puts_storages_in_rows_and_worker_counts_in_columns():
