@@ -10,8 +10,9 @@ import pickle
 import pytest
 import torch
 
-from lightning_o2nc import ExponentiatedO2NC, build_optimizer
+from lightning_o2nc import ExponentiatedO2NC, HyperparameterScheduler, build_optimizer
 from lightning_o2nc.optim.reference import ReferenceO2NC, ReferenceSGDMomentum
+from lightning_o2nc.optim.schedules import Schedule
 from tests.optim.kernel_paths import kernel_that_ran
 
 
@@ -303,3 +304,34 @@ def test_with_a_constant_eta_scaling_none_is_torch_sgd_step_for_step():
 )
 def test_the_kernel_that_runs_is_the_one_the_options_choose_on_the_cpu(options, expected):
     assert kernel_that_ran(torch.device("cpu"), **options) == expected
+
+
+def test_a_checkpoint_with_an_older_torch_generator_state_loads_with_a_warning():
+    weights, opt = make()
+    train(weights, opt, 2, seed=1)
+    state = opt.state_dict()
+    state["o2nc"]["scaling"]["generator_state"] = torch.Generator().get_state()
+    twin_weights, twin = make()
+    with pytest.warns(UserWarning, match="older lightning-o2nc.*starts afresh"):
+        twin.load_state_dict(state)
+    train(twin_weights, twin, 1, seed=2)  # and it steps
+
+
+def test_a_schedule_may_drive_eta_to_zero_but_not_below():
+    w = torch.zeros(2, requires_grad=True)
+    opt = ExponentiatedO2NC([w], lr=0.1)
+    scheduler = HyperparameterScheduler(opt, {"lr": {"shape": "linear"}}, total_steps=2)
+    scheduler.step()
+    scheduler.step()
+    assert opt.param_groups[0]["lr"] == 0.0
+    with pytest.raises(ValueError, match=r"drives lr to -0.1, outside 0 <= lr"):
+        HyperparameterScheduler(opt, {"lr": BelowZero()}).step()
+
+
+class BelowZero(Schedule):
+    """A user's own schedule shape that goes negative."""
+
+    shape = "below_zero"
+
+    def __call__(self, t: int) -> float:
+        return -1.0
