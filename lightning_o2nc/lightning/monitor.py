@@ -69,7 +69,7 @@ class O2NCMonitor(Callback):
         self._remove_hooks()
         self._scales = {id(opt): [] for _, opt in optimizers}
         for _, opt in optimizers:
-            opt.tracks_iterate_variance = True  # V costs a reduction per step: only when logged
+            opt.tracks_statistics = True  # V costs a reduction per step: only when logged
             self._hooks.append(opt.register_step_post_hook(self._record_scale))
         self._axis.start(trainer, self._restored_step)
 
