@@ -80,6 +80,7 @@ class AveragedIterate(Callback):
         self.leave_averaged_in_model = leave_averaged_in_model
         self._forward_batch = forward_batch
         self._checkpoint_optimizers: list[ExponentiatedO2NC] = []
+        self._checkpoint_path: str | None = None
         self._layout: list[dict[str, Any]] = []
         self._averaged_bn_state: dict[str, torch.Tensor] | None = None
         self._evaluating: list[ExponentiatedO2NC] = []
@@ -142,7 +143,7 @@ class AveragedIterate(Callback):
             }
             for i, opt in found
         ]
-        self._checkpoint_optimizers = []
+        self._checkpoint_optimizers, self._checkpoint_path = [], None
 
     def _check_batch_norm_can_run(self, pl_module: nn.Module) -> None:
         """Before training: the BatchNorm recompute needs a way to run a batch through the module."""
@@ -217,6 +218,7 @@ class AveragedIterate(Callback):
 
     def _prepare(self, trainer: Any, pl_module: Any) -> list[ExponentiatedO2NC]:
         """The optimizers holding x_bar for this loop, with BatchNorm statistics at x_bar ready."""
+        self._load_checkpoint(trainer, pl_module)
         sources = self._sources(trainer, pl_module)
         if not sources:
             if not self._warned_no_source:
@@ -338,13 +340,21 @@ class AveragedIterate(Callback):
         self._layout = state_dict.get("layout", [])
         self._averaged_bn_state = state_dict.get("averaged_bn_state")
 
-    @override
-    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        self._checkpoint_optimizers = []
-        if trainer.state.fn == "fit":
-            return  # the Trainer restores the optimizers themselves
+    def _load_checkpoint(self, trainer: Any, pl_module: Any) -> None:
+        """Outside fit, x_bar (and the BatchNorm statistics at it) from the checkpoint the loop runs.
+
+        Reads ``trainer.ckpt_path`` itself: Lightning before 2.5 calls neither a callback's
+        ``on_load_checkpoint`` nor its ``load_state_dict`` outside fit.
+        """
+        path = trainer.ckpt_path
+        if trainer.state.fn == "fit" or not path or path == self._checkpoint_path:
+            return
+        self._checkpoint_path, self._checkpoint_optimizers = path, []
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = checkpoint.get("callbacks", {}).get(self.state_key, {})
         layout = state.get("layout", [])
+        if state.get("averaged_bn_state") is not None:
+            self._averaged_bn_state = state["averaged_bn_state"]
         optimizer_states = checkpoint.get("optimizer_states", [])
         if not layout or len(optimizer_states) <= max(entry["optimizer_index"] for entry in layout):
             return
@@ -363,7 +373,7 @@ class AveragedIterate(Callback):
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._checkpoint_optimizers = []
+        self._checkpoint_optimizers, self._checkpoint_path = [], None
         self._evaluating = []
 
 
