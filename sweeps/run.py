@@ -229,8 +229,8 @@ def _interruption_message(stop: StopRequest, objective: SweepObjective) -> str:
     message = f"{name}: trial {number} interrupted and recorded as failed (not counted)"
     if queued:
         return message + (
-            "; its parameters are queued again, and the next run on this study takes queued "
-            "trials before it samples new ones"
+            "; its parameters are queued again (a worker of this study runs queued trials "
+            "before it samples new ones): run the same command to continue"
         )
     return message + "; it had drawn no parameters, so there is nothing to queue again"
 
@@ -244,9 +244,10 @@ def _left_running(storage: BaseStorage, sweep: SweepConfig, number: int | None) 
         return text + " (this storage has no heartbeat: mark it failed by hand)"
     spec = sweep.storage
     text += (
-        f": once its heartbeat is {spec.grace_period} s old, the next o2nc-sweep on this study "
-        "that starts a trial marks it failed"
+        f": once its heartbeat is {spec.grace_period} s old, the next worker of this study to "
+        "start a trial (or a new o2nc-sweep) marks it failed"
     )
     if spec.max_retry == 0:
         return text + " (storage.max_retry is 0: it is not retried)"
-    return text + " and queues its parameters again"
+    limit = "" if spec.max_retry is None else f", at most {spec.max_retry} times per trial"
+    return text + f" and queues its parameters again{limit}"

@@ -145,6 +145,11 @@ def test_parallel_workers_and_a_continuation_evaluate_every_configuration_once(
     evaluated = _evaluated(study)
     assert len(evaluated) == 6
     configurations = [_configuration(t) for t in evaluated]
+    print(
+        f"\n[distinct trials] {len(study.trials)} trials, {len(evaluated)} evaluated, "
+        f"{len(set(configurations))} distinct configurations, states "
+        f"{[t.state.name for t in study.trials]}"
+    )
     assert len(set(configurations)) == len(configurations), configurations
     params = [json.dumps(t.params, sort_keys=True) for t in evaluated]
     assert len(set(params)) == len(params)
