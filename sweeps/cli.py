@@ -39,7 +39,8 @@ def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="o2nc-sweep",
         description="Optuna sweep over O2NC hyper-parameters (beta, eta, mu and their schedules). "
-        "`o2nc-sweep report --help` for the report command.",
+        "`o2nc-sweep report --help` for the report command, `o2nc-sweep serve --help` for the "
+        "gRPC storage proxy.",
     )
     parser.add_argument("--config", required=True, help="sweep definition (configs/sweeps/*.yaml)")
     parser.add_argument(
