@@ -8,6 +8,7 @@ optuna-integration's pruning callback refuses, and no message may show a passwor
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -36,6 +37,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 OPTUNA_CLI = Path(sys.executable).parent / "optuna"
 SERVE = [sys.executable, "-m", "sweeps.cli", "serve"]
+PIPED = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+#: Generous: each process imports torch and Lightning, on 2 cores shared by the whole suite.
+PROCESS_TIMEOUT = 420
 
 # A worker with a trivial objective, through the same storage-opening code as o2nc-sweep.
 TRIVIAL_WORKER = """
@@ -63,42 +67,53 @@ def env(worker) -> dict[str, str]:
     return worker[1]()
 
 
+@pytest.fixture
+def spawn(env):
+    """``spawn(command, **popen_kwargs)``: a process in its own session, with ``env`` by default.
+
+    Whatever is still running at teardown (a failed test's workers, their children) is killed.
+    """
+    started: list[subprocess.Popen] = []
+
+    def start(command: list[str], **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("env", env)
+        process = subprocess.Popen(command, start_new_session=True, **kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def _sweep_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "sweeps.cli", *args, "--no-progress", "--no-plots"]
 
 
-def _run_all(commands: list[list[str]], env: dict[str, str], timeout: float = 300) -> list[str]:
-    """Start every command at once; wait for all; return their outputs (all must exit 0)."""
-    processes = [
-        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for c in commands
-    ]
-    outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+def _outputs(processes: list[subprocess.Popen]) -> list[str]:
+    """Wait for every process; their outputs (each must exit 0)."""
+    outputs = [p.communicate(timeout=PROCESS_TIMEOUT)[0] for p in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
     return outputs
 
 
 def test_two_workers_on_one_journal_file_complete_each_trial_once_and_optuna_reads_it_back(
-    tmp_path, write_yaml, train_config, default_sweep, env
+    tmp_path, write_yaml, train_config, default_sweep, env, spawn
 ):
     sweep = write_yaml("sweep.yaml", default_sweep(train_config, study_name="journal", n_trials=6))
     journal = tmp_path / "shared" / "study.log"
     common = ["--config", str(sweep), "--storage", str(journal), "--logdir", str(tmp_path / "l")]
     # One worker names the class on the command line, the other through the environment.
     by_env = {**env, STORAGE_CLASS_ENV: JOURNAL_CLASS}
-    processes = [
-        subprocess.Popen(
-            _sweep_command(*common, *extra),
-            env=worker_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for extra, worker_env in (((f"--storage-class={JOURNAL_CLASS}",), env), ((), by_env))
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    outputs = _outputs(
+        [
+            spawn(_sweep_command(*common, *extra), env=worker_env, **PIPED)
+            for extra, worker_env in (((f"--storage-class={JOURNAL_CLASS}",), env), ((), by_env))
+        ]
+    )
 
     ran = [int(re.search(r"(\d+) trial\(s\) run here", out).group(1)) for out in outputs]
     storage = open_storage(str(journal), storage_class=JOURNAL_CLASS)
@@ -114,7 +129,7 @@ def test_two_workers_on_one_journal_file_complete_each_trial_once_and_optuna_rea
         [str(OPTUNA_CLI), "trials", *storage_args, "--study-name", "journal", "--format", "json"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=PROCESS_TIMEOUT,
         check=True,
     )
     read_back = {row["number"]: row for row in json.loads(listed.stdout)}
@@ -155,7 +170,7 @@ def test_ddp_trials_on_a_journal_file_are_refused_before_any_trial_naming_the_st
 
 
 @pytest.fixture
-def grpc_proxy(postgres_url, tmp_path, env):
+def grpc_proxy(postgres_url, tmp_path, spawn):
     """``o2nc-sweep serve`` in front of the throw-away PostgreSQL: ``(grpc_url, output_file)``.
 
     At teardown it gets SIGTERM and must stop cleanly (exit status 0).
@@ -163,14 +178,10 @@ def grpc_proxy(postgres_url, tmp_path, env):
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as handle:
-        server = subprocess.Popen(
-            [*SERVE, "--storage", postgres_url, "--port", str(port)],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+        command = [*SERVE, "--storage", postgres_url, "--port", str(port)]
+        server = spawn(command, stdout=handle, stderr=subprocess.STDOUT)
     url = f"grpc://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + PROCESS_TIMEOUT
     while "listening" not in log.read_text():
         assert server.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "the proxy never started"
@@ -178,7 +189,7 @@ def grpc_proxy(postgres_url, tmp_path, env):
     open_grpc_proxy(url, timeout=30).close()
     yield url, log
     server.send_signal(signal.SIGTERM)
-    assert server.wait(timeout=60) == 0, log.read_text()
+    assert server.wait(timeout=PROCESS_TIMEOUT) == 0, log.read_text()
     output = log.read_text()
     assert "SIGTERM received" in output and "stopped" in output
     assert make_url(postgres_url).password not in output
@@ -187,12 +198,12 @@ def grpc_proxy(postgres_url, tmp_path, env):
 
 @pytest.mark.postgres
 def test_eight_workers_through_the_grpc_proxy_record_every_trial_exactly_once(
-    grpc_proxy, postgres_url, study_name, env
+    grpc_proxy, postgres_url, study_name, spawn
 ):
     url, _ = grpc_proxy
     per_worker = 6
     command = [sys.executable, "-c", TRIVIAL_WORKER, url, study_name, str(per_worker)]
-    outputs = _run_all([command] * 8, env)
+    outputs = _outputs([spawn(command, **PIPED) for _ in range(8)])
     reports = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
 
     # Read back from the database itself, not through the proxy.
@@ -242,21 +253,18 @@ def test_ddp_trials_through_the_proxy_are_refused_before_any_trial(
     assert study_name not in optuna.get_all_study_names(open_storage(postgres_url))
 
 
-def test_serve_warns_when_bound_beyond_loopback_and_refuses_a_journal_file(tmp_path, env):
+def test_serve_warns_when_bound_beyond_loopback_and_refuses_a_journal_file(tmp_path, env, spawn):
     port = free_port()
     database = f"sqlite:///{tmp_path / 'o.db'}"
-    server = subprocess.Popen(
+    server = spawn(
         [*SERVE, "--storage", database, "--host", "0.0.0.0", "--port", str(port)],
-        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        open_grpc_proxy(f"grpc://127.0.0.1:{port}", timeout=60).close()
-    finally:
-        server.send_signal(signal.SIGINT)
-        out, err = server.communicate(timeout=60)
+    open_grpc_proxy(f"grpc://127.0.0.1:{port}", timeout=PROCESS_TIMEOUT).close()
+    server.send_signal(signal.SIGINT)
+    out, err = server.communicate(timeout=PROCESS_TIMEOUT)
     assert server.returncode == 0, err
     assert "no authentication" in err and "SSH tunnel" in err
     assert f"listening on 0.0.0.0:{port}" in out and "stopped" in out
@@ -266,7 +274,7 @@ def test_serve_warns_when_bound_beyond_loopback_and_refuses_a_journal_file(tmp_p
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=PROCESS_TIMEOUT,
     )
     assert refused.returncode == 2 and "does not serve journal storage" in refused.stderr
 
@@ -281,7 +289,7 @@ def test_no_proxy_at_a_grpc_url_is_a_clear_error_naming_serve():
 
 
 def test_the_slurm_array_script_runs_its_worker_on_a_journal_file_outside_slurm(
-    tmp_path, write_yaml, train_config, default_sweep, env
+    tmp_path, write_yaml, train_config, default_sweep, env, spawn
 ):
     sweep = write_yaml("sweep.yaml", default_sweep(train_config, study_name="slurm", n_trials=2))
     script = REPO / "examples" / "slurm" / "sweep_array.sbatch"
@@ -293,10 +301,7 @@ def test_the_slurm_array_script_runs_its_worker_on_a_journal_file_outside_slurm(
         "SLURM_SUBMIT_DIR": str(tmp_path),
         "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",  # o2nc-sweep
     }
-    done = subprocess.run(
-        ["bash", str(script)], env=task_env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    _outputs([spawn(["bash", str(script)], env=task_env, **PIPED)])
     journal = tmp_path / "logs" / "optuna-journal.log"
     storage = open_storage(str(journal), storage_class=JOURNAL_CLASS)
     trials = optuna.load_study(study_name="slurm", storage=storage).trials
