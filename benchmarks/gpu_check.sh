@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# GPU check of lightning-o2nc: one prepared call on one GPU (sized for 8 minutes on an H200).
+# GPU check of lightning-o2nc: one call on one CUDA GPU, each part under its own time limit
+# (about 8 minutes in all on a current data-center GPU).
 #
-# Here, before the device call (copies the Fashion-MNIST .gz files, ~30 MB, into a gitignored folder):
-#     .venv/bin/python -m benchmarks.gpu_check prepare
-# On the device machine (carry: benchmarks/_work/fashion-mnist-gz; timeout_s: 540):
-#     bash benchmarks/gpu_check.sh
-# Back here, with the folder the device returned:
-#     .venv/bin/python -m benchmarks.gpu_check merge FOLDER     # writes the GPU section of RESULTS.md
-#     .venv/bin/python -m benchmarks.run_all --reuse            # targets table + README summary, no rerun
+# Before (on a machine with the Debian package dataset-fashion-mnist, if the GPU machine lacks it):
+#     python -m benchmarks.gpu_check prepare     # copies the .gz files to benchmarks/_work/fashion-mnist-gz
+# On the GPU machine:
+#     bash benchmarks/gpu_check.sh               # part_<name>.json files in $OUT
+# Then:
+#     python -m benchmarks.gpu_check merge OUT   # -> benchmarks/results/gpu_check.json
+#     python -m benchmarks.render                # -> benchmarks/RESULTS.md
 #
 # Parts (each a separate, time-limited process; a failure loses only that part's numbers):
-#   env (machine), sync (no host sync in any O2NC option), step (CUDA step time vs SGD foreach/fused),
-#   train_plain (ResNet-18 on GPU-resident Fashion-MNIST), train_lightning (the same through a
-#   Lightning fit), then report (gpu_results.md from whatever finished).
-# Needs only the repository and the machine's python3 (torch, torchvision, lightning): nothing is
-# installed; the repo is put on PYTHONPATH. Output in $OUT (or benchmarks/_work/gpu_out):
-#   gpu_check.log, part_<name>.json, gpu_results.md.
+#   env (machine), sync (tests/optim's host-sync tests on the GPU), step (CUDA step time vs SGD
+#   foreach/fused), train_plain (ResNet-18 on GPU-resident Fashion-MNIST), train_lightning (the same
+#   through a Lightning fit).
+# Needs only the repository and a python with torch, torchvision and lightning (the repository is
+# put on PYTHONPATH). Output in $OUT (or benchmarks/_work/gpu_out): gpu_check.log, part_<name>.json.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -55,7 +55,6 @@ part sync 45
 part step 90
 part train_plain 100
 part train_lightning 140
-part report 20
 
 log "done; files in $OUT:"
 ls -la "$OUT"

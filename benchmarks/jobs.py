@@ -20,7 +20,8 @@ from typing import Any
 
 
 def _job_key(function: Callable, args: Sequence[Any]) -> str:
-    text = json.dumps([function.__module__, function.__qualname__, list(args)], sort_keys=True)
+    # not the module: under ``python -m`` it is __main__ here and __mp_main__ in the workers
+    text = json.dumps([function.__qualname__, list(args)], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

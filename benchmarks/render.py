@@ -65,6 +65,13 @@ SECTIONS = [
         "benchmarks.tuned_report:targets",
     ),
     Section(
+        "tuned_parity_gpu",
+        "Tuned comparison on a GPU: full Fashion-MNIST, 30 epochs",
+        "benchmarks.tuned_report:to_markdown",
+        "bash benchmarks/tuned_parity_gpu.sh",
+        "benchmarks.tuned_report:targets",
+    ),
+    Section(
         "eta_sensitivity",
         "η-sensitivity and stability limits",
         "benchmarks.eta_sensitivity:to_markdown",

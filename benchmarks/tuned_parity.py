@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ class TunedConfig:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 3, 4])
     horizons: list[float] = dataclasses.field(default_factory=lambda: [0.99, 0.999])
     workers: int = 2
+    best_from: str | None = None  # a tuned_parity.json: reuse its best values, no tuning
     set: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -140,6 +143,14 @@ def tune(config: dict[str, Any], arm: str, epochs: int) -> dict[str, Any]:
         "complete": sum(t.state == state.COMPLETE for t in trials),
         "pruned": sum(t.state == state.PRUNED for t in trials),
         "failed": sum(t.state == state.FAIL for t in trials),
+        # workers that start together draw the same first points from the seeded sampler
+        "distinct": len(
+            {
+                json.dumps(t.params, sort_keys=True)
+                for t in trials
+                if t.state in (state.COMPLETE, state.PRUNED)
+            }
+        ),
         "best_trial": best.number,
         "best_value": best.value,
         "best_values": best.user_attrs["values"],
@@ -160,6 +171,7 @@ def seed_run(config: dict[str, Any], arm: str, epochs: int, values: dict, seed: 
             "model.seed": seed,
             "data.init_args.seed": seed,
             "model.average": True,
+            "trainer.limit_val_batches": 0,  # the configuration is chosen: only the test counts
         }
     )
     result = train_config(trial, horizons=cfg.horizons, label=f"{arm} {epochs} ep seed {seed}")
@@ -176,7 +188,10 @@ def run(config: TunedConfig) -> dict[str, Any]:
     # Longest studies first, so two workers finish together.
     studies = [(arm, e) for e in sorted(config.epochs, reverse=True) for arm in ARMS]
     cache = config.logdir / "jobs"
-    tuned = run_jobs(tune, [(plain, arm, e) for arm, e in studies], config.workers, cache)
+    if config.best_from:
+        tuned = reused_studies(Path(config.best_from), config.epochs)
+    else:
+        tuned = run_jobs(tune, [(plain, arm, e) for arm, e in studies], config.workers, cache)
     best = {(t["arm"], t["epochs"]): t["best_values"] for t in tuned}
     tasks = [
         (plain, arm, e, best[arm, e], seed)
@@ -195,6 +210,18 @@ def run(config: TunedConfig) -> dict[str, Any]:
         "runs": runs,
         "seconds": time.perf_counter() - started,
     }
+
+
+def reused_studies(source: Path, epochs: list[int]) -> list[dict[str, Any]]:
+    """Each arm's study at the longest budget of an earlier result, as the study of every budget."""
+    stored = json.loads(source.read_text())["studies"]
+    longest = max(study["epochs"] for study in stored)
+    return [
+        {**study, "epochs": e, "tuned_at_epochs": longest, "tuned_in": str(source)}
+        for e in epochs
+        for study in stored
+        if study["epochs"] == longest
+    ]
 
 
 def _steps_per_epoch(runs: list[dict], epochs: int) -> int:
@@ -255,18 +282,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline")
     parser.add_argument("--fresh", action="store_true", help="delete the studies and start over")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder of the JSON and the PNG")
+    parser.add_argument(
+        "--best-from",
+        help="no tuning: every arm's best values at the longest budget of this tuned_parity.json",
+    )
+    parser.add_argument("--name", help="results file name (default: tuned_parity[_quick])")
     args = parser.parse_args(argv)
     if args.quick:  # the quick sizes, unless given on the command line
         parser.set_defaults(**{k: v for k, v in QUICK.items() if k != "set"})
         args = parser.parse_args(argv)
         args.set = [*QUICK["set"], *args.set]
-    options = {k: v for k, v in vars(args).items() if k not in ("quick", "fresh", "out")}
+    options = {k: v for k, v in vars(args).items() if k not in ("quick", "fresh", "out", "name")}
     config = TunedConfig(**options)
     if args.fresh:
         shutil.rmtree(config.logdir, ignore_errors=True)
     result = run(config)
-    result["command"] = "python -m benchmarks.tuned_parity" + (" --quick" if args.quick else "")
-    name = "tuned_parity_quick" if args.quick else "tuned_parity"
+    given = sys.argv[1:] if argv is None else argv
+    result["command"] = " ".join(["python -m benchmarks.tuned_parity", *map(shlex.quote, given)])
+    name = args.name or ("tuned_parity_quick" if args.quick else "tuned_parity")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, out / f"{name}.png")

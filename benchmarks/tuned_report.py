@@ -82,7 +82,13 @@ def to_markdown(result: dict[str, Any]) -> str:
         "x, at the optimizer's x̄ (discount β) and at x̄ with the discounts "
         f"{', '.join(horizons)} (same trajectory; BatchNorm recomputed at each x̄).",
         "",
-        "**Best configuration per arm** (from its own study):",
+        "**Best configuration per arm** (from its own study"
+        + (
+            f", tuned at {result['studies'][0]['tuned_at_epochs']} epochs in "
+            f"`{result['studies'][0]['tuned_in']}` and not tuned again here):"
+            if result["studies"] and "tuned_in" in result["studies"][0]
+            else "):"
+        ),
         "",
     ]
     best_rows = []
@@ -97,7 +103,8 @@ def to_markdown(result: dict[str, Any]) -> str:
                 f"{values['model.mu']:.3g}",
                 _schedule_text(values.get("model.schedules.lr")),
                 f"{100 * study['best_value']:.2f}",
-                f"{study['complete']}/{study['pruned']}/{study['failed']}",
+                f"{study['complete']}/{study['pruned']}/{study['failed']}"
+                + (f" ({study['distinct']} distinct)" if "distinct" in study else ""),
             )
         )
     lines += [
