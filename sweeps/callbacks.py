@@ -18,9 +18,12 @@ __all__ = ["EpochReporter", "NonFiniteLossGuard"]
 class NonFiniteLossGuard(Callback):
     """Stop a trial whose training loss became NaN or infinite, and say why.
 
-    Every training step folds ``isfinite(loss)`` into a flag on the device (no host sync). The
-    flag is read, and agreed across DDP ranks, once before each validation and at each epoch end;
-    when it is set the Trainer stops and :attr:`reason` names the first bad step.
+    Every training step only keeps its detached loss; every ``WINDOW`` steps the kept losses are
+    folded, on the device and without a host sync, into the index of the first non-finite one
+    (checking each loss as it comes costs a handful of tiny kernels per step, a measurable share
+    of a small model's step). The flags are read, and agreed across DDP ranks, once before each
+    validation and at each epoch end; when one is set the Trainer stops and :attr:`reason` names
+    the first bad step.
 
     Register it before the pruning callback, so a NaN validation metric of the same epoch is
     recognised as a divergence rather than an ordinary pruning.
@@ -29,11 +32,16 @@ class NonFiniteLossGuard(Callback):
     #: Set in ``trainer.callback_metrics`` (the first bad step) when the guard stops a run, so
     #: the main process of a ``ddp_spawn`` run learns it too.
     METRIC = "sweep/nonfinite_step"
+    #: Losses kept on the device before they are folded into one flag.
+    WINDOW = 64
 
     def __init__(self) -> None:
         super().__init__()
         self.reason: str | None = None
-        self._first_bad_step: torch.Tensor | None = None
+        self._losses: list[torch.Tensor] = []  # this window's losses, one value per step
+        self._steps: list[int] = []  # their global steps
+        # per folded window: the index of its first non-finite loss (-1: none), and its steps
+        self._windows: list[tuple[torch.Tensor, list[int]]] = []
 
     @override
     def on_train_batch_end(
@@ -48,16 +56,34 @@ class NonFiniteLossGuard(Callback):
         if not isinstance(loss, torch.Tensor):
             return
         loss = loss.detach()
-        if self._first_bad_step is None:
-            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss).all() & (self._first_bad_step < 0)
-        step = torch.full_like(self._first_bad_step, trainer.global_step)
-        self._first_bad_step = torch.where(bad, step, self._first_bad_step)
+        if loss.numel() != 1:  # one value per step: NaN when any element is not finite
+            loss = torch.where(torch.isfinite(loss).all(), 0.0, float("nan"))
+        self._losses.append(loss.reshape(()))
+        self._steps.append(trainer.global_step)
+        if len(self._losses) >= self.WINDOW:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._losses:
+            return
+        bad = ~torch.isfinite(torch.stack(self._losses))
+        first = torch.where(bad.any(), bad.int().argmax(), -1)
+        self._windows.append((first, self._steps))
+        self._losses, self._steps = [], []
+
+    def _first_bad_step(self) -> int:
+        """The first global step with a non-finite loss since the last check, or -1."""
+        self._fold()
+        windows, self._windows = self._windows, []
+        if not windows:
+            return -1
+        firsts = torch.stack([first for first, _ in windows]).tolist()  # the one host sync
+        return next((steps[i] for i, (_, steps) in zip(firsts, windows, strict=True) if i >= 0), -1)
 
     def _check(self, trainer: Trainer) -> None:
         if self.reason is not None or trainer.sanity_checking:
             return
-        step = -1 if self._first_bad_step is None else int(self._first_bad_step.item())
+        step = self._first_bad_step()
         if not trainer.strategy.reduce_boolean_decision(step >= 0, all=False):
             return
         where = f"step {step}" if step >= 0 else "a step on another rank"
