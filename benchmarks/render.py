@@ -103,6 +103,7 @@ SECTIONS = [
         "Sweep scaling",
         "benchmarks.sweep_scaling:to_markdown",
         "python -m benchmarks.sweep_scaling",
+        "benchmarks.sweep_scaling:targets",
     ),
     Section(
         "storage_throughput",
