@@ -116,10 +116,10 @@ class O2NCLightningCLI:
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """LightningCLI's core arguments, the model's and data module's first in ``--help``."""
         parser.add_lightning_class_args(
-            self._model_class, "model", subclass_mode=self.subclass_mode_model
+            self.model_class, "model", subclass_mode=self.subclass_mode_model
         )
         parser.add_lightning_class_args(
-            self._datamodule_class, "data", subclass_mode=self.subclass_mode_data
+            self.datamodule_class, "data", subclass_mode=self.subclass_mode_data
         )
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults(

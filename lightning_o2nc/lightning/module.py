@@ -249,8 +249,11 @@ class O2NCModule:
         that monitor them at epoch end. Every input of the decision is the same on all DDP ranks,
         so the ``sync_dist`` reduction stays collective.
         """
-        trainer = self._trainer
-        if trainer is None or trainer.progress_bar_callback is not None or trainer.fast_dev_run:
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # called outside a Trainer
+            return True
+        if trainer.progress_bar_callback is not None or trainer.fast_dev_run:
             return True
         if not self.automatic_optimization:
             return True

@@ -1,6 +1,6 @@
 """What lightning_o2nc/lightning/compat.py assumes about Lightning, checked on each package.
 
-Checked on lightning and pytorch-lightning 2.4.0 (``make test-min``) and 2.6.6 (``make test``):
+Checked on lightning and pytorch-lightning 2.5.2 (``make test-min``) and 2.6.6 (``make test``):
 ``compat.CHECKED_ON``. A failure here means a Lightning release changed behaviour that the
 monitor or AveragedIterate relies on; the message says what to update.
 """
@@ -8,6 +8,7 @@ monitor or AveragedIterate relies on; the message says what to update.
 import ast
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -149,16 +150,38 @@ def _lightning_layer_sources():
 
 
 OUR_OWN_PRIVATE_NAMES = {"_lightning_base", "_lightning_body"}  # set by packages.lightning_class
+#: The Lightning classes our classes derive from; their private names must not appear on ``self``.
+BASES = ("LightningModule", "LightningDataModule", "Callback", "cli.LightningCLI", "loggers.Logger")
+
+
+def _private_names_of_lightning_bases():
+    names = set()
+    for package_name in PACKAGES:
+        for path in BASES:
+            *modules, name = path.split(".")
+            base = getattr(importlib.import_module(".".join([package_name, *modules])), name)
+            for klass in base.__mro__:
+                if not klass.__module__.startswith(("lightning", "pytorch_lightning")):
+                    continue
+                names |= {n for n in vars(klass) if n.startswith("_") and not n.startswith("__")}
+                names |= set(re.findall(r"self\.(_[A-Za-z]\w*)", inspect.getsource(klass)))
+    return names
 
 
 def test_the_lightning_layer_touches_no_private_lightning_name():
+    lightning_privates = _private_names_of_lightning_bases()
     found = []
     for path in _lightning_layer_sources():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute):
                 private = node.attr.startswith("_") and not node.attr.startswith("__")
                 on_self = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
-                if private and not on_self and node.attr not in OUR_OWN_PRIVATE_NAMES:
+                inherited = on_self and node.attr in lightning_privates
+                if (
+                    private
+                    and (inherited or not on_self)
+                    and node.attr not in OUR_OWN_PRIVATE_NAMES
+                ):
                     found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
                 ("lightning", "pytorch_lightning")
