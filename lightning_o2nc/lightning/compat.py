@@ -14,7 +14,7 @@ from typing import Any
 
 #: The releases of ``lightning`` and ``pytorch-lightning`` on which these assumptions were checked
 #: (the lower bound of pyproject.toml and the newest release at the time of writing).
-CHECKED_ON = ("2.4.0", "2.6.6")
+CHECKED_ON = ("2.6.0", "2.6.6")
 
 
 class LoggingStepAxis:

@@ -1,6 +1,6 @@
 """What lightning_o2nc/lightning/compat.py assumes about Lightning, checked on each package.
 
-Checked on lightning and pytorch-lightning 2.5.2 (``make test-min``) and 2.6.6 (``make test``):
+Checked on lightning and pytorch-lightning 2.6.0 (``make test-min``) and 2.6.6 (``make test``):
 ``compat.CHECKED_ON``. A failure here means a Lightning release changed behaviour that the
 monitor or AveragedIterate relies on; the message says what to update.
 """
