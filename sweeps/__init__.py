@@ -2,30 +2,36 @@
 
 The package never trains anything itself: each trial is the train config plus the trial's values,
 built by ``lightning_o2nc.lightning.cli.build_run`` and fitted by Lightning.
+
+Names are re-exported lazily: ``import sweeps.storage`` (a storage benchmark's worker, the gRPC
+proxy, a signal arriving during start-up) then costs optuna alone, not torch and Lightning.
 """
 
-from .config import SweepConfig, SweepConfigError, load_sweep_config
-from .report import write_report
-from .run import SweepOutcome, run_sweep
-from .samplers import build_pruner, build_sampler
-from .space import SearchSpace, parse_space
-from .storage import StorageError, open_storage, redact, resolve_storage_url
-from .study import open_study
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "SearchSpace",
-    "StorageError",
-    "SweepConfig",
-    "SweepConfigError",
-    "SweepOutcome",
-    "build_pruner",
-    "build_sampler",
-    "load_sweep_config",
-    "open_storage",
-    "open_study",
-    "parse_space",
-    "redact",
-    "resolve_storage_url",
-    "run_sweep",
-    "write_report",
-]
+_EXPORTS = {
+    "SearchSpace": "space",
+    "StorageError": "storage",
+    "SweepConfig": "config",
+    "SweepConfigError": "errors",
+    "SweepOutcome": "run",
+    "build_pruner": "samplers",
+    "build_sampler": "samplers",
+    "load_sweep_config": "config",
+    "open_storage": "storage",
+    "open_study": "study",
+    "parse_space": "space",
+    "redact": "storage",
+    "resolve_storage_url": "storage",
+    "run_sweep": "run",
+    "write_report": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,7 +15,9 @@ from typing_extensions import override
 # a Callback of both Lightning packages: a trial runs under either (``$O2NC_LIGHTNING_PACKAGE``)
 from lightning_o2nc.lightning.packages import Callback
 
-__all__ = ["EpochReporter", "NonFiniteLossGuard"]
+from .signals import STOP_SIGNALS, StopRequest
+
+__all__ = ["EpochReporter", "NonFiniteLossGuard", "StopAtNextBatch"]
 
 
 class NonFiniteLossGuard(Callback):
@@ -122,3 +127,86 @@ class EpochReporter(Callback):
             if isinstance(value, torch.Tensor) and value.numel() == 1
         }
         self._report(trainer.current_epoch + 1, metrics)
+
+
+class StopAtNextBatch(Callback):
+    """Ends ``trainer.fit`` at the next batch once the worker's :class:`StopRequest` is set.
+
+    In the worker's own process it raises :class:`TrialInterrupted` after any training or
+    validation batch, and at the start of fit, so a trial stops within one batch. In the rank
+    processes of a ``ddp_spawn`` trial (this object arrives there pickled) it restores the
+    default action of SIGINT and SIGTERM: the worker forwards its signal to the ranks, and the
+    kernel ends them at once, even inside a collective, so none can hang waiting for the others.
+
+    Args:
+        stop: the worker's stop request.
+    """
+
+    def __init__(self, stop: StopRequest) -> None:
+        super().__init__()
+        self.stop = stop
+        self._worker_pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_worker_pid": self._worker_pid}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stop = StopRequest()
+        # Unpickled in a spawned rank process: take the default action before anything else runs
+        # (Python's KeyboardInterrupt would make the rank exit 0 without results, and the worker
+        # would wait for them forever).
+        self._default_action_in_rank()
+
+    def _in_rank_process(self) -> bool:
+        return os.getpid() != self._worker_pid
+
+    def _default_action_in_rank(self) -> None:
+        if self._in_rank_process() and threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+
+    def _check(self) -> None:
+        if not self._in_rank_process():
+            self.stop.raise_if_requested()
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check()
+
+    @override
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning registers its own SIGTERM handler in each rank just before: undo it there.
+        self._default_action_in_rank()
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._default_action_in_rank()
+        self._check()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._check()
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._check()
+
+    @override
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning's own SIGTERM path ends a rank with SystemExit, whose status is 0: the worker
+        # would then wait for the rank's results forever. Make it an error exit instead.
+        if self._in_rank_process() and isinstance(exception, SystemExit):
+            raise RuntimeError(f"rank stopped by a signal ({type(exception).__name__})")

@@ -27,13 +27,13 @@ from typing_extensions import override
 
 from lightning_o2nc.lightning.packages import for_package, lightning_class
 
-from .callbacks import EpochReporter, NonFiniteLossGuard
+from .callbacks import EpochReporter, NonFiniteLossGuard, StopAtNextBatch
 from .config import SweepConfig, spawn_strategy
 from .distinct import DUPLICATE_OF, VALUES, DuplicateConfiguration, duplicate_of
 from .errors import FAIL_REASON, SweepConfigError
 from .paths import flatten_paths, get_path
 from .progress import SweepProgress
-from .signals import INTERRUPTED_BY, RETRY_OF, StopAtNextBatch, StopRequest, TrialInterrupted
+from .signals import INTERRUPTED_BY, RETRY_OF, StopRequest, TrialInterrupted
 
 __all__ = [
     "NonFiniteObjective",

@@ -6,7 +6,7 @@ trial that then exits without its results. So a worker never lets that happen:
 
 - :class:`StopRequest` installs handlers that only record the signal. The sweep reads the flag at
   its safe points: before a trial starts, between trials (an Optuna callback) and, inside a
-  trial, after every training and validation batch (:class:`StopAtNextBatch`). The interrupted
+  trial, after every training and validation batch (:class:`sweeps.callbacks.StopAtNextBatch`). The interrupted
   trial is recorded as failed, its parameters are queued again, and the command exits with
   ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
 - A second signal exits at once (``os._exit``), after killing the trial's DDP rank processes.
@@ -28,16 +28,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from lightning.pytorch import LightningModule, Trainer
-from typing_extensions import override
-
-from lightning_o2nc.lightning.packages import Callback  # of both Lightning packages
-
 __all__ = [
     "INTERRUPTED_BY",
     "RETRY_OF",
     "STOP_SIGNALS",
-    "StopAtNextBatch",
     "StopRequest",
     "TrialInterrupted",
 ]
@@ -152,86 +146,3 @@ def _say(text: str) -> None:
     with contextlib.suppress(OSError):
         sys.stdout.flush()
         os.write(sys.stderr.fileno(), text.encode())
-
-
-class StopAtNextBatch(Callback):
-    """Ends ``trainer.fit`` at the next batch once the worker's :class:`StopRequest` is set.
-
-    In the worker's own process it raises :class:`TrialInterrupted` after any training or
-    validation batch, and at the start of fit, so a trial stops within one batch. In the rank
-    processes of a ``ddp_spawn`` trial (this object arrives there pickled) it restores the
-    default action of SIGINT and SIGTERM: the worker forwards its signal to the ranks, and the
-    kernel ends them at once, even inside a collective, so none can hang waiting for the others.
-
-    Args:
-        stop: the worker's stop request.
-    """
-
-    def __init__(self, stop: StopRequest) -> None:
-        super().__init__()
-        self.stop = stop
-        self._worker_pid = os.getpid()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_worker_pid": self._worker_pid}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.stop = StopRequest()
-        # Unpickled in a spawned rank process: take the default action before anything else runs
-        # (Python's KeyboardInterrupt would make the rank exit 0 without results, and the worker
-        # would wait for them forever).
-        self._default_action_in_rank()
-
-    def _in_rank_process(self) -> bool:
-        return os.getpid() != self._worker_pid
-
-    def _default_action_in_rank(self) -> None:
-        if self._in_rank_process() and threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-
-    def _check(self) -> None:
-        if not self._in_rank_process():
-            self.stop.raise_if_requested()
-
-    @override
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._check()
-
-    @override
-    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Lightning registers its own SIGTERM handler in each rank just before: undo it there.
-        self._default_action_in_rank()
-
-    @override
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._default_action_in_rank()
-        self._check()
-
-    @override
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self._check()
-
-    @override
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._check()
-
-    @override
-    def on_exception(
-        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
-    ) -> None:
-        # Lightning's own SIGTERM path ends a rank with SystemExit, whose status is 0: the worker
-        # would then wait for the rank's results forever. Make it an error exit instead.
-        if self._in_rank_process() and isinstance(exception, SystemExit):
-            raise RuntimeError(f"rank stopped by a signal ({type(exception).__name__})")

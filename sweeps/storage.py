@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -24,7 +25,8 @@ from urllib.parse import unquote
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
-from .config import StorageSpec
+from .checks import check_keys, mapping, positive_int
+from .errors import SweepConfigError
 
 __all__ = [
     "GRPC_SCHEME",
@@ -32,6 +34,7 @@ __all__ = [
     "STORAGE_CLASS_ENV",
     "STORAGE_ENV",
     "StorageError",
+    "StorageSpec",
     "default_storage_url",
     "is_relational",
     "open_storage",
@@ -40,6 +43,55 @@ __all__ = [
     "resolve_storage_class",
     "resolve_storage_url",
 ]
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Failed-worker recovery: a worker that stops beating for ``grace_period`` seconds has its
+    trial failed and re-queued (up to ``max_retry`` times) by the next worker that starts a trial.
+
+    ``storage_class`` (``JournalFileBackend`` for a journal file, as in Optuna's CLI) applies when
+    neither ``--storage-class`` nor ``$O2NC_SWEEP_STORAGE_CLASS`` is given; ``journal_lock``
+    (``symlink`` or ``open``) is the journal file's lock (see sweeps.storage).
+    """
+
+    heartbeat_interval: int = 60
+    grace_period: int = 180
+    max_retry: int | None = 3
+    storage_class: str | None = None
+    journal_lock: str = "symlink"
+
+    @classmethod
+    def parse(cls, spec: Any) -> StorageSpec:
+        spec = mapping(spec, "storage")
+        check_keys(
+            spec,
+            {"heartbeat_interval", "grace_period", "max_retry", "storage_class", "journal_lock"},
+            "storage",
+        )
+        interval = positive_int(spec.get("heartbeat_interval", 60), "storage.heartbeat_interval")
+        grace = positive_int(spec.get("grace_period", 3 * interval), "storage.grace_period")
+        if grace <= interval:
+            raise SweepConfigError(
+                f"storage.grace_period ({grace}) must exceed heartbeat_interval ({interval})"
+            )
+        max_retry = spec.get("max_retry", 3)
+        if max_retry is not None and (
+            isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0
+        ):
+            raise SweepConfigError(
+                f"storage.max_retry must be a non-negative integer or null, got {max_retry!r}"
+            )
+        storage_class = spec.get("storage_class")
+        if storage_class is not None and not isinstance(storage_class, str):
+            raise SweepConfigError(
+                f"storage.storage_class must be a class name, got {storage_class!r}"
+            )
+        lock = spec.get("journal_lock", "symlink")
+        if lock not in ("symlink", "open"):
+            raise SweepConfigError(f"storage.journal_lock must be symlink or open, got {lock!r}")
+        return cls(interval, grace, max_retry, storage_class, lock)
+
 
 #: Read when ``--storage`` is not given, so a password needs to appear neither in the shell
 #: history nor in the process list.
