@@ -99,6 +99,18 @@ def compute_grads(params, loss_fn):
     return loss
 
 
+def step_both(params, loss_fn, opt, reference):
+    """One step of ours and of the reference, on the same gradients and the same scalar s."""
+    compute_grads(params, loss_fn)
+    opt.step()
+    reference.step([p.grad for p in params], opt.last_scale)
+
+
+def assert_weights_match(params, reference):
+    for i, p in enumerate(params):
+        torch.testing.assert_close(p.detach(), reference.weights[i], rtol=1e-11, atol=1e-13)
+
+
 def assert_average_and_variance_match(opt, reference):
     """Our x_bar and V equal the reference's, computed from the whole history of iterates."""
     averages, variance = reference.averaged_iterate_and_variance()
@@ -167,11 +179,8 @@ def test_float64_trajectory_matches_the_reference_over_many_steps(foreach):
     params, opt, ref_groups = build(weights, groups, torch.float64, foreach=foreach)
     reference = ReferenceO2NC(params, ref_groups)
     for _ in range(40):
-        compute_grads(params, loss_fn)
-        opt.step()
-        reference.step([p.grad for p in params], opt.last_scale)
-    for i, p in enumerate(params):
-        torch.testing.assert_close(p.detach(), reference.weights[i], rtol=1e-11, atol=1e-13)
+        step_both(params, loss_fn, opt, reference)
+    assert_weights_match(params, reference)
 
 
 def test_foreach_and_for_loop_paths_agree_bit_for_bit_in_float32():
@@ -197,11 +206,8 @@ def test_mutating_group_hyperparameters_takes_effect_at_the_next_step():
             group.update(lr=lr, beta=beta, mu=mu)
             ref_group.update(lr=lr, beta=beta, mu=mu)
         for _ in range(3):
-            compute_grads(params, loss_fn)
-            opt.step()
-            reference.step([p.grad for p in params], opt.last_scale)
-    for i, p in enumerate(params):
-        torch.testing.assert_close(p.detach(), reference.weights[i], rtol=1e-11, atol=1e-13)
+            step_both(params, loss_fn, opt, reference)
+    assert_weights_match(params, reference)
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
@@ -263,9 +269,7 @@ def test_statistics_match_a_direct_computation(foreach):
     params, opt, ref_groups = build(weights, groups, torch.float64, foreach=foreach, average=True)
     reference = ReferenceO2NC(params, ref_groups)
     for _ in range(25):
-        compute_grads(params, loss_fn)
-        opt.step()
-        reference.step([p.grad for p in params], opt.last_scale)
+        step_both(params, loss_fn, opt, reference)
     stats = opt.statistics(c=3.0)
     update_norm = math.sqrt(
         sum(opt.state[p]["momentum_buffer"].square().sum().item() for p in params)
@@ -290,9 +294,7 @@ def test_averaged_iterate_follows_a_beta_schedule():
         beta = 0.5 + 0.02 * step
         for group, ref_group in zip(opt.param_groups, reference.groups):
             group["beta"] = ref_group["beta"] = beta
-        compute_grads(params, loss_fn)
-        opt.step()
-        reference.step([p.grad for p in params], opt.last_scale)
+        step_both(params, loss_fn, opt, reference)
     assert_average_and_variance_match(opt, reference)
 
 
@@ -303,9 +305,7 @@ def test_grad_ema_norm_is_the_normalized_weighted_gradient_average_under_schedul
     for step in range(12):
         for group, ref_group in zip(opt.param_groups, reference.groups):
             group["lr"] = ref_group["lr"] = 0.01 * (1 + step)
-        compute_grads(params, loss_fn)
-        opt.step()
-        reference.step([p.grad for p in params], opt.last_scale)
+        step_both(params, loss_fn, opt, reference)
     # Delta_n = -sum_k w_k g_k with w_k = eta_k prod_{j>=k} zeta_j; m_hat = sum w_k g_k / sum w_k:
     # the reference computes m_hat from that weighted sum over its whole history
     assert opt.statistics()["grad_ema_norm"].item() == pytest.approx(
@@ -336,11 +336,8 @@ def test_skip_nonfinite_leaves_everything_untouched_and_counts_the_step():
         opt.step()
         reference.step([p.grad for p in params], opt.last_scale)
     assert opt.skipped_steps.item() == 2
-    averages, variance = reference.averaged_iterate_and_variance()
-    assert opt.statistics()["iterate_variance"].item() == pytest.approx(variance, rel=1e-9)
-    for i, p in enumerate(params):
-        torch.testing.assert_close(p.detach(), reference.weights[i], rtol=1e-11, atol=1e-13)
-        torch.testing.assert_close(opt.averaged_iterate()[i], averages[i], rtol=1e-10, atol=1e-12)
+    assert_weights_match(params, reference)
+    assert_average_and_variance_match(opt, reference)
     assert opt.statistics()["grad_ema_norm"].item() == pytest.approx(
         reference.gradient_ema_norm(), rel=1e-9
     )
@@ -352,9 +349,7 @@ def test_averaged_iterate_and_variance_stay_exact_across_deviation_rescalings():
     reference = ReferenceO2NC(params, ref_groups)
     rescalings, previous = 0, [1.0, 1.0]
     for _ in range(120):
-        compute_grads(params, loss_fn)
-        opt.step()
-        reference.step([p.grad for p in params], opt.last_scale)
+        step_both(params, loss_fn, opt, reference)
         scales = [g["deviation_scale"] for g in opt.param_groups]
         rescalings += sum(k > k_old for k, k_old in zip(scales, previous))
         previous = scales
