@@ -83,6 +83,13 @@ def _trial_is_training(tmp_path: Path, number: int = 0) -> Callable[[], bool]:
     return lambda: any(run.glob("events.*"))
 
 
+def _start_training(worker, tmp_path: Path, sweep: Path, what: str, timeout: float = 240) -> Worker:
+    """A worker on ``sweep``, returned once its first trial trains and a signal can land in it."""
+    running = Worker(worker, tmp_path, sweep, "first")
+    running.wait_for(_trial_is_training(tmp_path), what, timeout=timeout)
+    return running
+
+
 def _sweeps(write_yaml, tiny_train_config, default_sweep, *, n_trials: int, **trainer):
     """A sweep whose trials train until interrupted, and the same sweep with 1-epoch trials."""
     changes = dict(n_trials=n_trials, pruner="none")
@@ -155,8 +162,7 @@ def test_a_signal_mid_trial_fails_that_trial_queues_it_again_and_the_rerun_runs_
     tmp_path, write_yaml, tiny_train_config, default_sweep, worker
 ):
     long_sweep, short_sweep = _sweeps(write_yaml, tiny_train_config, default_sweep, n_trials=2)
-    running = Worker(worker, tmp_path, long_sweep, "first")
-    running.wait_for(_trial_is_training(tmp_path), "trial 0 training")
+    running = _start_training(worker, tmp_path, long_sweep, "trial 0 training")
     time.sleep(1.0)
     seconds = running.signal_and_wait(signal.SIGINT)
     _report("mid-trial", signal.SIGINT, running, seconds)
@@ -227,8 +233,7 @@ def test_a_signal_to_the_worker_alone_stops_a_ddp_trial_and_its_rank_processes(
     long_sweep, short_sweep = _sweeps(
         write_yaml, tiny_train_config, default_sweep, n_trials=1, **ddp
     )
-    running = Worker(worker, tmp_path, long_sweep, "first")
-    running.wait_for(_trial_is_training(tmp_path), "the DDP trial training", timeout=480)
+    running = _start_training(worker, tmp_path, long_sweep, "the DDP trial training", timeout=480)
     time.sleep(1.0)
     ranks = _rank_processes(running.process.pid)
     assert len(ranks) == 2, ranks
@@ -248,8 +253,7 @@ def test_a_second_sigint_exits_at_once_and_says_truthfully_what_it_leaves(
     tmp_path, write_yaml, tiny_train_config, default_sweep, worker
 ):
     long_sweep, short_sweep = _sweeps(write_yaml, tiny_train_config, default_sweep, n_trials=2)
-    running = Worker(worker, tmp_path, long_sweep, "first")
-    running.wait_for(_trial_is_training(tmp_path), "trial 0 training")
+    running = _start_training(worker, tmp_path, long_sweep, "trial 0 training")
     seconds = running.signal_and_wait(signal.SIGINT, again_after=0.02)
     _report("second SIGINT", signal.SIGINT, running, seconds)
 
