@@ -38,7 +38,7 @@ from typing import Any
 from .compare import difference_text
 from .report import config_command, machine_description, markdown_table, mean_std, work_dir
 from .results import RESULTS_DIR, write_result
-from .workloads import with_train_hyperparameters
+from .workloads import QUIET_TRAINER, with_train_hyperparameters
 
 ARMS: dict[str, dict[str, Any]] = {
     "SGDM": {"optimizer": "sgdm", "average": False},
@@ -140,9 +140,7 @@ def train_one(config: dict[str, Any], arm: str, seed: int) -> dict[str, Any]:
         num_sanity_val_steps=0,
         logger=logger,
         log_every_n_steps=cfg.log_every_n_steps,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
         callbacks=[curves],
         deterministic=False,
     )

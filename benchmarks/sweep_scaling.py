@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from .report import BENCH_DIR, REPO_ROOT, markdown_table, work_dir
+from .workloads import QUIET_TRAINER
 
 DEMO = REPO_ROOT / "configs" / "sweeps" / "digits.yaml"
 RESULTS_JSON = BENCH_DIR / "results" / "sweep_scaling.json"
@@ -210,9 +211,7 @@ def bare_worker(logdir: Path, trials: int, epochs: int) -> None:
             accelerator="cpu",
             devices=1,
             logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
+            **QUIET_TRAINER,
         )
         trainer.fit(model, datamodule=DigitsDataModule(batch_size=64, seed=0))
         return float(trainer.callback_metrics["val/acc"])

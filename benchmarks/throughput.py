@@ -39,7 +39,7 @@ from lightning_o2nc import O2NCModule, param_groups_weight_decay
 from .report import config_command, machine_description, work_dir
 from .results import RESULTS_DIR, write_result
 from .throughput_report import to_markdown
-from .workloads import make_backbone, make_datamodule, with_train_hyperparameters
+from .workloads import QUIET_TRAINER, make_backbone, make_datamodule, with_train_hyperparameters
 
 
 class TorchSGDModule(O2NCModule):
@@ -160,9 +160,7 @@ def fit_once(
         num_sanity_val_steps=0,
         logger=logger,
         log_every_n_steps=50,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
         callbacks=[timer],
     )
     trainer.fit(model, datamodule=datamodule)

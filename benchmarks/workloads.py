@@ -16,6 +16,12 @@ from typing import Any
 
 from .report import WORK_DIR
 
+# A benchmark fit writes no checkpoint, draws no progress bar and prints no model summary.
+QUIET_TRAINER: dict[str, Any] = {
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = (
     "train-images-idx3-ubyte",
