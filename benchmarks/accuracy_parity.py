@@ -36,9 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from .compare import difference_text
-from .report import config_command, machine_description, markdown_table, mean_std, work_dir
+from .report import (
+    add_config_flags,
+    config_command,
+    machine_description,
+    markdown_table,
+    mean_std,
+    work_dir,
+)
 from .results import RESULTS_DIR, write_result
-from .workloads import QUIET_TRAINER, with_train_hyperparameters
+from .workloads import QUIET_TRAINER, module_hyperparameters, with_train_hyperparameters
 
 ARMS: dict[str, dict[str, Any]] = {
     "SGDM": {"optimizer": "sgdm", "average": False},
@@ -118,10 +125,8 @@ def train_one(config: dict[str, Any], arm: str, seed: int) -> dict[str, Any]:
     with_panel = options["optimizer"] == "o2nc" and options.get("average") and seed == cfg.seeds[0]
     model = O2NCModule(
         backbone=backbone,
-        lr=cfg.lr,
-        beta=cfg.beta,
-        weight_decay=cfg.weight_decay,
         seed=seed,
+        **module_hyperparameters(cfg),
         schedules={"lr": {"shape": cfg.lr_schedule}},
         certificate_c=cfg.certificate_c,
         monitor=bool(with_panel),
@@ -310,13 +315,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = asdict(ParityConfig())
-    for name, value in defaults.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, list):
-            parser.add_argument(flag, type=int, nargs="+", default=value)
-        else:
-            kind = int if name == "batch_size" else float if value is None else type(value)
-            parser.add_argument(flag, type=kind, default=value)
+    add_config_flags(parser, defaults)
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder of the JSON and the PNGs")
     args = vars(parser.parse_args(argv))
     out = Path(args.pop("out"))

@@ -4,6 +4,7 @@ description that every results file records.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import os
 import platform
@@ -110,6 +111,25 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
     if len(scaled) == 1:
         return f"{scaled[0]:.{digits}f}"
     return f"{statistics.fmean(scaled):.{digits}f} ± {statistics.stdev(scaled):.{digits}f}"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """One ``--flag`` per field of a benchmark's config (``defaults``: ``asdict`` of its defaults).
+
+    Lists take one or more integers; booleans read 1/true/yes; a None default (a training
+    hyper-parameter taken from configs/train) is a float, except ``batch_size``, an integer.
+    """
+    for name, value in defaults.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, list):
+            parser.add_argument(flag, type=int, nargs="+", default=value)
+        elif isinstance(value, bool):
+            parser.add_argument(
+                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value
+            )
+        else:
+            kind = int if name == "batch_size" else float if value is None else type(value)
+            parser.add_argument(flag, type=kind, default=value)
 
 
 def config_command(module: str, config: dict[str, Any], defaults: dict[str, Any]) -> str:

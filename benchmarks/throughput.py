@@ -36,10 +36,16 @@ from typing_extensions import override
 
 from lightning_o2nc import O2NCModule, param_groups_weight_decay
 
-from .report import config_command, machine_description, work_dir
+from .report import add_config_flags, config_command, machine_description, work_dir
 from .results import RESULTS_DIR, write_result
 from .throughput_report import to_markdown
-from .workloads import QUIET_TRAINER, make_backbone, make_datamodule, with_train_hyperparameters
+from .workloads import (
+    QUIET_TRAINER,
+    make_backbone,
+    make_datamodule,
+    module_hyperparameters,
+    with_train_hyperparameters,
+)
 
 
 class TorchSGDModule(O2NCModule):
@@ -138,10 +144,8 @@ def fit_once(
     )
     model = module_class(
         backbone=backbone,
-        lr=config.lr,
-        beta=config.beta,
-        weight_decay=config.weight_decay,
         seed=seed,
+        **module_hyperparameters(config),
         **kwargs,
     )
     timer = SamplesPerSecond(config.warmup_batches)
@@ -197,16 +201,7 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = ThroughputConfig()
-    for field, value in asdict(defaults).items():
-        flag = "--" + field.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument(
-                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value
-            )
-        else:
-            kind = int if field == "batch_size" else float if value is None else type(value)
-            parser.add_argument(flag, type=kind, default=value)
+    add_config_flags(parser, asdict(ThroughputConfig()))
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder of throughput.json")
     args = vars(parser.parse_args(argv))
     out = Path(args.pop("out"))

@@ -114,6 +114,11 @@ def with_train_hyperparameters(config: Any) -> Any:
     return dataclasses.replace(config, **unset)
 
 
+def module_hyperparameters(config: Any) -> dict[str, Any]:
+    """The model's share of ``config``'s training hyper-parameters (all but the batch size)."""
+    return {k: getattr(config, k) for k in TRAIN_HYPERPARAMETERS if k != "batch_size"}
+
+
 def make_datamodule(dataset: str, batch_size: int, seed: int = 0, num_workers: int = 0) -> Any:
     """``"digits"`` or ``"fashion_mnist"`` as the Lightning layer's data module."""
     from lightning_o2nc import DigitsDataModule, FashionMNISTDataModule
