@@ -63,6 +63,15 @@ def _require(condition: bool, shape: str, message: str) -> None:
         raise ValueError(f"Invalid {shape!r} schedule: {message}")
 
 
+def _check_fraction(shape: str, name: str, value: Any) -> None:
+    _require(0.0 <= value <= 1.0, shape, f"{name}={value!r} must be in [0, 1]")
+
+
+def _half_cosine(min_factor: float, progress: float) -> float:
+    """From 1 at ``progress`` 0 down to ``min_factor`` at ``progress`` 1, along half a cosine."""
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def _check_horizon(shape: str, total_steps: Any) -> None:
     _require(
         isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps >= 1,
@@ -107,17 +116,11 @@ class Cosine(Schedule):
 
     def __post_init__(self) -> None:
         _check_horizon(self.shape, self.total_steps)
-        _require(
-            0.0 <= self.min_factor <= 1.0,
-            self.shape,
-            f"min_factor={self.min_factor!r} must be in [0, 1]",
-        )
+        _check_fraction(self.shape, "min_factor", self.min_factor)
 
     def __call__(self, t: int) -> float:
         progress = min(t, self.total_steps) / self.total_steps
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (
-            1.0 + math.cos(math.pi * progress)
-        )
+        return _half_cosine(self.min_factor, progress)
 
 
 @dataclass(frozen=True)
@@ -135,16 +138,8 @@ class WarmupCosine(Schedule):
             self.shape,
             f"warmup_steps={self.warmup_steps!r} must be an int in [0, total_steps={self.total_steps}]",
         )
-        _require(
-            0.0 <= self.min_factor <= 1.0,
-            self.shape,
-            f"min_factor={self.min_factor!r} must be in [0, 1]",
-        )
-        _require(
-            0.0 <= self.warmup_start_factor <= 1.0,
-            self.shape,
-            f"warmup_start_factor={self.warmup_start_factor!r} must be in [0, 1]",
-        )
+        _check_fraction(self.shape, "min_factor", self.min_factor)
+        _check_fraction(self.shape, "warmup_start_factor", self.warmup_start_factor)
 
     def __call__(self, t: int) -> float:
         if t < self.warmup_steps:
@@ -152,9 +147,7 @@ class WarmupCosine(Schedule):
             return self.warmup_start_factor + (1.0 - self.warmup_start_factor) * progress
         decay_steps = max(self.total_steps - self.warmup_steps, 1)
         progress = min(t - self.warmup_steps, decay_steps) / decay_steps
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (
-            1.0 + math.cos(math.pi * progress)
-        )
+        return _half_cosine(self.min_factor, progress)
 
 
 @dataclass(frozen=True)
