@@ -1,5 +1,5 @@
 """Prints pip requirements pinning the packages named on the command line to the lower bounds
-that pyproject.toml states for them (``lightning>=2.4,<3`` -> ``lightning==2.4``).
+that pyproject.toml states for them (``lightning>=2.6,<3`` -> ``lightning==2.6``; needs Python 3.11).
 
     python .ci/lower_bounds.py lightning optuna optuna-integration
 
@@ -9,8 +9,9 @@ that pyproject.toml states for them (``lightning>=2.4,<3`` -> ``lightning==2.4``
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ALIASES = {"pytorch-lightning": "lightning"}
 
@@ -28,7 +29,9 @@ def lower_bounds(names: list[str]) -> list[str]:
     for name in names:
         source = ALIASES.get(name, name)
         if source not in bounds:
-            raise SystemExit(f"lower_bounds.py: pyproject.toml states no lower bound for {source!r}")
+            raise SystemExit(
+                f"lower_bounds.py: pyproject.toml states no lower bound for {source!r}"
+            )
         pins.append(f"{name}=={bounds[source]}")
     return pins
 
