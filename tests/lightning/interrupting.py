@@ -22,4 +22,7 @@ class CtrlCAtEpoch(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
+            # A shell starts background jobs with SIGINT ignored, and Python keeps it so; a
+            # terminal's Ctrl-C reaches a foreground process, whose handler is Python's default.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.raise_signal(signal.SIGINT)
