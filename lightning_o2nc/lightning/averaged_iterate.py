@@ -178,8 +178,7 @@ class AveragedIterate(Callback):
     def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._evaluating = self._prepare(trainer, pl_module)
 
-    @override
-    def on_validation_batch_end(
+    def _on_evaluation_batch_end(
         self,
         trainer: Any,
         pl_module: Any,
@@ -188,25 +187,22 @@ class AveragedIterate(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        several = len(trainer.num_val_batches) > 1
-        self._step_at_averaged_iterate(
-            pl_module, trainer.strategy.validation_step, batch, batch_idx, dataloader_idx, several
-        )
+        """Run the batch's validation (or test) step again at x_bar, logging under the suffix."""
+        if not self._evaluating:
+            return
+        if trainer.testing:
+            step, num_batches = trainer.strategy.test_step, trainer.num_test_batches
+        else:
+            step, num_batches = trainer.strategy.validation_step, trainer.num_val_batches
+        extra = {"dataloader_idx": dataloader_idx} if len(num_batches) > 1 else {}
+        with (
+            self._averaged_weights(pl_module, self._evaluating, self._averaged_bn_state),
+            logging_with_suffix(pl_module, self.suffix),
+        ):
+            step(batch, batch_idx, **extra)
 
-    @override
-    def on_test_batch_end(
-        self,
-        trainer: Any,
-        pl_module: Any,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        several = len(trainer.num_test_batches) > 1
-        self._step_at_averaged_iterate(
-            pl_module, trainer.strategy.test_step, batch, batch_idx, dataloader_idx, several
-        )
+    on_validation_batch_end = override(_on_evaluation_batch_end)
+    on_test_batch_end = override(_on_evaluation_batch_end)
 
     @override
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -246,24 +242,6 @@ class AveragedIterate(Callback):
                 "stored in the checkpoint; x_bar is evaluated with the training weights' statistics."
             )
         return sources
-
-    def _step_at_averaged_iterate(
-        self,
-        pl_module: Any,
-        step: Callable[..., Any],
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int,
-        several_dataloaders: bool,
-    ) -> None:
-        if not self._evaluating:
-            return
-        extra = {"dataloader_idx": dataloader_idx} if several_dataloaders else {}
-        with (
-            self._averaged_weights(pl_module, self._evaluating, self._averaged_bn_state),
-            logging_with_suffix(pl_module, self.suffix),
-        ):
-            step(batch, batch_idx, **extra)
 
     @contextmanager
     def _averaged_weights(
