@@ -9,40 +9,12 @@ very same classes (each derives from both packages' base class, so either Traine
 classes by :func:`~lightning_o2nc.lightning.packages.for_package`.
 """
 
-from .lightning import (
-    MLP,
-    AveragedIterate,
-    CIFAR10DataModule,
-    ClassificationDataModule,
-    DigitsDataModule,
-    EpochSeededSampler,
-    FashionMNISTDataModule,
-    O2NCMonitor,
-    SmallCNN,
-    SyntheticDataModule,
-    build_backbone,
-    resnet18_cifar,
-)
-from .lightning import O2NCModule as _O2NCModule
+from . import lightning as _lightning
+from .lightning import *  # noqa: F403  (every name of the lightning layer, listed in its __all__)
 from .lightning.cli import O2NCLightningCLI as _O2NCLightningCLI
 from .lightning.packages import for_package
 
-O2NCModule = for_package(_O2NCModule, "pytorch_lightning")
+O2NCModule = for_package(_lightning.O2NCModule, "pytorch_lightning")
 O2NCLightningCLI = for_package(_O2NCLightningCLI, "pytorch_lightning")
 
-__all__ = [
-    "MLP",
-    "AveragedIterate",
-    "CIFAR10DataModule",
-    "ClassificationDataModule",
-    "DigitsDataModule",
-    "EpochSeededSampler",
-    "FashionMNISTDataModule",
-    "O2NCLightningCLI",
-    "O2NCModule",
-    "O2NCMonitor",
-    "SmallCNN",
-    "SyntheticDataModule",
-    "build_backbone",
-    "resnet18_cifar",
-]
+__all__ = [*_lightning.__all__, "O2NCLightningCLI"]
