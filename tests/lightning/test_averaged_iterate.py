@@ -12,6 +12,24 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _val_loss_sum_at_x_bar(trainer, model, stored_bn_state, dm, logits):
+    """Summed validation loss with the optimizer's x_bar swapped in and the stored BatchNorm
+    statistics loaded; then the training weights come back (optimizer ``train()``) and the
+    training BatchNorm buffers are put back."""
+    training = _state(model)
+    trainer.optimizers[0].eval()
+    model.load_state_dict({**model.state_dict(), **stored_bn_state})
+    model.eval()
+    with torch.no_grad():
+        total = sum(
+            torch.nn.functional.cross_entropy(logits(x), y, reduction="sum")
+            for x, y in dm.val_dataloader()
+        )
+    trainer.optimizers[0].train()
+    model.load_state_dict({**model.state_dict(), **{k: training[k] for k in stored_bn_state}})
+    return float(total)
+
+
 def _fit(make_model, make_data, trainer_kwargs, callbacks=(), **model_kwargs):
     torch.manual_seed(0)
     model = make_model(**model_kwargs)
@@ -145,19 +163,10 @@ def test_batch_norm_statistics_at_x_bar_are_recomputed_stored_and_used(make_data
     dm = make_data()
     dm.setup("fit")
     training_state = _state(model)
-    trainer.optimizers[0].eval()
-    model.load_state_dict({**model.state_dict(), **stored})
-    model.eval()
-    with torch.no_grad():
-        losses = [
-            torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
-            for x, y in dm.val_dataloader()
-        ]
+    total = _val_loss_sum_at_x_bar(trainer, model, stored, dm, model)
     assert trainer.callback_metrics["val/loss_avg"] == pytest.approx(
-        float(sum(losses) / len(dm.val_set)), rel=1e-5
+        total / len(dm.val_set), rel=1e-5
     )
-    trainer.optimizers[0].train()
-    model.load_state_dict({**model.state_dict(), **{k: training_state[k] for k in buffers}})
     assert all(torch.equal(v, training_state[k]) for k, v in model.state_dict().items())
 
 
@@ -232,15 +241,5 @@ def test_batch_norm_statistics_at_x_bar_come_from_forward_batch(
 
     dm = make_data()
     dm.setup("fit")
-    training = _state(model)
-    trainer.optimizers[0].eval()
-    model.load_state_dict({**model.state_dict(), **stored})
-    model.eval()
-    with torch.no_grad():
-        total = sum(
-            torch.nn.functional.cross_entropy(model.logits(x), y, reduction="sum")
-            for x, y in dm.val_dataloader()
-        )
-    trainer.optimizers[0].train()
-    model.load_state_dict(training)
-    assert float(trainer.callback_metrics["val/loss_avg"]) == pytest.approx(float(total), rel=1e-5)
+    total = _val_loss_sum_at_x_bar(trainer, model, stored, dm, model.logits)
+    assert float(trainer.callback_metrics["val/loss_avg"]) == pytest.approx(total, rel=1e-5)
