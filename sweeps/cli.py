@@ -96,23 +96,13 @@ def _report_parser() -> argparse.ArgumentParser:
 def _report(argv: Sequence[str], console: Console) -> int:
     import optuna
 
-    from .config import StorageSpec
     from .report import write_report
-    from .storage import (
-        STORAGE_ENV,
-        StorageError,
-        open_storage,
-        redact,
-        resolve_storage_class,
-        resolve_storage_url,
-    )
+    from .storage import STORAGE_ENV, StorageError, open_resolved_storage, redact
 
     args = _report_parser().parse_args(argv)
     if not args.storage and not os.environ.get(STORAGE_ENV):
         raise StorageError(f"give --storage URL (or set {STORAGE_ENV})")
-    storage_class = resolve_storage_class(args.storage_class)
-    url = resolve_storage_url(args.storage, Path.cwd(), storage_class)
-    storage = open_storage(url, StorageSpec(), storage_class)
+    url, storage = open_resolved_storage(args.storage, args.storage_class, Path.cwd(), None)
     try:
         study = optuna.load_study(study_name=args.study_name, storage=storage)
     except KeyError:

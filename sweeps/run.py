@@ -22,13 +22,7 @@ from .progress import SweepProgress
 from .report import Report, write_report
 from .samplers import build_sampler
 from .signals import StopRequest, TrialInterrupted
-from .storage import (
-    open_storage,
-    redact,
-    refuse_ddp_without_rdb,
-    resolve_storage_class,
-    resolve_storage_url,
-)
+from .storage import open_resolved_storage, redact, refuse_ddp_without_rdb
 from .study import StopWhenStudyIsComplete, count_finished, open_study
 
 __all__ = ["SweepOutcome", "run_sweep"]
@@ -130,9 +124,7 @@ def _run(
 ) -> SweepOutcome:
     spawn = spawn_strategy(sweep.base_config.get("trainer") or {})
     logdir.mkdir(parents=True, exist_ok=True)
-    storage_class = resolve_storage_class(storage_class, sweep.storage)
-    url = resolve_storage_url(storage, logdir, storage_class)
-    backend = open_storage(url, sweep.storage, storage_class)
+    url, backend = open_resolved_storage(storage, storage_class, logdir, sweep.storage)
     if spawn is not None:
         refuse_ddp_without_rdb(backend, url, spawn)
     check_trial_config(sweep, stop)  # a bad override: one line, and no study yet

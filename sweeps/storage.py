@@ -37,6 +37,7 @@ __all__ = [
     "StorageSpec",
     "default_storage_url",
     "is_relational",
+    "open_resolved_storage",
     "open_storage",
     "redact",
     "refuse_ddp_without_rdb",
@@ -337,6 +338,15 @@ def open_storage(
 
         return open_grpc_proxy(url)
     return _open_rdb(url, spec, heartbeat)
+
+
+def open_resolved_storage(
+    storage: str | None, storage_class: str | None, logdir: str | Path, spec: StorageSpec | None
+) -> tuple[str, BaseStorage]:
+    """The URL and class resolved from the arguments, and the storage opened there."""
+    storage_class = resolve_storage_class(storage_class, spec)
+    url = resolve_storage_url(storage, logdir, storage_class)
+    return url, open_storage(url, spec, storage_class)
 
 
 def is_relational(storage: BaseStorage) -> bool:
