@@ -12,6 +12,7 @@ from tbparse import SummaryReader
 from lightning_o2nc import ExponentiatedO2NC
 from lightning_o2nc.lightning import SyntheticDataModule
 from lightning_o2nc.lightning.cli import build_run, main
+from tests.train_configs import cpu_trainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 
@@ -19,24 +20,23 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 def _synthetic_config(tmp_path, **trainer):
     return {
         "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 2,
-            "accelerator": "cpu",
-            "devices": 1,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "log_every_n_steps": 2,
-            "default_root_dir": str(tmp_path),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {
-                    "save_dir": str(tmp_path / "runs"),
-                    "name": "synthetic",
-                    "default_hp_metric": False,
+        "trainer": cpu_trainer(
+            {
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "log_every_n_steps": 2,
+                "default_root_dir": str(tmp_path),
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {
+                        "save_dir": str(tmp_path / "runs"),
+                        "name": "synthetic",
+                        "default_hp_metric": False,
+                    },
                 },
             },
-            **trainer,
-        },
+            trainer,
+        ),
         "model": {
             "backbone": "mlp",
             "optimizer": "o2nc",

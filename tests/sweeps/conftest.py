@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from sweeps.local_postgres import PostgresUnavailable, local_postgres
+from tests.train_configs import cpu_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 PG_PASSWORD = "Tr0ub4dor-pg-secret"
@@ -27,14 +28,7 @@ def tiny_train_config(**trainer: Any) -> dict[str, Any]:
     """A train config that fits in about a second: synthetic clusters, a small MLP, 2 epochs."""
     return {
         "seed_everything": 0,
-        "trainer": {
-            "max_epochs": 2,
-            "accelerator": "cpu",
-            "devices": 1,
-            "enable_checkpointing": False,
-            "log_every_n_steps": 1,
-            **trainer,
-        },
+        "trainer": cpu_trainer({"enable_checkpointing": False, "log_every_n_steps": 1}, trainer),
         "model": {
             "backbone": "mlp",
             "optimizer": "o2nc",
