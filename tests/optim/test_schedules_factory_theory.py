@@ -8,16 +8,13 @@ import math
 import pytest
 import torch
 
-from lightning_o2nc import (
-    ExponentiatedO2NC,
-    HyperparameterScheduler,
+from lightning_o2nc import ExponentiatedO2NC, HyperparameterScheduler, make_schedule
+from lightning_o2nc.optim.factory import (
+    OPTIMIZERS,
     build_optimizer,
     build_schedulers,
-    make_schedule,
     param_groups_weight_decay,
-    theory_guided_hyperparameters,
 )
-from lightning_o2nc.optim.factory import OPTIMIZERS
 from lightning_o2nc.optim.hyperparameters import (
     GROUP_HYPERPARAMETERS,
     HYPERPARAMETERS,
@@ -25,6 +22,7 @@ from lightning_o2nc.optim.hyperparameters import (
     validate_hyperparameters,
 )
 from lightning_o2nc.optim.schedules import SCHEDULE_ARGUMENTS, SCHEDULE_SHAPES
+from lightning_o2nc.optim.theory import theory_guided_hyperparameters
 
 
 def model_with_norm() -> torch.nn.Module:
