@@ -72,14 +72,6 @@ def _half_cosine(min_factor: float, progress: float) -> float:
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _check_horizon(shape: str, total_steps: Any) -> None:
-    _require(
-        isinstance(total_steps, int) and not isinstance(total_steps, bool) and total_steps >= 1,
-        shape,
-        f"total_steps must be an int >= 1, got {total_steps!r}",
-    )
-
-
 @dataclass(frozen=True)
 class Constant(Schedule):
     shape: ClassVar[str] = "constant"
@@ -89,14 +81,33 @@ class Constant(Schedule):
 
 
 @dataclass(frozen=True)
-class Linear(Schedule):
+class _FiniteHorizon(Schedule):
+    """A schedule over ``total_steps`` scheduler steps (checked to be an int >= 1)."""
+
     total_steps: int
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.total_steps, int)
+            and not isinstance(self.total_steps, bool)
+            and self.total_steps >= 1,
+            self.shape,
+            f"total_steps must be an int >= 1, got {self.total_steps!r}",
+        )
+
+    def _progress(self, t: int) -> float:
+        """t / total_steps, held at 1 after the horizon."""
+        return min(t, self.total_steps) / self.total_steps
+
+
+@dataclass(frozen=True)
+class Linear(_FiniteHorizon):
     start_factor: float = 1.0
     end_factor: float = 0.0
     shape: ClassVar[str] = "linear"
 
     def __post_init__(self) -> None:
-        _check_horizon(self.shape, self.total_steps)
+        super().__post_init__()
         for name in ("start_factor", "end_factor"):
             value = getattr(self, name)
             _require(
@@ -104,35 +115,31 @@ class Linear(Schedule):
             )
 
     def __call__(self, t: int) -> float:
-        progress = min(t, self.total_steps) / self.total_steps
-        return self.start_factor + (self.end_factor - self.start_factor) * progress
+        return self.start_factor + (self.end_factor - self.start_factor) * self._progress(t)
 
 
 @dataclass(frozen=True)
-class Cosine(Schedule):
-    total_steps: int
+class Cosine(_FiniteHorizon):
     min_factor: float = 0.0
     shape: ClassVar[str] = "cosine"
 
     def __post_init__(self) -> None:
-        _check_horizon(self.shape, self.total_steps)
+        super().__post_init__()
         _check_fraction(self.shape, "min_factor", self.min_factor)
 
     def __call__(self, t: int) -> float:
-        progress = min(t, self.total_steps) / self.total_steps
-        return _half_cosine(self.min_factor, progress)
+        return _half_cosine(self.min_factor, self._progress(t))
 
 
 @dataclass(frozen=True)
-class WarmupCosine(Schedule):
-    total_steps: int
+class WarmupCosine(_FiniteHorizon):
     warmup_steps: int
     min_factor: float = 0.0
     warmup_start_factor: float = 0.0
     shape: ClassVar[str] = "warmup_cosine"
 
     def __post_init__(self) -> None:
-        _check_horizon(self.shape, self.total_steps)
+        super().__post_init__()
         _require(
             isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= self.total_steps,
             self.shape,
