@@ -113,7 +113,10 @@ class SweepObjective:
         self.stop = stop or StopRequest()
         self.grid = sweep.sampler.name == "grid"
         self.trials_run = 0
-        #: The trial now running in this worker, or ``None``.
+        #: The trial this worker has started and Optuna has not yet recorded as finished, or
+        #: ``None``. Cleared by :meth:`trial_recorded` (and by the caller once ``optimize``
+        #: returns or raises), not when this call returns: until Optuna tells the storage, the
+        #: trial is still RUNNING there, which is what a second signal must report.
         self.running: int | None = None
         #: ``(number, queued again)`` of the trial a stop request interrupted.
         self.interrupted: tuple[int, bool] | None = None
@@ -146,10 +149,12 @@ class SweepObjective:
                 raise
             self._interrupted(trial)
             raise TrialInterrupted(self.stop.signal_name) from error
-        finally:
-            self.running = None
         self.trials_run += 1
         return value
+
+    def trial_recorded(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna callback, called once the trial's final state is in the storage."""
+        self.running = None
 
     def _interrupted(self, trial: optuna.Trial) -> None:
         """Record why the trial failed and queue its parameters again (it does not count)."""

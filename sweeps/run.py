@@ -154,18 +154,23 @@ def _run(
             else:
                 # No n_trials here: a skipped duplicate or an interrupted trial does not count,
                 # so the study's own count decides when this worker is done.
-                study.optimize(
-                    objective,
-                    timeout=sweep.timeout,
-                    catch=(NonFiniteObjective, DuplicateConfiguration),
-                    callbacks=[
-                        display.trial_finished,
-                        StopWhenStudyIsComplete(sweep.n_trials),
-                        _StopOnRequest(stop, display),
-                        _StopWhenOnlyDuplicates(display),
-                    ],
-                    gc_after_trial=True,
-                )
+                try:
+                    study.optimize(
+                        objective,
+                        timeout=sweep.timeout,
+                        catch=(NonFiniteObjective, DuplicateConfiguration),
+                        callbacks=[
+                            objective.trial_recorded,
+                            display.trial_finished,
+                            StopWhenStudyIsComplete(sweep.n_trials),
+                            _StopOnRequest(stop, display),
+                            _StopWhenOnlyDuplicates(display),
+                        ],
+                        gc_after_trial=True,
+                    )
+                finally:
+                    # Optuna records a trial's state before an exception leaves optimize.
+                    objective.running = None
         except TrialInterrupted:
             display.print(_interruption_message(stop, objective))
         stop.last_words = lambda: ""
