@@ -54,11 +54,15 @@ class LoggingStepAxis:
             return False, None
         step = self.batches_that_stepped
         self.batches_that_stepped += 1
-        every = trainer.log_every_n_steps
-        writes = bool(trainer.fast_dev_run) or (
-            every > 0 and ((step + 1) % every == 0 or trainer.should_stop)
-        )
-        return True, step if writes else None
+        return True, step if writes_training_metrics(trainer, step) else None
+
+
+def writes_training_metrics(trainer: Any, step: int) -> bool:
+    """Whether Lightning writes the training metrics logged at axis step ``step``."""
+    every = trainer.log_every_n_steps
+    return bool(trainer.fast_dev_run) or (
+        every > 0 and ((step + 1) % every == 0 or trainer.should_stop)
+    )
 
 
 @contextmanager

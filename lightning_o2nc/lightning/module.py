@@ -16,6 +16,7 @@ from ..optim.factory import OPTIMIZERS
 from ..optim.hyperparameters import HYPERPARAMETERS
 from .averaged_iterate import AveragedIterate
 from .backbones import BACKBONES, build_backbone
+from .compat import writes_training_metrics
 from .errors import RunConfigError
 from .monitor import O2NCMonitor
 from .packages import Callback, lightning_class, twins
@@ -244,8 +245,9 @@ class O2NCModule:
         One ``self.log`` costs about 0.5 ms on a CPU (Lightning's result collection), as much as
         a whole step of a small model, so the per-step training metrics are logged only where they
         are read: at every batch while a progress bar shows them (and under ``fast_dev_run`` or
-        manual optimization), else at the batches whose metrics the loggers write (every
-        ``log_every_n_steps`` optimizer steps) and at the last batch of each epoch, for callbacks
+        manual optimization), else at the batches whose metrics the loggers write (the rule of
+        :func:`~.compat.writes_training_metrics`, shared with the monitor's step axis) and at the
+        last batch of each epoch, for callbacks
         that monitor them at epoch end. Every input of the decision is the same on all DDP ranks,
         so the ``sync_dist`` reduction stays collective.
         """
@@ -253,12 +255,10 @@ class O2NCModule:
             trainer = self.trainer
         except RuntimeError:  # called outside a Trainer
             return True
-        if trainer.progress_bar_callback is not None or trainer.fast_dev_run:
+        if trainer.progress_bar_callback is not None or not self.automatic_optimization:
             return True
-        if not self.automatic_optimization:
-            return True
-        every = trainer.log_every_n_steps
-        logged = every > 0 and (trainer.global_step + 1) % every == 0
+        # before the optimizer step, global_step is the axis step of this batch's metrics
+        logged = writes_training_metrics(trainer, trainer.global_step)
         return logged or batch_idx + 1 == trainer.num_training_batches
 
     @override
