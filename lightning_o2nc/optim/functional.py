@@ -2,18 +2,19 @@
 
 :func:`o2nc` is one step on lists of tensors: it works out the step's :class:`Coefficients` once
 and dispatches to one of three kernels with one signature. :func:`average_o2nc` then moves x_bar
-and V. Each kernel takes ``(params, grads, deltas, deviations, coefficients, all_finite, track_norm)``,
+and V. Each kernel takes ``(params, grads, deltas, deviations, coefficients, all_finite, flat)``,
 where the dispatcher has worked out the :class:`Coefficients` once, and performs per tensor
 
     Delta <- zeta Delta + grad g + decay x;   x <- x + move Delta;   u <- u + deviation Delta
 
-(u only with averaging). With ``track_norm`` it also returns ``||u||^2`` and ``||Delta||^2`` per
-tensor, for V and :meth:`~lightning_o2nc.optim.o2nc.ExponentiatedO2NC.statistics`.
+(u only with averaging). The reductions (``||u||^2`` for V, ``||Delta||^2`` for the statistics)
+are not the kernels' business: the optimizer takes them over its flat buffers
+(:mod:`~lightning_o2nc.optim.flat`), one call per buffer, and only when something reads them.
 
 - :func:`single_tensor_o2nc`: a loop over tensors, each updated while it is in cache (fastest on
-  the CPU, where it also takes ``||u||^2`` right after updating u);
+  the CPU for large models);
 - :func:`multi_tensor_o2nc`: torch's multi-tensor (``_foreach``) kernels, per device and dtype
-  (fastest on CUDA);
+  (fastest on CUDA, and on the CPU for small models, where the cost is one call per tensor);
 - :func:`masked_o2nc`: the update applied only where a 0-d bool tensor holds, decided on the device
   (``skip_nonfinite``); ``move`` and ``deviation`` are then 0-d tensors.
 """
@@ -28,6 +29,7 @@ from torch import Tensor
 
 __all__ = [
     "Coefficients",
+    "FlatBuffers",
     "all_gradients_finite",
     "average_o2nc",
     "averaged_iterates",
@@ -36,7 +38,6 @@ __all__ = [
     "multi_tensor_o2nc",
     "o2nc",
     "single_tensor_o2nc",
-    "squared_norm_parts",
     "switch_weights_",
     "total",
     "where",
@@ -44,6 +45,14 @@ __all__ = [
 
 
 _RESCALE_BELOW = 2.0**-10  # rescale the stored iterate deviation before its factor k gets tiny
+
+
+class FlatBuffers(NamedTuple):
+    """Flat buffers that the ``deltas`` (and ``deviations``) lists tile exactly, one per device
+    and dtype, paired by position: whole-list operations become one call each."""
+
+    deltas: list[Tensor]
+    deviations: list[Tensor] | None
 
 
 class Coefficients(NamedTuple):
@@ -72,17 +81,15 @@ def o2nc(
     deviation_scale: float = 1.0,
     all_finite: Tensor | None = None,
     foreach: bool = False,
-    track_norm: bool = False,
-) -> tuple[list[Tensor], list[Tensor]]:
+    flat: FlatBuffers | None = None,
+) -> None:
     """One O2NC step on lists of tensors, in place (functional API, like ``torch.optim.sgd.sgd``).
 
     ``Delta <- zeta (Delta - eta g)`` (g with weight decay and sign applied), ``x <- x + s Delta``
     and, when ``deviations`` (u) are given, ``u <- u + (s / deviation_scale) Delta``. With
     ``all_finite`` (a 0-d bool tensor) the step is applied only where it holds, decided on the device.
-
-    Returns:
-        ``(||u_i||^2 per deviation, ||Delta_i||^2 per tensor)`` as 0-d tensors when
-        ``track_norm``, else two empty lists.
+    ``flat``, when the lists are views that tile flat buffers exactly, lets the multi-tensor kernel
+    scale Δ and move u with one call per buffer (the others ignore it).
     """
     zeta = beta / (1.0 + lr * mu)
     step = zeta * lr
@@ -100,7 +107,7 @@ def o2nc(
         kernel = multi_tensor_o2nc
     else:
         kernel = single_tensor_o2nc
-    return kernel(params, grads, deltas, deviations, coefficients, all_finite, track_norm)
+    kernel(params, grads, deltas, deviations, coefficients, all_finite, flat)
 
 
 def total(values: list[Tensor | float], device: torch.device) -> Tensor:
@@ -122,8 +129,8 @@ def all_gradients_finite(grads: list[Tensor | None], device: torch.device) -> Te
 
 
 def average_o2nc(
-    deviations: list[Tensor],
-    squares: list[Tensor] | None,
+    flat_deviations: list[Tensor],
+    squared_deviation: float | Tensor | None,
     *,
     deviation_scale: float,
     weight_sum: float | Tensor,
@@ -135,19 +142,20 @@ def average_o2nc(
 
     x_bar is stored as its deviation from the weights, ``x - x_bar = k u``: one buffer u per
     parameter and one scalar k per group. Since ``d_n = (x_{n-1} - x_bar_{n-1}) + s_n Delta_n``,
-    the kernels add ``(s_n / k) Delta_n`` to u in the step's own pass over each tensor, while Δ is in
-    cache, which makes ``k u = d_n``; ``||d_n||^2``, the one reduction V needs, is taken there too,
-    and only while V is tracked. Then ``x_n - x_bar_n = (1 - a_n) d_n`` only rescales k.
+    the kernels add ``(s_n / k) Delta_n`` to u in the step's own pass over each tensor, which makes
+    ``k u = d_n``. Then ``x_n - x_bar_n = (1 - a_n) d_n`` only rescales k.
 
     Args:
-        deviations: every u of the group (also of parameters that did not move: they share k).
-        squares: ``||u_i||^2`` of all of them when V is tracked, else ``None`` (V is kept as is).
+        flat_deviations: the group's u, as the flat buffers that hold every parameter's u (also of
+            parameters that did not move: they share k).
+        squared_deviation: ``||u||^2`` over the group when V is tracked, else ``None`` (V is kept
+            as is); V needs ``||d_n||^2 = k^2 ||u||^2``, its one reduction.
         deviation_scale: k; weight_sum: A_{n-1}; variance: V_{n-1}; discount: x_bar's beta.
         all_finite: with ``skip_nonfinite``, whether the step happened (decided on the device).
 
     Returns:
-        ``(k, A_n, V_n)``. ``x_n - x_bar_n = (1 - a_n) d_n`` only rescales k; u is rescaled when
-        k falls below 2^-10. With ``all_finite`` k stays 1 and u is multiplied on the device.
+        ``(k, A_n, V_n)``; u is rescaled when k falls below 2^-10. With ``all_finite`` k stays 1
+        and u is multiplied on the device.
     """
     new_weight_sum = discount * weight_sum + 1.0
     newest_weight = 1.0 / new_weight_sum  # a_n
@@ -155,22 +163,18 @@ def average_o2nc(
     if all_finite is None:
         new_k = (1.0 - newest_weight) * k  # x_n - x_bar_n = (1 - a_n) d_n
         if new_k < _RESCALE_BELOW:
-            for (u_list,) in by_device_and_dtype(deviations):
-                torch._foreach_mul_(u_list, new_k)
+            for flat in flat_deviations:
+                flat.mul_(new_k)
             new_k = 1.0
     else:  # a skipped step multiplies by exactly 1
         new_k = k
         keep = where(all_finite, 1.0 - newest_weight, 1.0)
-        for (u_list,) in by_device_and_dtype(deviations):
-            torch._foreach_mul_(u_list, keep)
-    if (
-        squares is not None
-    ):  # V_n = (1 - a) V + (1 - a) a ||d_n||^2, with ||d_n||^2 = k^2 sum ||u||^2
-        squared_distance = total(squares, deviations[0].device)
+        for flat in flat_deviations:
+            flat.mul_(keep)
+    if squared_deviation is not None:
+        # V_n = (1 - a) V + (1 - a) a ||d_n||^2, with ||d_n||^2 = k^2 ||u||^2
         keep = 1.0 - newest_weight
-        new_variance = torch.add(
-            keep * variance, squared_distance, alpha=keep * newest_weight * k * k
-        )
+        new_variance = keep * variance + (keep * newest_weight * k * k) * squared_deviation
         variance = where(all_finite, new_variance, variance)
     return new_k, where(all_finite, new_weight_sum, weight_sum), variance
 
@@ -223,19 +227,16 @@ def single_tensor_o2nc(
     deviations: list[Tensor] | None,
     c: Coefficients,
     all_finite: Tensor | None,
-    track_norm: bool,
-) -> tuple[list[Tensor], list[Tensor]]:
-    """One tensor at a time: Δ, x and u (and their norms) in one pass over each tensor."""
-    norms = _Norms() if track_norm else None
+    flat: FlatBuffers | None = None,
+) -> None:
+    """One tensor at a time: Δ, x and u in one pass over each tensor, while it is in cache."""
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
         delta.mul_(c.zeta).add_(g, alpha=c.grad)
         if c.decay:
             delta.add_(p, alpha=c.decay)
         p.add_(delta, alpha=c.move)
-        u = None if deviations is None else deviations[i].add_(delta, alpha=c.deviation)
-        if norms is not None:
-            norms.add(delta, u)
-    return ([], []) if norms is None else norms.parts()
+        if deviations is not None:
+            deviations[i].add_(delta, alpha=c.deviation)
 
 
 def multi_tensor_o2nc(
@@ -245,25 +246,30 @@ def multi_tensor_o2nc(
     deviations: list[Tensor] | None,
     c: Coefficients,
     all_finite: Tensor | None,
-    track_norm: bool,
-) -> tuple[list[Tensor], list[Tensor]]:
-    """The same update with multi-tensor (foreach) kernels, per device and dtype."""
-    deviation_squares: list[Tensor] = []
-    update_squares: list[Tensor] = []
+    flat: FlatBuffers | None = None,
+) -> None:
+    """The same update with multi-tensor (foreach) kernels, per device and dtype; with ``flat``,
+    Δ's discount and u's move are one call per flat buffer (on the CPU a foreach call costs about
+    as much per tensor as a call of its own)."""
     lists = (params, grads, deltas) if deviations is None else (params, grads, deltas, deviations)
-    for p_list, g_list, d_list, *u_lists in by_device_and_dtype(*lists):
-        torch._foreach_mul_(d_list, c.zeta)
+    if flat is None:
+        buckets = by_device_and_dtype(*lists)
+        for d_list in (bucket[2] for bucket in buckets):
+            torch._foreach_mul_(d_list, c.zeta)
+    else:
+        buckets = [lists] if len(flat.deltas) == 1 else by_device_and_dtype(*lists)
+        for flat_delta in flat.deltas:
+            flat_delta.mul_(c.zeta)
+    for p_list, g_list, d_list, *u_lists in buckets:
         torch._foreach_add_(d_list, g_list, alpha=c.grad)
         if c.decay:
             torch._foreach_add_(d_list, p_list, alpha=c.decay)
         torch._foreach_add_(p_list, d_list, alpha=c.move)
-        if track_norm:
-            update_squares += squared_norm_parts(d_list)
-        if u_lists:
+        if u_lists and flat is None:
             torch._foreach_add_(u_lists[0], d_list, alpha=c.deviation)
-            if track_norm:
-                deviation_squares += squared_norm_parts(u_lists[0])
-    return deviation_squares, update_squares
+    if flat is not None and deviations is not None:
+        for flat_u, flat_delta in zip(flat.deviations, flat.deltas, strict=True):
+            flat_u.add_(flat_delta, alpha=c.deviation)
 
 
 def masked_o2nc(
@@ -273,76 +279,21 @@ def masked_o2nc(
     deviations: list[Tensor] | None,
     c: Coefficients,
     all_finite: Tensor | None,
-    track_norm: bool,
-) -> tuple[list[Tensor], list[Tensor]]:
+    flat: FlatBuffers | None = None,
+) -> None:
     """The same update where ``all_finite`` holds; elsewhere Δ, x and u keep their values.
 
     Δ is only replaced through ``torch.where``, so it stays finite, and a skipped step adds
     ``0 * Delta = 0`` to x and u (``move`` and ``deviation`` are 0 then).
     """
-    norms = _Norms() if track_norm else None
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
         new_delta = delta.mul(c.zeta).add_(g, alpha=c.grad)
         if c.decay:
             new_delta.add_(p, alpha=c.decay)
         delta.copy_(torch.where(all_finite, new_delta, delta))
         p.add_(delta * c.move)
-        u = None if deviations is None else deviations[i].add_(delta * c.deviation)
-        if norms is not None:
-            norms.add(delta, u)
-    return ([], []) if norms is None else norms.parts()
-
-
-_HOT_NORM_NUMEL = 1 << 16  # from this size on, a CPU tensor's norm is taken while it is in cache
-
-
-def _norm_now(t: Tensor) -> bool:
-    """Large float32/64 tensors on the CPU: BLAS ``dot`` right after the update, while the tensor
-    is in cache (about 2.5x faster there than a norm). Others: one multi-tensor norm later."""
-    return t.device.type == "cpu" and t.dtype in _DOT_DTYPES and t.numel() >= _HOT_NORM_NUMEL
-
-
-_DOT_DTYPES = (torch.float32, torch.float64)
-
-
-def _dot_square(t: Tensor) -> Tensor:
-    flat = t.reshape(-1)
-    return torch.dot(flat, flat)
-
-
-class _Norms:
-    """A kernel's ``||Delta||^2`` and ``||u||^2`` parts (0-d tensors that add up to the sums):
-    large CPU tensors right after their update, the rest in one multi-tensor norm at the end."""
-
-    def __init__(self) -> None:
-        self.now: tuple[list[Tensor], list[Tensor]] = ([], [])  # (deviations, updates)
-        self.later: tuple[list[Tensor], list[Tensor]] = ([], [])
-
-    def add(self, delta: Tensor, u: Tensor | None) -> None:
-        now = delta.numel() >= _HOT_NORM_NUMEL and _norm_now(delta)
-        for kind, t in ((1, delta), (0, u)):
-            if t is not None:
-                (self.now if now else self.later)[kind].append(_dot_square(t) if now else t)
-
-    def parts(self) -> tuple[list[Tensor], list[Tensor]]:
-        return tuple(n + squared_norm_parts(t) for n, t in zip(self.now, self.later, strict=True))
-
-
-def squared_norm_parts(tensors: list[Tensor]) -> list[Tensor]:
-    """0-d tensors that add up to ``sum_i ||t_i||^2``, without a host sync: BLAS ``dot`` for large
-    CPU float tensors, one multi-tensor norm (reduced in at least float32) per device and dtype for
-    the rest (one call for many small tensors)."""
-    parts, rest = [], []
-    for t in tensors:
-        if t.numel() >= _HOT_NORM_NUMEL and _norm_now(t):
-            parts.append(_dot_square(t))
-        else:
-            rest.append(t)
-    for (bucket,) in by_device_and_dtype(rest):
-        norm_dtype = torch.promote_types(bucket[0].dtype, torch.float32)
-        norms = torch._foreach_norm(bucket, 2, dtype=norm_dtype)
-        parts.append(torch.stack(norms).square().sum() if len(norms) > 1 else norms[0].square())
-    return parts
+        if deviations is not None:
+            deviations[i].add_(delta * c.deviation)
 
 
 def by_device_and_dtype(*tensor_lists: list[Tensor]) -> list[tuple[list[Tensor], ...]]:

@@ -46,14 +46,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .flat import GroupBuffers
 from .functional import (
+    FlatBuffers,
     all_gradients_finite,
     average_o2nc,
     averaged_iterates,
     o2nc,
-    squared_norm_parts,
     switch_weights_,
-    total,
     where,
 )
 from .hyperparameters import OPTIMIZER_OPTIONS, validate_hyperparameters
@@ -65,16 +65,20 @@ _STATE_KEY = "o2nc"
 _NUMBERS = ("lr", "beta", "mu", "weight_decay")
 
 
-class _GroupTensors(NamedTuple):
-    """What one group's step reads: ``_init_group``'s result, cached while the group is unchanged."""
+#: On the CPU, groups up to this many elements step with the multi-tensor kernels: they fit in
+#: cache whole, so the per-tensor loop gains nothing and its one call per tensor dominates.
+_SMALL_CPU_GROUP = 1 << 18
 
-    group_params: list[Tensor]  # the group's own list, to tell whether the cache is still valid
-    params: list[Tensor]
+
+class _GroupTensors(NamedTuple):
+    """What one group's step reads: ``_init_group``'s result, kept while the group is unchanged."""
+
+    buffers: GroupBuffers  # the group's flat buffers, which the lists below are views of
+    params: list[Tensor]  # the parameters stepped now (those with a gradient)
     grads: list[Tensor]
     deltas: list[Tensor]
-    deviations: list[Tensor] | None  # of the parameters stepped now
-    idle_deltas: list[Tensor]  # of the group's parameters without a gradient now (for norms)
-    idle_deviations: list[Tensor]  # (and for x_bar's k, which they share)
+    deviations: list[Tensor] | None
+    flat: FlatBuffers | None  # the flat buffers, when the lists tile them (every parameter steps)
     foreach_default: bool
 
 
@@ -149,8 +153,8 @@ class ExponentiatedO2NC(Optimizer):
         self.training = True
         self.tracks_statistics = False
         self._skipped_steps: Tensor | None = None
+        self._buffers: dict[int, GroupBuffers] = {}
         self._cache: dict[int, _GroupTensors] = {}
-        self._update_squares: dict[int, Tensor | None] = {}
         super().__init__(params, dict(numbers, foreach=foreach, maximize=maximize))
 
     # ----------------------------------------------------------------- construction and state
@@ -193,7 +197,7 @@ class ExponentiatedO2NC(Optimizer):
         state = dict(state)
         options = state.pop(_STATE_KEY, None)
         super().__setstate__(state)
-        self._cache, self._update_squares = {}, {}  # load_state_dict and copies: new tensors
+        self._buffers, self._cache = {}, {}  # load_state_dict and copies: new tensors
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -309,47 +313,59 @@ class ExponentiatedO2NC(Optimizer):
         return loss
 
     def _init_group(self, index: int, group: dict[str, Any]) -> _GroupTensors | None:
-        """The group's parameters with gradients, their buffers (created on first use), and grads.
+        """The group's parameters with gradients, their buffers (views of the group's flat buffers,
+        whose state entries are made at a parameter's first gradient), and the gradients.
 
         While every parameter of the group has a gradient, the lists are kept between steps and
         only the gradients are read anew.
         """
         group_params = group["params"]
+        buffers = self._group_buffers(index)
         grads = [p.grad for p in group_params]
-        complete = not any(g is None for g in grads)
-        if any(g is not None and g.is_sparse for g in grads):
-            raise RuntimeError(
-                "ExponentiatedO2NC does not support sparse gradients; use dense gradients "
-                "(for example nn.Embedding(sparse=False))"
-            )
+        complete = True
+        for g in grads:
+            if g is None:
+                complete = False
+            elif g.is_sparse:
+                raise RuntimeError(
+                    "ExponentiatedO2NC does not support sparse gradients; use dense gradients "
+                    "(for example nn.Embedding(sparse=False))"
+                )
         cached = self._cache.get(index)
-        reusable = cached is not None and cached.group_params is group_params
-        if complete and reusable and len(cached.params) == len(group_params):
-            return _GroupTensors(*cached[:2], grads, *cached[3:])  # only the gradients are new
-        params = [p for p, g in zip(group_params, grads, strict=True) if g is not None]
-        if not params:
+        if complete and cached is not None and cached.buffers is buffers:
+            return cached._replace(grads=grads)  # only the gradients are new
+        indices = [i for i, g in enumerate(grads) if g is not None]
+        if not indices:
             return None
-        names = ("momentum_buffer", "iterate_deviation") if self.average else ("momentum_buffer",)
-        for p, name in ((p, name) for p in params for name in names):
-            if name not in self.state[p]:
-                self.state[p][name] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        idle = [
-            self.state.get(p, {}) for p, g in zip(group_params, grads, strict=True) if g is None
-        ]
-        deviations = [self.state[p]["iterate_deviation"] for p in params] if self.average else None
+        if not all(buffers.covers(i) for i in indices):  # a frozen parameter got a gradient
+            buffers = self._group_buffers(index, rebuild=True)
+        states = [buffers.claim(i) for i in indices]
+        params = [group_params[i] for i in indices]
         tensors = _GroupTensors(
-            group_params=group_params,
+            buffers=buffers,
             params=params,
-            grads=[g for g in grads if g is not None],
-            deltas=[self.state[p]["momentum_buffer"] for p in params],
-            deviations=deviations,
-            idle_deltas=[s["momentum_buffer"] for s in idle if "momentum_buffer" in s],
-            idle_deviations=[s["iterate_deviation"] for s in idle if "iterate_deviation" in s],
-            foreach_default=all(p.is_cuda for p in params) and not torch.jit.is_scripting(),
+            grads=[grads[i] for i in indices],
+            deltas=[state["momentum_buffer"] for state in states],
+            deviations=[state["iterate_deviation"] for state in states] if self.average else None,
+            flat=buffers.tiling if complete else None,
+            foreach_default=(all(p.is_cuda for p in params) or buffers.numel <= _SMALL_CPU_GROUP)
+            and not torch.jit.is_scripting(),
         )
         if complete:
             self._cache[index] = tensors
         return tensors
+
+    def _group_buffers(self, index: int, rebuild: bool = False) -> GroupBuffers:
+        """Group ``index``'s flat buffers, made anew when the group or its state was replaced."""
+        params = self.param_groups[index]["params"]
+        buffers = self._buffers.get(index)
+        if rebuild or buffers is None or not buffers.is_current(params):
+            names = (
+                ("momentum_buffer", "iterate_deviation") if self.average else ("momentum_buffer",)
+            )
+            buffers = self._buffers[index] = GroupBuffers(params, self.state, names)
+            self._cache.pop(index, None)
+        return buffers
 
     def _step_group(self, index: int, t: _GroupTensors, scale: float, all_finite: Any) -> None:
         group = self.param_groups[index]
@@ -359,26 +375,25 @@ class ExponentiatedO2NC(Optimizer):
                 "ExponentiatedO2NC reads lr, beta and mu as floats at every step (a tensor would "
                 "make the step wait for the device); write floats into the param group"
             )
-        track, k = self.tracks_statistics, group["deviation_scale"]
-        hyper = {name: group[name] for name in ("lr", "beta", "mu", "weight_decay", "maximize")}
+        k = group["deviation_scale"]
         foreach = t.foreach_default if group["foreach"] is None else group["foreach"]
-        deviation_squares, update_squares = o2nc(
-            t.params, t.grads, t.deltas, t.deviations, **hyper, scale=scale,
-            deviation_scale=k, all_finite=all_finite, foreach=foreach, track_norm=track,
+        o2nc(
+            t.params, t.grads, t.deltas, t.deviations, lr=eta, beta=beta, mu=mu,
+            weight_decay=group["weight_decay"], maximize=group["maximize"], scale=scale,
+            deviation_scale=k, all_finite=all_finite, foreach=foreach, flat=t.flat,
         )  # fmt: skip
         zeta = beta / (1.0 + eta * mu)
         group["update_weight_sum"] = where(
             all_finite, zeta * (group["update_weight_sum"] + eta), group["update_weight_sum"]
         )
-        # ||Delta||^2 taken in the step's pass, for statistics() (the idle Deltas did not change)
-        update_squares += squared_norm_parts(t.idle_deltas) if track else []
-        self._update_squares[index] = total(update_squares, self._device()) if track else None
         if self.average:
-            deviation_squares += squared_norm_parts(t.idle_deviations) if track else []
+            squared = None
+            if self.tracks_statistics:  # V's one reduction, over the group's flat u
+                squared = t.buffers.squared_norm("iterate_deviation", self._device())
             k, weight_sum, variance = average_o2nc(
-                t.deviations + t.idle_deviations, deviation_squares if track else None,
-                deviation_scale=k, weight_sum=group["average_weight_sum"],
-                variance=group["iterate_variance"], all_finite=all_finite,
+                t.buffers.flat["iterate_deviation"], squared, deviation_scale=k,
+                weight_sum=group["average_weight_sum"], variance=group["iterate_variance"],
+                all_finite=all_finite,
                 discount=beta if self.average_beta is None else self.average_beta,
             )  # fmt: skip
             group.update(
@@ -389,7 +404,6 @@ class ExponentiatedO2NC(Optimizer):
         return self.param_groups[0]["params"][0].device
 
     # ----------------------------------------------------------------- statistics
-    @torch.no_grad()
     def statistics(self, c: float = 1.0) -> dict[str, Any]:
         """Monitoring quantities as 0-d tensors on the parameters' device (no host sync).
 
@@ -408,32 +422,48 @@ class ExponentiatedO2NC(Optimizer):
             and ``"stationarity_certificate"``. Norms are over all parameters of all groups.
         """
         device = self._device()
-        update_sq, grad_ema_sq, variances = [], [], []
+        update_sq, grad_ema_sq, variance = 0.0, 0.0, 0.0
         for index, group in enumerate(self.param_groups):
-            group_sq = self._update_squares.get(index)
-            if group_sq is None:
-                states = [self.state.get(p, {}) for p in group["params"]]
-                deltas = [
-                    state["momentum_buffer"] for state in states if "momentum_buffer" in state
-                ]
-                if not deltas:
-                    continue
-                group_sq = total(squared_norm_parts(deltas), device)
+            buffers = self._group_buffers(index)
+            if not buffers.has_state:
+                continue
+            group_sq = buffers.squared_norm("momentum_buffer", device)  # Δ as the last step left it
             weight = group["update_weight_sum"]  # W = 0 (beta = 0): m_hat is undefined
             has_weight = isinstance(weight, Tensor) or weight > 0
-            update_sq.append(group_sq)
-            grad_ema_sq.append(group_sq / weight**2 if has_weight else group_sq * math.nan)
-            variances.append(group["iterate_variance"])
-        stats = {"scale": self.last_scale, "update_norm": total(update_sq, device).sqrt()}
-        stats["grad_ema_norm"] = total(grad_ema_sq, device).sqrt()
+            update_sq = update_sq + group_sq
+            grad_ema_sq = grad_ema_sq + (
+                group_sq / weight**2 if has_weight else group_sq * math.nan
+            )
+            variance = variance + group["iterate_variance"]
+        stats = {"update_norm": _sqrt(update_sq), "grad_ema_norm": _sqrt(grad_ema_sq)}
         if self.average:
-            variance = total(variances, device)
             if not self.tracks_statistics:
                 self.tracks_statistics = True
-                variance = torch.full((), math.nan, device=device)
+                variance = math.nan
             stats["iterate_variance"] = variance
-            stats["stationarity_certificate"] = torch.add(stats["grad_ema_norm"], variance, alpha=c)
-        return stats
+            stats["stationarity_certificate"] = stats["grad_ema_norm"] + c * variance
+        dtype = torch.promote_types(self.param_groups[0]["params"][0].dtype, torch.float32)
+        return {"scale": self._scaling.last, **_as_tensors(stats, device, dtype)}
+
+
+def _sqrt(value: float | Tensor) -> float | Tensor:
+    return value.sqrt() if isinstance(value, Tensor) else math.sqrt(value)
+
+
+def _as_tensors(
+    values: dict[str, float | Tensor], device: torch.device, dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """Host floats and 0-d tensors as 0-d tensors on ``device``; all-float values (the CPU) are made
+    by one call."""
+    if not any(isinstance(value, Tensor) for value in values.values()):
+        made = torch.tensor(list(values.values()), dtype=dtype, device=device).unbind()
+        return dict(zip(values, made, strict=True))
+    return {
+        name: value.to(device)
+        if isinstance(value, Tensor)
+        else torch.full((), value, dtype=dtype, device=device)
+        for name, value in values.items()
+    }
 
 
 def _init_group_scalars(group: dict[str, Any]) -> None:

@@ -8,10 +8,11 @@ from torch.profiler import ProfilerActivity, profile
 from lightning_o2nc import ExponentiatedO2NC
 
 
-def kernel_that_ran(device: torch.device, **options) -> str:
+def kernel_that_ran(device: torch.device, numel: int = 12, **options) -> str:
     """``"single"``, ``"multi"`` or ``"masked"``: the kernel of a second step (the first one
-    allocates the state), told apart by the operators it ran (torch.profiler)."""
-    w = torch.zeros(4, 3, device=device, requires_grad=True)
+    allocates the state) on one weight of ``numel`` elements, told apart by the operators it ran
+    (torch.profiler)."""
+    w = torch.zeros(numel, device=device, requires_grad=True)
     opt = ExponentiatedO2NC([w], lr=0.1, seed=0, **options)
     w.grad = torch.ones_like(w)
     opt.step()

@@ -223,15 +223,84 @@ def test_v_is_tracked_only_once_read_and_reported_as_nan_before():
     assert opt.state_dict()["o2nc"]["tracks_statistics"] is True
 
 
-def test_the_norms_taken_in_the_step_equal_the_norms_of_the_buffers():
+def test_the_statistics_norms_equal_the_norms_of_the_state_buffers():
     weights, opt = make()
     opt.tracks_statistics = True
     train(weights, opt, 4, seed=1)
-    cached = opt.statistics()
-    opt._update_squares.clear()  # forces statistics() to recompute ||Delta|| from the buffers
-    recomputed = opt.statistics()
-    for name in ("update_norm", "grad_ema_norm"):
-        assert cached[name].item() == pytest.approx(recomputed[name].item(), rel=1e-6)
+    stats = opt.statistics()
+    deltas = [opt.state[w]["momentum_buffer"].double() for w in weights]
+    update_sq = sum(d.square().sum().item() for d in deltas)
+    grad_ema_sq = sum(
+        d.square().sum().item() / g["update_weight_sum"] ** 2
+        for d, g in zip(deltas, opt.param_groups, strict=True)
+    )
+    assert stats["update_norm"].item() == pytest.approx(math.sqrt(update_sq), rel=1e-6)
+    assert stats["grad_ema_norm"].item() == pytest.approx(math.sqrt(grad_ema_sq), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- flat buffers
+def test_state_buffers_are_views_of_one_flat_buffer_per_group_with_the_parameters_layout():
+    torch.manual_seed(0)
+    conv = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_()
+    bias = torch.randn(2, requires_grad=True)
+    opt = ExponentiatedO2NC([conv, bias], lr=0.1, seed=0, average=True)
+    conv.grad, bias.grad = torch.ones_like(conv), torch.ones_like(bias)
+    opt.step()
+    for name in ("momentum_buffer", "iterate_deviation"):
+        conv_buffer, bias_buffer = opt.state[conv][name], opt.state[bias][name]
+        assert conv_buffer.stride() == conv.stride()  # channels_last, as preserve_format gives
+        assert conv_buffer.untyped_storage().data_ptr() == bias_buffer.untyped_storage().data_ptr()
+    # a checkpoint keeps the per-parameter form and loads into a fresh optimizer exactly
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = ExponentiatedO2NC([conv, bias], lr=0.1, seed=0, average=True)
+    loaded.load_state_dict(torch.load(buffer, weights_only=True))
+    twin_weights = [conv.detach().clone(), bias.detach().clone()]
+    opt.step()
+    after = [conv.detach().clone(), bias.detach().clone()]
+    with torch.no_grad():
+        conv.copy_(twin_weights[0])
+        bias.copy_(twin_weights[1])
+    loaded.step()
+    assert torch.equal(conv, after[0]) and torch.equal(bias, after[1])
+
+
+def test_frozen_parameters_cost_no_buffer_until_they_get_a_gradient():
+    torch.manual_seed(0)
+    live, frozen = torch.randn(3, requires_grad=True), torch.randn(1000, requires_grad=False)
+    opt = ExponentiatedO2NC([live, frozen], lr=0.1, seed=0, scaling="none")
+    live.grad = torch.ones(3)
+    opt.step()
+    assert frozen not in opt.state
+    flat_sizes = [f.numel() for f in opt._buffers[0].flat["momentum_buffer"]]
+    assert flat_sizes == [3]  # the frozen weights took no memory
+    delta_before = opt.state[live]["momentum_buffer"].clone()
+    frozen.requires_grad_()
+    frozen.grad = torch.ones(1000)
+    opt.step()  # new flat buffers, adopting live's Δ
+    assert torch.allclose(opt.state[live]["momentum_buffer"], 0.9 * delta_before - 0.09)
+    assert torch.allclose(opt.state[frozen]["momentum_buffer"], torch.full((1000,), -0.09))
+
+
+def test_a_state_replaced_by_hand_is_what_the_next_step_uses():
+    """``opt.state.clear()`` (a common way to reset momentum) or assigning a state entry must not
+    leave the step on the optimizer's previous buffers."""
+    w = torch.zeros(3, requires_grad=True)
+    opt = ExponentiatedO2NC([w], lr=1.0, beta=0.5, scaling="none")
+    for _ in range(3):
+        w.grad = torch.ones(3)
+        opt.step()
+    opt.state.clear()
+    before = w.detach().clone()
+    w.grad = torch.ones(3)
+    opt.step()  # from Δ = 0: Δ = 0.5 * (0 - 1)
+    assert torch.allclose(w - before, torch.full((3,), -0.5))
+    opt.state[w]["momentum_buffer"] = torch.full((3,), 2.0)
+    before = w.detach().clone()
+    w.grad = torch.ones(3)
+    opt.step()  # Δ = 0.5 * (2 - 1)
+    assert torch.allclose(w - before, torch.full((3,), 0.5))
 
 
 # ----------------------------------------------------------------------------- eta schedules
@@ -292,18 +361,22 @@ def test_with_a_constant_eta_scaling_none_is_torch_sgd_step_for_step():
 
 
 # ----------------------------------------------------------------------------- kernel paths
+SMALL, LARGE = 12, (1 << 18) + 1  # by default, groups up to 2^18 elements run multi-tensor kernels
+
+
 @pytest.mark.parametrize(
-    ("options", "expected"),
+    ("numel", "options", "expected"),
     [
-        ({}, "single"),
-        ({"foreach": False}, "single"),
-        ({"foreach": True}, "multi"),
-        ({"skip_nonfinite": True}, "masked"),
-        ({"skip_nonfinite": True, "foreach": True}, "masked"),
+        (SMALL, {}, "multi"),
+        (LARGE, {}, "single"),
+        (SMALL, {"foreach": False}, "single"),
+        (LARGE, {"foreach": True}, "multi"),
+        (SMALL, {"skip_nonfinite": True}, "masked"),
+        (SMALL, {"skip_nonfinite": True, "foreach": True}, "masked"),
     ],
 )
-def test_the_kernel_that_runs_is_the_one_the_options_choose_on_the_cpu(options, expected):
-    assert kernel_that_ran(torch.device("cpu"), **options) == expected
+def test_the_kernel_that_runs_is_the_one_the_options_choose_on_the_cpu(numel, options, expected):
+    assert kernel_that_ran(torch.device("cpu"), numel, **options) == expected
 
 
 def test_a_checkpoint_with_an_older_torch_generator_state_loads_with_a_warning():
