@@ -5,9 +5,13 @@ and dispatches to one of three kernels with one signature. :func:`average_o2nc` 
 and V. Each kernel takes ``(params, grads, deltas, deviations, coefficients, all_finite, flat)``,
 where the dispatcher has worked out the :class:`Coefficients` once, and performs per tensor
 
-    Delta <- zeta Delta + grad g + decay x;   x <- x + move Delta;   u <- u + deviation Delta
+    D <- discount D + grad g + decay x;   x <- x + move D;   u <- u + deviation D
 
-(u only with averaging). The reductions (``||u||^2`` for V, ``||Delta||^2`` for the statistics)
+(u only with averaging), where the buffer D holds Δ up to a scalar: ``Delta = P D``. Carrying
+Δ's discount ζ in P instead of multiplying the buffer by it (``P_n = zeta_n P_{n-1}``) saves one of
+the two passes over Δ each step; the buffer takes the discount (``discount = zeta P``) and P
+restarts at 1 only when P would fall below 2^-10, or at every step of the masked kernel, whose
+P must not depend on the device's verdict. With ``update_scale=None`` the buffers hold Δ itself. The reductions (``||u||^2`` for V, ``||Delta||^2`` for the statistics)
 are not the kernels' business: the optimizer takes them over its flat buffers
 (:mod:`~lightning_o2nc.optim.flat`), one call per buffer, and only when something reads them.
 
@@ -44,7 +48,7 @@ __all__ = [
 ]
 
 
-_RESCALE_BELOW = 2.0**-10  # rescale the stored iterate deviation before its factor k gets tiny
+_RESCALE_BELOW = 2.0**-10  # fold a buffer's scale (P of Δ, k of u) into it before it gets tiny
 
 
 class FlatBuffers(NamedTuple):
@@ -56,10 +60,11 @@ class FlatBuffers(NamedTuple):
 
 
 class Coefficients(NamedTuple):
-    """The step's scalars: ``zeta``, ``grad = -/+ zeta eta``, ``decay = -zeta eta lambda``,
-    ``move = s`` and ``deviation = s / k`` (``None`` without averaging)."""
+    """The step's scalars, for the buffers D (``Delta = P D``): ``discount`` (1, or ``zeta P`` when
+    P restarts at 1), ``grad = -/+ zeta eta / P``, ``decay = -zeta eta lambda / P``,
+    ``move = s P`` and ``deviation = s P / k`` (``None`` without averaging), with P the new scale."""
 
-    zeta: float
+    discount: float
     grad: float
     decay: float
     move: float | Tensor
@@ -82,7 +87,8 @@ def o2nc(
     all_finite: Tensor | None = None,
     foreach: bool = False,
     flat: FlatBuffers | None = None,
-) -> None:
+    update_scale: float | None = None,
+) -> float:
     """One O2NC step on lists of tensors, in place (functional API, like ``torch.optim.sgd.sgd``).
 
     ``Delta <- zeta (Delta - eta g)`` (g with weight decay and sign applied), ``x <- x + s Delta``
@@ -90,12 +96,31 @@ def o2nc(
     ``all_finite`` (a 0-d bool tensor) the step is applied only where it holds, decided on the device.
     ``flat``, when the lists are views that tile flat buffers exactly, lets the multi-tensor kernel
     scale Δ and move u with one call per buffer (the others ignore it).
+
+    ``update_scale``: ``None``, ``deltas`` hold Δ; else they hold ``Delta / update_scale`` (P), and
+    the new P is returned (see the module docstring). Buffers of parameters that are not stepped
+    now keep Δ only if the caller multiplies them by ``old P / new P``.
+
+    Returns:
+        The new update scale P (1.0 with ``update_scale=None``).
     """
     zeta = beta / (1.0 + lr * mu)
-    step = zeta * lr
-    move: float | Tensor = scale if all_finite is None else where(all_finite, scale, 0.0)
+    scale_before = 1.0 if update_scale is None else update_scale
+    if all_finite is not None and scale_before != 1.0:  # a scaled buffer from an unmasked run
+        for delta in deltas:
+            delta.mul_(scale_before)
+        scale_before = 1.0
+    new_scale = zeta * scale_before
+    if update_scale is None or all_finite is not None or new_scale < _RESCALE_BELOW:
+        discount, new_scale = new_scale, 1.0  # the buffer takes the discount, P restarts at 1
+    else:
+        discount = 1.0
+    step = zeta * lr / new_scale
+    move: float | Tensor = scale * new_scale
+    if all_finite is not None:
+        move = where(all_finite, move, 0.0)
     coefficients = Coefficients(
-        zeta=zeta,
+        discount=discount,
         grad=step if maximize else -step,
         decay=-step * weight_decay,
         move=move,
@@ -108,6 +133,7 @@ def o2nc(
     else:
         kernel = single_tensor_o2nc
     kernel(params, grads, deltas, deviations, coefficients, all_finite, flat)
+    return new_scale
 
 
 def total(values: list[Tensor | float], device: torch.device) -> Tensor:
@@ -231,7 +257,9 @@ def single_tensor_o2nc(
 ) -> None:
     """One tensor at a time: Δ, x and u in one pass over each tensor, while it is in cache."""
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
-        delta.mul_(c.zeta).add_(g, alpha=c.grad)
+        if c.discount != 1.0:
+            delta.mul_(c.discount)
+        delta.add_(g, alpha=c.grad)
         if c.decay:
             delta.add_(p, alpha=c.decay)
         p.add_(delta, alpha=c.move)
@@ -254,12 +282,14 @@ def multi_tensor_o2nc(
     lists = (params, grads, deltas) if deviations is None else (params, grads, deltas, deviations)
     if flat is None:
         buckets = by_device_and_dtype(*lists)
-        for d_list in (bucket[2] for bucket in buckets):
-            torch._foreach_mul_(d_list, c.zeta)
+        if c.discount != 1.0:
+            for d_list in (bucket[2] for bucket in buckets):
+                torch._foreach_mul_(d_list, c.discount)
     else:
         buckets = [lists] if len(flat.deltas) == 1 else by_device_and_dtype(*lists)
-        for flat_delta in flat.deltas:
-            flat_delta.mul_(c.zeta)
+        if c.discount != 1.0:
+            for flat_delta in flat.deltas:
+                flat_delta.mul_(c.discount)
     for p_list, g_list, d_list, *u_lists in buckets:
         torch._foreach_add_(d_list, g_list, alpha=c.grad)
         if c.decay:
@@ -287,7 +317,7 @@ def masked_o2nc(
     ``0 * Delta = 0`` to x and u (``move`` and ``deviation`` are 0 then).
     """
     for i, (p, g, delta) in enumerate(zip(params, grads, deltas, strict=True)):
-        new_delta = delta.mul(c.zeta).add_(g, alpha=c.grad)
+        new_delta = delta.mul(c.discount).add_(g, alpha=c.grad)
         if c.decay:
             new_delta.add_(p, alpha=c.decay)
         delta.copy_(torch.where(all_finite, new_delta, delta))

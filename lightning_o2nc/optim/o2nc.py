@@ -79,6 +79,7 @@ class _GroupTensors(NamedTuple):
     deltas: list[Tensor]
     deviations: list[Tensor] | None
     flat: FlatBuffers | None  # the flat buffers, when the lists tile them (every parameter steps)
+    idle_deltas: list[Tensor]  # buffers of parameters with state but no gradient now
     foreach_default: bool
 
 
@@ -348,6 +349,11 @@ class ExponentiatedO2NC(Optimizer):
             deltas=[state["momentum_buffer"] for state in states],
             deviations=[state["iterate_deviation"] for state in states] if self.average else None,
             flat=buffers.tiling if complete else None,
+            idle_deltas=[
+                self.state[p]["momentum_buffer"]
+                for p, g in zip(group_params, grads, strict=True)
+                if g is None and "momentum_buffer" in self.state.get(p, {})
+            ],
             foreach_default=(all(p.is_cuda for p in params) or buffers.numel <= _SMALL_CPU_GROUP)
             and not torch.jit.is_scripting(),
         )
@@ -375,13 +381,17 @@ class ExponentiatedO2NC(Optimizer):
                 "ExponentiatedO2NC reads lr, beta and mu as floats at every step (a tensor would "
                 "make the step wait for the device); write floats into the param group"
             )
-        k = group["deviation_scale"]
+        k, update_scale = group["deviation_scale"], group["update_scale"]
         foreach = t.foreach_default if group["foreach"] is None else group["foreach"]
-        o2nc(
+        group["update_scale"] = o2nc(
             t.params, t.grads, t.deltas, t.deviations, lr=eta, beta=beta, mu=mu,
             weight_decay=group["weight_decay"], maximize=group["maximize"], scale=scale,
             deviation_scale=k, all_finite=all_finite, foreach=foreach, flat=t.flat,
+            update_scale=update_scale,
         )  # fmt: skip
+        if t.idle_deltas and group["update_scale"] != update_scale:  # they keep their Δ
+            for delta in t.idle_deltas:
+                delta.mul_(update_scale / group["update_scale"])
         zeta = beta / (1.0 + eta * mu)
         group["update_weight_sum"] = where(
             all_finite, zeta * (group["update_weight_sum"] + eta), group["update_weight_sum"]
@@ -427,7 +437,8 @@ class ExponentiatedO2NC(Optimizer):
             buffers = self._group_buffers(index)
             if not buffers.has_state:
                 continue
-            group_sq = buffers.squared_norm("momentum_buffer", device)  # Δ as the last step left it
+            # Δ = P D as the last step left it
+            group_sq = buffers.squared_norm("momentum_buffer", device) * group["update_scale"] ** 2
             weight = group["update_weight_sum"]  # W = 0 (beta = 0): m_hat is undefined
             has_weight = isinstance(weight, Tensor) or weight > 0
             update_sq = update_sq + group_sq
@@ -453,11 +464,10 @@ def _sqrt(value: float | Tensor) -> float | Tensor:
 def _as_tensors(
     values: dict[str, float | Tensor], device: torch.device, dtype: torch.dtype
 ) -> dict[str, Tensor]:
-    """Host floats and 0-d tensors as 0-d tensors on ``device``; all-float values (the CPU) are made
-    by one call."""
-    if not any(isinstance(value, Tensor) for value in values.values()):
-        made = torch.tensor(list(values.values()), dtype=dtype, device=device).unbind()
-        return dict(zip(values, made, strict=True))
+    """Host floats (the CPU's statistics) and 0-d tensors as 0-d tensors on ``device``.
+
+    One fill per float: on the CPU, measured against one tensor made from all of them and
+    unbound, it costs less per step of a monitor that reads every step."""
     return {
         name: value.to(device)
         if isinstance(value, Tensor)
@@ -473,6 +483,7 @@ def _init_group_scalars(group: dict[str, Any]) -> None:
     newest weight 1/A), ``deviation_scale`` is k (``x - x_bar = k u``) and ``iterate_variance`` is
     this group's V.
     """
+    group.setdefault("update_scale", 1.0)
     group.setdefault("update_weight_sum", 0.0)
     group.setdefault("average_weight_sum", 0.0)
     group.setdefault("deviation_scale", 1.0)

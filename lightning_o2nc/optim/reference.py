@@ -62,14 +62,17 @@ class ReferenceO2NC:
         self.average_beta = average_beta
         self.history: list[dict[str, Any]] = []  # per step: iterates, gradients, hyper-parameters
 
-    def step(self, grads: list[Tensor], s: float) -> None:
-        """One step with gradients ``grads`` (at the current weights) and scalar ``s``."""
-        grads = [g.to(torch.float64) for g in grads]
+    def step(self, grads: list[Tensor | None], s: float) -> None:
+        """One step with gradients ``grads`` (at the current weights) and scalar ``s``; a weight
+        whose gradient is ``None`` sits the step out, its Δ unchanged (as in torch.optim)."""
+        grads = [None if g is None else g.to(torch.float64) for g in grads]
         effective: list[Tensor | None] = [None] * len(grads)
         for group in self.groups:
             eta, beta, mu, wd = group["lr"], group["beta"], group["mu"], group["weight_decay"]
             zeta = beta / (1 + eta * mu)
             for i in group["indices"]:
+                if grads[i] is None:
+                    continue
                 g = -grads[i] if group.get("maximize", False) else grads[i]
                 g = g + wd * self.weights[i]
                 effective[i] = g

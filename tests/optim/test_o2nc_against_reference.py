@@ -10,6 +10,7 @@ import torch
 
 from lightning_o2nc import ExponentiatedO2NC
 from lightning_o2nc.optim.reference import ReferenceO2NC
+from tests.optim.buffers import delta_of
 
 TOLERANCES = {
     torch.float64: dict(rtol=1e-12, atol=1e-14),
@@ -131,12 +132,7 @@ def test_each_step_matches_the_reference_update(dtype, foreach, use_closure, max
         # the reference takes one step from the optimizer's own state, so low-precision round-off
         # does not accumulate and every step is checked at its dtype's tolerance
         reference = ReferenceO2NC(params, ref_groups)
-        reference.deltas = [
-            opt.state[p]["momentum_buffer"].to(torch.float64).clone()
-            if "momentum_buffer" in opt.state[p]
-            else torch.zeros_like(reference.weights[i])
-            for i, p in enumerate(params)
-        ]
+        reference.deltas = [delta_of(opt, p) for p in params]
         deltas_before = [d.clone() for d in reference.deltas]
         weights_before = [w.clone() for w in reference.weights]
         if use_closure:
@@ -159,18 +155,13 @@ def test_each_step_matches_the_reference_update(dtype, foreach, use_closure, max
                         UNIT_ROUNDOFF[dtype],
                     )
                     assert_within(p.detach(), reference.weights[i], bounds[0], f"x[{i}]")
-                    delta = opt.state[p]["momentum_buffer"]
-                    assert_within(delta, reference.deltas[i], bounds[1], f"Delta[{i}]")
+                    assert_within(delta_of(opt, p), reference.deltas[i], bounds[1], f"Delta[{i}]")
             continue
         for i, p in enumerate(params):
             torch.testing.assert_close(
                 p.detach().to(torch.float64), reference.weights[i], **TOLERANCES[dtype]
             )
-            torch.testing.assert_close(
-                opt.state[p]["momentum_buffer"].to(torch.float64),
-                reference.deltas[i],
-                **TOLERANCES[dtype],
-            )
+            torch.testing.assert_close(delta_of(opt, p), reference.deltas[i], **TOLERANCES[dtype])
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
@@ -242,15 +233,12 @@ def test_the_scalar_scales_the_move_and_never_the_buffer():
     params, opt, _ = build(weights, groups, torch.float64)
     for _ in range(5):
         before = [p.detach().clone() for p in params]
-        buffers_before = [
-            opt.state[p]["momentum_buffer"].clone() if p in opt.state else torch.zeros_like(p)
-            for p in params
-        ]
+        buffers_before = [delta_of(opt, p) for p in params]
         compute_grads(params, loss_fn)
         opt.step()
         s = opt.last_scale
         for p, x0 in zip(params, before):
-            delta = opt.state[p]["momentum_buffer"]
+            delta = delta_of(opt, p)
             # one and the same s for every tensor: move = s * Delta exactly (up to round-off)
             torch.testing.assert_close(p.detach() - x0, s * delta, rtol=1e-10, atol=1e-14)
         # the buffer follows the unscaled recursion: Delta_n = zeta (Delta_{n-1} - eta g_n)
@@ -258,9 +246,7 @@ def test_the_scalar_scales_the_move_and_never_the_buffer():
         p = group["params"][0]
         zeta = group["beta"] / (1 + group["lr"] * group["mu"])
         expected = zeta * (buffers_before[2] - group["lr"] * p.grad)
-        torch.testing.assert_close(
-            opt.state[p]["momentum_buffer"], expected, rtol=1e-12, atol=1e-14
-        )
+        torch.testing.assert_close(delta_of(opt, p), expected, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
@@ -271,9 +257,7 @@ def test_statistics_match_a_direct_computation(foreach):
     for _ in range(25):
         step_both(params, loss_fn, opt, reference)
     stats = opt.statistics(c=3.0)
-    update_norm = math.sqrt(
-        sum(opt.state[p]["momentum_buffer"].square().sum().item() for p in params)
-    )
+    update_norm = math.sqrt(sum(delta_of(opt, p).square().sum().item() for p in params))
     averages, variance = reference.averaged_iterate_and_variance()
     assert stats["scale"] == opt.last_scale
     assert stats["update_norm"].item() == pytest.approx(update_norm, rel=1e-10)

@@ -13,6 +13,7 @@ import torch
 from lightning_o2nc import ExponentiatedO2NC, HyperparameterScheduler, build_optimizer
 from lightning_o2nc.optim.reference import ReferenceO2NC, ReferenceSGDMomentum
 from lightning_o2nc.optim.schedules import Schedule
+from tests.optim.buffers import delta_of
 from tests.optim.kernel_paths import kernel_that_ran
 
 
@@ -228,7 +229,7 @@ def test_the_statistics_norms_equal_the_norms_of_the_state_buffers():
     opt.tracks_statistics = True
     train(weights, opt, 4, seed=1)
     stats = opt.statistics()
-    deltas = [opt.state[w]["momentum_buffer"].double() for w in weights]
+    deltas = [delta_of(opt, w) for w in weights]
     update_sq = sum(d.square().sum().item() for d in deltas)
     grad_ema_sq = sum(
         d.square().sum().item() / g["update_weight_sum"] ** 2
@@ -275,17 +276,17 @@ def test_frozen_parameters_cost_no_buffer_until_they_get_a_gradient():
     assert frozen not in opt.state
     flat_sizes = [f.numel() for f in opt._buffers[0].flat["momentum_buffer"]]
     assert flat_sizes == [3]  # the frozen weights took no memory
-    delta_before = opt.state[live]["momentum_buffer"].clone()
+    delta_before = delta_of(opt, live)
     frozen.requires_grad_()
     frozen.grad = torch.ones(1000)
     opt.step()  # new flat buffers, adopting live's Δ
-    assert torch.allclose(opt.state[live]["momentum_buffer"], 0.9 * delta_before - 0.09)
-    assert torch.allclose(opt.state[frozen]["momentum_buffer"], torch.full((1000,), -0.09))
+    assert torch.allclose(delta_of(opt, live), 0.9 * delta_before - 0.09)
+    assert torch.allclose(delta_of(opt, frozen), torch.full((1000,), -0.09, dtype=torch.float64))
 
 
 def test_a_state_replaced_by_hand_is_what_the_next_step_uses():
     """``opt.state.clear()`` (a common way to reset momentum) or assigning a state entry must not
-    leave the step on the optimizer's previous buffers."""
+    leave the step on the optimizer's previous buffers (an assigned buffer holds Δ / P)."""
     w = torch.zeros(3, requires_grad=True)
     opt = ExponentiatedO2NC([w], lr=1.0, beta=0.5, scaling="none")
     for _ in range(3):
@@ -297,10 +298,36 @@ def test_a_state_replaced_by_hand_is_what_the_next_step_uses():
     opt.step()  # from Δ = 0: Δ = 0.5 * (0 - 1)
     assert torch.allclose(w - before, torch.full((3,), -0.5))
     opt.state[w]["momentum_buffer"] = torch.full((3,), 2.0)
+    delta = 2.0 * opt.param_groups[0]["update_scale"]
     before = w.detach().clone()
     w.grad = torch.ones(3)
-    opt.step()  # Δ = 0.5 * (2 - 1)
-    assert torch.allclose(w - before, torch.full((3,), 0.5))
+    opt.step()  # Δ = 0.5 * (Δ - 1)
+    assert torch.allclose(w - before, torch.full((3,), 0.5 * (delta - 1.0)))
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+def test_a_parameter_without_a_gradient_keeps_its_delta_while_the_others_step(foreach):
+    """Δ's discount lives in the group's scale P; a parameter skipped at a step must keep its Δ
+    (as torch SGD keeps its buffer), including across the steps where P restarts at 1."""
+    torch.manual_seed(0)
+    start = [torch.randn(4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    weights = [w.clone().requires_grad_() for w in start]
+    opt = ExponentiatedO2NC(weights, lr=0.1, beta=0.5, scaling="none", foreach=foreach)
+    groups = [{"indices": [0, 1], "lr": 0.1, "beta": 0.5, "mu": 0.0, "weight_decay": 0.0}]
+    reference = ReferenceO2NC(start, groups)
+    for step in range(30):  # P = 0.5^n restarts at 1 every 10 steps
+        grads = [torch.randn(4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+        if 5 <= step < 25:
+            grads[1] = None  # the second weight sits out 20 steps
+        for w, g in zip(weights, grads, strict=True):
+            w.grad = g
+        opt.step()
+        reference.step(grads, 1.0)
+        for i, w in enumerate(weights):
+            torch.testing.assert_close(
+                delta_of(opt, w), reference.deltas[i], rtol=1e-12, atol=1e-14
+            )
+            torch.testing.assert_close(w.detach(), reference.weights[i], rtol=1e-12, atol=1e-14)
 
 
 # ----------------------------------------------------------------------------- eta schedules
