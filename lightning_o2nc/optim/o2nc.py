@@ -33,6 +33,17 @@ Monitoring (all on the device, read only when asked, see :meth:`ExponentiatedO2N
   (c, eps)-stationarity certificate is ``||m_hat|| + c V``. x_bar is stored as its deviation from
   the weights, ``x - x_bar = k u`` (one buffer u per parameter, one scalar k per group), updated in
   the step's own pass over each tensor (see :func:`~lightning_o2nc.optim.functional.average_o2nc`).
+
+State layout (what ``state_dict()`` holds):
+
+- ``state[p]["momentum_buffer"]`` is D with ``Delta = P D``, where ``P = group["update_scale"]``
+  carries the discounts ``zeta`` of the steps since P last restarted at 1: the step then only
+  adds to D (``D += -(zeta eta / P) g``) instead of scaling it as well, one pass over Δ fewer.
+  P is folded into D when it would fall below 2^-10 (every ~66 steps at ζ = 0.9).
+- ``state[p]["iterate_deviation"]`` is u with ``x - x_bar = k u``, ``k = group["deviation_scale"]``.
+- Both are views of one flat buffer per group, device and dtype (:mod:`~lightning_o2nc.optim.flat`):
+  ``||u||^2`` for V and ``||Delta||^2`` for the statistics are one reduction each, and frozen
+  parameters (``requires_grad=False``) get no buffer.
 """
 
 from __future__ import annotations
@@ -479,7 +490,8 @@ def _as_tensors(
 def _init_group_scalars(group: dict[str, Any]) -> None:
     """Per-group running sums kept in the group, so they travel with ``state_dict()``.
 
-    ``update_weight_sum`` is W (for ``m_hat = -Delta / W``), ``average_weight_sum`` is A (for x_bar's
+    ``update_scale`` is P (``Delta = P D``, D the stored buffer; 1 in older checkpoints, whose
+    buffers hold Δ), ``update_weight_sum`` is W (for ``m_hat = -Delta / W``), ``average_weight_sum`` is A (for x_bar's
     newest weight 1/A), ``deviation_scale`` is k (``x - x_bar = k u``) and ``iterate_variance`` is
     this group's V.
     """

@@ -435,3 +435,33 @@ class BelowZero(Schedule):
 
     def __call__(self, t: int) -> float:
         return -1.0
+
+
+def test_a_checkpoint_with_a_scaled_buffer_continues_exactly_under_skip_nonfinite():
+    """The masked kernel keeps P at 1: it folds a checkpoint's P into the buffers first."""
+    torch.manual_seed(0)
+    start = torch.randn(5, dtype=torch.float64)
+    plain_w, masked_w = start.clone().requires_grad_(), start.clone().requires_grad_()
+    plain = ExponentiatedO2NC([plain_w], lr=0.1, beta=0.9, scaling="none")
+    for _ in range(3):
+        plain_w.grad = torch.randn(5, dtype=torch.float64)
+        plain.step()
+    assert plain.param_groups[0]["update_scale"] != 1.0
+    masked = ExponentiatedO2NC([masked_w], lr=0.1, beta=0.9, scaling="none", skip_nonfinite=True)
+    masked.load_state_dict(copy.deepcopy(plain.state_dict()))  # torch shares the tensors
+    with torch.no_grad():
+        masked_w.copy_(plain_w)
+    for step in range(3):
+        grad = torch.randn(5, dtype=torch.float64)
+        plain_w.grad, masked_w.grad = grad, grad.clone()
+        if step == 1:
+            masked_w.grad[0] = math.inf  # skipped: Δ and x stay
+            before = (masked_w.detach().clone(), delta_of(masked, masked_w))
+            masked.step()
+            assert torch.equal(masked_w.detach(), before[0])
+            torch.testing.assert_close(delta_of(masked, masked_w), before[1])
+            continue
+        plain.step()
+        masked.step()
+        torch.testing.assert_close(masked_w.detach(), plain_w.detach(), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(delta_of(masked, masked_w), delta_of(plain, plain_w))
