@@ -7,7 +7,8 @@ Models (parameters with fixed random gradients; each arm keeps its own optimizer
 - ``resnet18``: torchvision's ResNet-18 (62 tensors, 11.7 M floats), where memory passes dominate.
 
 Arms: torch SGD(momentum) with ``foreach=True`` and ``foreach=False`` (and ``fused=True`` on
-CUDA); ExponentiatedO2NC with its defaults and with each path forced; with ``average=True``; and with
+CUDA); ExponentiatedO2NC with its defaults (multi-tensor kernels on CUDA and for CPU groups of up
+to 2^18 elements, the per-tensor loop for larger CPU groups) and with each path forced; with ``average=True``; and with
 ``average=True`` plus ``statistics()`` after every step (as a monitor that logs every step).
 
 Timing: one process, every round visits every (model, arm) pair in a fresh random order and times a
@@ -123,9 +124,8 @@ def build_arms(device: torch.device) -> list[Arm]:
     ]
     if device.type == "cuda":
         arms.append(Arm("SGD fused=True", sgd(fused=True), sgd=True))
-    default_path = "foreach" if device.type == "cuda" else "for-loop"
     arms += [
-        Arm(f"O2NC defaults ({default_path})", o2nc()),
+        Arm("O2NC defaults", o2nc()),
         Arm("O2NC foreach=True", o2nc(foreach=True)),
         Arm("O2NC foreach=False", o2nc(foreach=False)),
         Arm("O2NC average=True", o2nc(average=True)),

@@ -68,8 +68,8 @@ def test_step_overhead_counts_one_buffer_per_parameter_and_doubles_state_with_av
     result = step_overhead.run("cpu", rounds=1, steps_per_block=1, warmup_steps=1, models=("mlp",))
     summary = result["models"]["mlp"]
     rows = {row["arm"]: row for row in summary["rows"]}
-    assert rows["O2NC defaults (for-loop)"]["buffers_per_param"] == [1]
-    assert rows["O2NC defaults (for-loop)"]["state_ratio"] == 1.0
+    assert rows["O2NC defaults"]["buffers_per_param"] == [1]
+    assert rows["O2NC defaults"]["state_ratio"] == 1.0
     assert rows["O2NC average=True"]["buffers_per_param"] == [2]
     assert rows["O2NC average=True"]["state_ratio"] == 2.0
     assert summary["num_params"] == sum(p.numel() for p in step_overhead.model_parameters("mlp"))
