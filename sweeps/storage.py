@@ -239,6 +239,35 @@ def _engine_kwargs(dialect: str) -> dict[str, Any]:
     return kwargs
 
 
+def _write_ahead_log(storage: RDBStorage) -> None:
+    """SQLite in write-ahead-log mode, synced at checkpoints rather than at every commit.
+
+    A trial writes its storage some 25 times (parameters, attributes, one report per epoch), and
+    SQLite's default rollback journal syncs the disk at each commit: about 2 ms each, a tenth of a
+    small trial. With ``journal_mode=WAL`` and ``synchronous=NORMAL`` a commit costs about half
+    that, readers no longer block the writer, and the database stays consistent after a crash (a
+    power loss may lose the last commits, never corrupt the file). The mode is stored in the file,
+    so every later connection (other workers, reports, Optuna's CLI) uses it. Like every SQLite
+    file, it is for workers on one machine; a shared file system takes a journal file.
+    """
+    import sqlite3
+
+    from sqlalchemy import event
+
+    @event.listens_for(storage.engine, "connect")
+    def _pragmas(connection: Any, record: Any) -> None:
+        cursor = connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error:  # a read-only file keeps its mode; Optuna reports what fails later
+            pass
+        finally:
+            cursor.close()
+
+    storage.engine.dispose()  # the connections opened before the listener existed
+
+
 def _dialect(url: str) -> str:
     import sqlalchemy.engine
     from sqlalchemy.exc import ArgumentError
@@ -424,7 +453,10 @@ def _open_rdb(url: str, spec: StorageSpec, heartbeat: bool) -> RDBStorage:
                         if heartbeat
                         else {}
                     )
-                    return RDBStorage(url, engine_kwargs=_engine_kwargs(dialect), **beats)
+                    storage = RDBStorage(url, engine_kwargs=_engine_kwargs(dialect), **beats)
+                    if dialect == "sqlite":
+                        _write_ahead_log(storage)
+                    return storage
                 except sqlalchemy.exc.SQLAlchemyError as error:
                     # Workers started together race to create the tables and the schema version
                     # row: the loser finds them there on its next attempt.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 import traceback
 from pathlib import Path
@@ -56,6 +57,19 @@ def test_the_default_storage_is_a_sqlite_file_under_the_logdir(tmp_path, monkeyp
     storage = open_storage(url)
     optuna.create_study(storage=storage, study_name="s")
     assert (tmp_path / "logs" / "optuna.db").is_file()
+
+
+def test_a_sqlite_study_is_written_ahead_and_read_back_by_a_plain_connection(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    trial = study.ask()
+    trial.report(0.5, step=0)
+    study.tell(trial, 1.0)
+    with sqlite3.connect(tmp_path / "optuna.db") as connection:  # without our connect hook
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    plain = optuna.load_study(study_name="s", storage=url)  # Optuna's own RDBStorage
+    assert [t.value for t in plain.trials] == [1.0]
+    assert plain.trials[0].intermediate_values == {0: 0.5}
 
 
 def test_a_bare_path_means_sqlite_and_the_environment_variable_is_the_fallback(
