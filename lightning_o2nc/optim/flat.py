@@ -68,7 +68,8 @@ class GroupBuffers:
         state: the optimizer's ``state``; existing entries of ``names`` are copied into the views and
             replaced by them, missing ones are left missing (a parameter gets its state entry at its
             first gradient, see :meth:`claim`), so ``state_dict()`` is what it was.
-        names: the state entries to store flat (for example ``("momentum_buffer",)``).
+        names: the state entries to store flat: Δ's first, then u's if any (``tiling`` pairs
+            them in that order for the multi-tensor kernel).
     """
 
     def __init__(
