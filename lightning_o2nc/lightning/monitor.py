@@ -41,6 +41,11 @@ class O2NCMonitor(Callback):
         log_histogram: Also write a histogram of the scalars to TensorBoard loggers.
     """
 
+    #: Equal-width bins of the scale histogram between the smallest and largest s since the
+    #: last log. TensorBoard re-bins histograms for display (30 bins); its writer's default,
+    #: ~1500 fixed exponential bins, cost ~0.4 ms per histogram for a handful of values.
+    HISTOGRAM_BINS = 30
+
     def __init__(self, certificate_c: float = 1.0, log_histogram: bool = True):
         if certificate_c < 0:
             raise ValueError(f"certificate_c must be >= 0, got {certificate_c}")
@@ -110,7 +115,10 @@ class O2NCMonitor(Callback):
             logger.log_metrics(metrics, step=step)
             if self.log_histogram and scales and isinstance(logger, tensorboard):
                 logger.experiment.add_histogram(
-                    f"{prefix}/scale_histogram", np.asarray(scales), global_step=step
+                    f"{prefix}/scale_histogram",
+                    np.asarray(scales),
+                    global_step=step,
+                    bins=self.HISTOGRAM_BINS,
                 )
 
     def _remove_hooks(self) -> None:
