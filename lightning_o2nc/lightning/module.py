@@ -16,7 +16,7 @@ from ..optim.factory import OPTIMIZERS
 from ..optim.hyperparameters import HYPERPARAMETERS
 from .averaged_iterate import AveragedIterate
 from .backbones import BACKBONES, build_backbone
-from .compat import writes_training_metrics
+from .compat import EpochMeans, writes_training_metrics
 from .errors import RunConfigError
 from .monitor import O2NCMonitor
 from .packages import Callback, lightning_class, twins
@@ -85,7 +85,8 @@ class O2NCModule:
 
     Logs ``train/loss``, ``train/acc`` (per step, at the steps that loggers write, the last of an
     epoch, and every step while a progress bar shows them), ``val/loss``, ``val/acc``,
-    ``test/loss`` and ``test/acc`` (per epoch), all with ``sync_dist=True``. With ``monitor`` the
+    ``test/loss`` and ``test/acc`` (per epoch: their batch-size-weighted means, logged once per
+    loop, see :class:`~.compat.EpochMeans`), all with ``sync_dist=True``. With ``monitor`` the
     :class:`O2NCMonitor` callback is added, and with ``average`` the :class:`AveragedIterate`
     callback, which adds ``val/acc_avg`` etc. at the averaged iterate x_bar. At the end of fit the
     hyper-parameters and the final validation metrics (``hp/val_acc``, ...) go to TensorBoard's
@@ -169,6 +170,7 @@ class O2NCModule:
                 f"Invalid loss: {loss!r}; expected one of {sorted(LOSSES)} or a callable"
             )
         self.loss_fn = loss
+        self._epoch_means = EpochMeans()
         self._optimizer([nn.Parameter(torch.zeros(1))], _CHECK_HORIZON, _CHECK_HORIZON)
         if self.backbone is None and input_shape is not None and num_classes is not None:
             self.backbone = build_backbone(backbone, input_shape, num_classes)
@@ -218,26 +220,27 @@ class O2NCModule:
             )
         return self.backbone(x)
 
-    def _evaluate(self, batch: Any, stage: str, on_step: bool, log: bool = True) -> torch.Tensor:
+    def _evaluate(
+        self, batch: Any, stage: str, batch_idx: int, on_step: bool, log: bool = True
+    ) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = self.loss_fn(logits, y)
         if not log:
             return loss
         accuracy = (logits.argmax(dim=-1) == y).float().mean()
-        self.log_dict(
-            {f"{stage}/loss": loss, f"{stage}/acc": accuracy},
-            on_step=on_step,
-            on_epoch=not on_step,
-            sync_dist=True,
-            batch_size=len(y),
-            prog_bar=stage != "test",
-        )
+        metrics = {f"{stage}/loss": loss, f"{stage}/acc": accuracy}
+        options = {"sync_dist": True, "prog_bar": stage != "test"}
+        if on_step:
+            self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(y), **options)
+        else:  # the epoch means, logged once at the last batch of the loop
+            self._epoch_means.log(self, metrics, batch_idx, len(y), **options)
         return loss
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "train", on_step=True, log=self._train_metrics_read(batch_idx))
+        read = self._train_metrics_read(batch_idx)
+        return self._evaluate(batch, "train", batch_idx, on_step=True, log=read)
 
     def _train_metrics_read(self, batch_idx: int) -> bool:
         """Whether anything reads this batch's ``train/loss`` and ``train/acc``.
@@ -263,11 +266,11 @@ class O2NCModule:
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "val", on_step=False)
+        self._evaluate(batch, "val", batch_idx, on_step=False)
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "test", on_step=False)
+        self._evaluate(batch, "test", batch_idx, on_step=False)
 
     @override
     def configure_optimizers(self) -> Any:

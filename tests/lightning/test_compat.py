@@ -14,10 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_o2nc import ExponentiatedO2NC
-from lightning_o2nc.lightning.compat import CHECKED_ON, LoggingStepAxis
+from lightning_o2nc.lightning.compat import (
+    CHECKED_ON,
+    EpochMeans,
+    LoggingStepAxis,
+    logging_with_suffix,
+)
 from lightning_o2nc.lightning.packages import Callback, for_package
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +143,77 @@ def test_log_dict_logs_through_log_so_the_suffix_reaches_every_metric(package_na
     assert "self.log(" in source, (
         f"{package_name} {package.__version__}: LightningModule.log_dict no longer calls self.log, "
         f"so AveragedIterate's _avg names miss metrics logged with log_dict {UPDATE}"
+    )
+
+
+class _Stream(IterableDataset):
+    def __init__(self, data):
+        self.data = data
+
+    def __iter__(self):
+        yield from self.data
+
+
+def _evaluating_module(package, once):
+    """Logs each batch's mean loss and a batch-size-dependent score at every batch (``once``:
+    through EpochMeans), and again under ``_avg`` with other values, as AveragedIterate does."""
+
+    class Model(package.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(4, 2)
+            self.means = EpochMeans()
+            self.calls = 0
+
+        def log(self, *args, **kwargs):
+            self.calls += 1
+            super().log(*args, **kwargs)
+
+        def _log(self, metrics, batch_idx, batch_size):
+            if once:
+                self.means.log(self, metrics, batch_idx, batch_size, sync_dist=True, prog_bar=True)
+            else:
+                self.log_dict(metrics, batch_size=batch_size, sync_dist=True, prog_bar=True)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self._log(
+                {"val/loss": loss, "val/size": torch.tensor(float(len(y)))}, batch_idx, len(y)
+            )
+            with logging_with_suffix(self, "_avg"):
+                self._log({"val/loss": 2 * loss}, batch_idx, len(y))
+
+    return Model()
+
+
+@pytest.mark.parametrize("package_name", PACKAGES)
+@pytest.mark.parametrize("iterable", [False, True], ids=["sized", "no_len"])
+def test_one_log_of_the_weighted_mean_is_what_lightning_makes_of_a_log_per_batch(
+    package_name, iterable
+):
+    package = importlib.import_module(package_name)
+    data = TensorDataset(torch.randn(70, 4), torch.randint(0, 2, (70,)))  # batches 16, 16, ..., 6
+    if iterable:  # no len, so no last batch to wait for: EpochMeans logs every batch instead
+        data = _Stream(data)
+    metrics, calls = [], []
+    for once in (False, True):
+        torch.manual_seed(0)
+        model = _evaluating_module(package, once)
+        trainer = package.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+        )
+        trainer.validate(model, DataLoader(data, batch_size=16), verbose=False)
+        metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+        calls.append(model.calls)
+    per_batch, once = metrics
+    assert calls == [15, 15 if iterable else 3]  # 5 batches, 3 metrics
+    assert set(per_batch) == {"val/loss", "val/size", "val/loss_avg"}
+    assert per_batch["val/size"] == pytest.approx((4 * 16**2 + 6**2) / 70)  # batch-size weighted
+    assert once == pytest.approx(per_batch, rel=1e-6), (
+        f"{package_name} {package.__version__}: the epoch value of a metric logged once with "
+        f"batch_size=N is no longer the batch-size-weighted mean Lightning makes of a log per "
+        f"batch {UPDATE}"
     )
 
 

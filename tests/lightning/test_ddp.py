@@ -34,3 +34,6 @@ def test_two_process_gloo_ddp_ends_with_identical_weights_and_synced_metrics(tmp
     for name in ("val/loss", "val/acc", "val/loss_avg", "val/acc_avg", "train/loss"):
         assert ranks[0]["metrics"][name] == ranks[1]["metrics"][name], name
     assert ranks[0]["metrics"]["val/acc"] > 0.5
+    # and the value is the mean over all validation examples of both ranks
+    (sum0, count0), (sum1, count1) = (r["val_loss_sum_and_count"] for r in ranks)
+    assert ranks[0]["metrics"]["val/loss"] == pytest.approx((sum0 + sum1) / (count0 + count1))
