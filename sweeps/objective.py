@@ -25,7 +25,6 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_info
 from optuna_integration import PyTorchLightningPruningCallback
 from tensorboard.compat.proto.summary_pb2 import Summary
-from torch.utils.tensorboard import summary
 from torch.utils.tensorboard.writer import FileWriter
 from typing_extensions import override
 
@@ -104,11 +103,8 @@ class SweepTensorBoardLogger:
         ):
             super().log_metrics(metrics, step)
             return
-        values = [
-            value
-            for name, number in metrics.items()
-            for value in summary.scalar(name, float(number)).value
-        ]
+        # what torch's summary.scalar makes of each, without its per-value numpy round trip
+        values = [Summary.Value(tag=name, simple_value=float(v)) for name, v in metrics.items()]
         file_writer.add_summary(Summary(value=values), step)
 
     @override

@@ -106,7 +106,7 @@ class O2NCMonitor(Callback):
         metrics = {f"{prefix}/{name}": value for name, value in zip(names, values, strict=True)}
         metrics[f"{prefix}/scale"] = opt.last_scale
         if scales:
-            metrics[f"{prefix}/scale_mean"] = float(np.mean(scales))
+            metrics[f"{prefix}/scale_mean"] = sum(scales) / len(scales)
         for j, group in enumerate(opt.param_groups):
             for name in SCHEDULABLE:
                 metrics[f"{prefix}/{name}/group{j}"] = float(group[name])
