@@ -17,7 +17,9 @@ start-up and the report are excluded.
 
 Run: ``python -m benchmarks.sweep_scaling [--quick]``. The raw results go to
 ``benchmarks/results/sweep_scaling.json`` (quick runs: the scratch folder); ``run(quick)``
-returns the markdown section for ``benchmarks/run_all.py``.
+returns the markdown section for ``benchmarks/run_all.py``. ``--only-overhead`` measures the
+per-trial part alone and, at full size, replaces that part of the stored results (with its own
+command, date and commit; the other parts stay). Each round records the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -236,7 +238,9 @@ def measure_overhead(quick: bool) -> dict[str, Any]:
         "bare": (_bare_command(trials, epochs), "bare"),
     }
     measured: dict[str, list[SweepTiming]] = {"o2nc": [], "bare": []}
+    loads = []  # the 1-minute load average as each round starts: the machine may be shared
     for i in range(rounds):
+        loads.append(os.getloadavg()[0])
         for name in ("o2nc", "bare") if i % 2 == 0 else ("bare", "o2nc"):
             command, study_name = arms[name]
             measured[name].append(_run_arm(f"overhead_{name}_{i}", command, 1, study_name))
@@ -246,8 +250,13 @@ def measure_overhead(quick: bool) -> dict[str, Any]:
         "trials": trials,
         "epochs": epochs,
         "rounds": [
-            {"o2nc_median_s": o.median_trial_s, "bare_median_s": b.median_trial_s, "ratio": r}
-            for (o, b), r in zip(pairs, ratios, strict=True)
+            {
+                "o2nc_median_s": o.median_trial_s,
+                "bare_median_s": b.median_trial_s,
+                "ratio": r,
+                "load_1min": load,
+            }
+            for (o, b), r, load in zip(pairs, ratios, loads, strict=True)
         ],
         "o2nc_trial_s": [s for t in measured["o2nc"] for s in t.trial_s],
         "bare_trial_s": [s for t in measured["bare"] for s in t.trial_s],
@@ -320,9 +329,22 @@ def to_markdown(results: dict[str, Any]) -> str:
     saved = 1 - pruned.epochs / unpruned.epochs if unpruned.epochs else float("nan")
     horizon = min(one.span_s, two.span_s)
     rounds = [
-        (i, f"{r['o2nc_median_s']:.3f}", f"{r['bare_median_s']:.3f}", f"{r['ratio']:.2f}×")
+        (
+            *(i, f"{r['o2nc_median_s']:.3f}", f"{r['bare_median_s']:.3f}", f"{r['ratio']:.2f}×"),
+            "-" if r.get("load_1min") is None else f"{r['load_1min']:.1f}",
+        )
         for i, r in enumerate(overhead["rounds"])
     ]
+    separately = overhead.get("machine")  # re-measured alone with --only-overhead
+    remeasured = (
+        [
+            f"- Measured on its own (`{overhead['command']}`, "
+            f"{separately.get('date (UTC)', '?')} UTC, commit {separately.get('commit', '?')}); "
+            "the workers and pruning parts below come from the full run.",
+        ]
+        if separately
+        else []
+    )
     sweeps = [
         (
             *(t.label, t.workers, t.trials, t.distinct, f"{t.span_s:.1f}", f"{t.wall_s:.1f}"),
@@ -338,8 +360,12 @@ def to_markdown(results: dict[str, Any]) -> str:
             f"### Per-trial overhead: o2nc-sweep against a bare Optuna + Lightning loop "
             f"({overhead['trials']} trials × {overhead['epochs']} epochs, no pruning)",
             "",
-            markdown_table(["round", "o2nc-sweep median (s)", "bare median (s)", "ratio"], rounds),
+            markdown_table(
+                ["round", "o2nc-sweep median (s)", "bare median (s)", "ratio", "load (1 min)"],
+                rounds,
+            ),
             "",
+            *remeasured,
             f"- Ratio of the median trial times: **{overhead['ratio_median']:.2f}×** (rounds "
             f"{overhead['ratio_min']:.2f}–{overhead['ratio_max']:.2f}×; target ≤ 1.5×), with "
             "full monitoring, x̄ validation and TensorBoard on. The bare loop is the same MLP, "
@@ -385,6 +411,24 @@ def run(quick: bool, output: Path | None = None) -> str:
     return section
 
 
+def record_overhead(overhead: dict[str, Any], output: Path = RESULTS_JSON) -> Path | None:
+    """Replace the per-trial part of a full run's results with ``overhead`` (a full-size
+    ``--only-overhead`` run); the workers and pruning parts stay as measured. ``None`` (nothing
+    written) where no full run has written ``output`` yet."""
+    from .report import machine_description
+    from .results import read_result, write_result
+
+    results = read_result(output.stem, output.parent)
+    if results is None or results.get("quick"):
+        return None
+    overhead = dict(
+        overhead,
+        command="python -m benchmarks.sweep_scaling --only-overhead",
+        machine=machine_description(),
+    )
+    return write_result(output.stem, {**results, "overhead": overhead}, output.parent)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few short trials per part")
@@ -397,7 +441,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.bare_worker is not None:
         bare_worker(args.bare_worker, args.bare_trials, args.bare_epochs)
     elif args.only_overhead:
-        print(json.dumps(measure_overhead(args.quick), indent=1))
+        overhead = measure_overhead(args.quick)
+        print(json.dumps(overhead, indent=1))
+        if not args.quick:  # a full-size measurement replaces the stored one
+            written = record_overhead(overhead, args.output or RESULTS_JSON)
+            print(f"raw results: {written}" if written else "not recorded: no full run stored")
     else:
         run(args.quick, args.output)
 
