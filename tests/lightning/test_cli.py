@@ -98,7 +98,7 @@ def test_build_run_defaults_to_tensorboard_rich_progress_and_last_checkpoint(tmp
     assert marker in trainer.callbacks
     assert trainer.max_epochs == 1
     assert isinstance(datamodule, SyntheticDataModule)
-    assert model.hparams.input_shape == (1, 8, 8)
+    assert tuple(model.hparams.input_shape) == (1, 8, 8)
 
 
 def test_o2nc_train_fit_then_test_from_the_last_checkpoint(tmp_path):
@@ -231,6 +231,45 @@ def test_build_run_refuses_a_bad_config_with_its_path(tmp_path):
     with pytest.raises(RunConfigError) as raised:
         build_run(config, logger=False)
     assert raised.value.path == "model.backbone"
+
+
+def test_build_run_reuses_one_parser_and_each_run_gets_its_own_values(tmp_path):
+    """A sweep worker builds one run per trial; the parser is built once, the values never leak."""
+    from lightning_o2nc.lightning import cli
+    from lightning_o2nc.lightning.errors import RunConfigError
+
+    first = _synthetic_config(tmp_path)
+    _, model_a, _ = build_run(first, logger=False)
+    parsers = dict(cli._PARSERS)
+    second = _synthetic_config(tmp_path)
+    second["model"].update(lr=0.02, beta=0.5)
+    second["data"]["init_args"]["batch_size"] = 8
+    _, model_b, datamodule_b = build_run(second, logger=False)
+    assert parsers == cli._PARSERS  # no new parser
+    assert (model_a.hparams.lr, model_a.hparams.beta) == (0.1, 0.9)
+    assert (model_b.hparams.lr, model_b.hparams.beta) == (0.02, 0.5)
+    assert datamodule_b.batch_size == 8
+    bad = _synthetic_config(tmp_path)
+    bad["model"]["beta"] = 1.5
+    with pytest.raises(RunConfigError, match="beta"):
+        build_run(bad, logger=False)
+    _, model_c, _ = build_run(_synthetic_config(tmp_path), logger=False)  # and it still parses
+    assert model_c.hparams.beta == 0.9
+
+
+def test_a_build_run_checkpoint_loads_with_load_from_checkpoint(tmp_path):
+    """build_run leaves LightningCLI's instantiator out: O2NCModule records its own arguments."""
+    from lightning_o2nc.lightning import O2NCModule
+
+    config = _synthetic_config(tmp_path)
+    config["model"]["lr"] = 0.03
+    trainer, model, datamodule = build_run(config, trainer_overrides={"max_epochs": 1})
+    trainer.fit(model, datamodule=datamodule)
+    last = Path(trainer.checkpoint_callback.last_model_path)
+    loaded = O2NCModule.load_from_checkpoint(last, weights_only=True)
+    assert loaded.hparams.lr == 0.03 and loaded.hparams.num_classes == model.hparams.num_classes
+    for ours, theirs in zip(loaded.parameters(), model.parameters(), strict=True):
+        assert torch.equal(ours, theirs)
 
 
 def test_fit_help_fits_a_few_screens_with_the_o2nc_options_first(capsys):
