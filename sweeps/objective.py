@@ -258,7 +258,11 @@ class SweepObjective:
             self.progress.begin_trial(trial.number, max_epochs, trial.params)
 
         trainer, model, datamodule = build_run(
-            config, extra_callbacks=callbacks, logger=logger, trainer_overrides=overrides
+            config,
+            extra_callbacks=callbacks,
+            logger=logger,
+            trainer_overrides=overrides,
+            save_config=False,  # config.yaml is written above, before the trial can fail
         )
         try:
             with self.stop.forwarding_to(lambda: _rank_processes(trainer)):

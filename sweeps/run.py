@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import warnings
 from contextlib import contextmanager
@@ -152,6 +153,11 @@ def _run(
                     "raise --n-trials to run more"
                 )
             else:
+                # Everything alive now (torch, Lightning, the study) lives as long as the worker:
+                # freezing it keeps every full collection (gc_after_trial's, and Python's own)
+                # from walking it again, ~210 -> ~45 ms each on the digits demo.
+                gc.collect()
+                gc.freeze()
                 # No n_trials here: a skipped duplicate or an interrupted trial does not count,
                 # so the study's own count decides when this worker is done.
                 try:

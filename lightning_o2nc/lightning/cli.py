@@ -344,6 +344,7 @@ def build_run(
     extra_callbacks: Iterable[Callback] = (),
     logger: Logger | bool | None = None,
     trainer_overrides: Mapping[str, Any] | None = None,
+    save_config: bool = True,
 ) -> tuple[Trainer, LightningModule, ClassificationDataModule]:
     """Builds (without running) the Trainer, model and data module of a train config.
 
@@ -353,11 +354,13 @@ def build_run(
         extra_callbacks: Callback objects added to the config's callbacks (e.g. a pruning callback).
         logger: A logger object (or ``False``) that replaces the config's logger.
         trainer_overrides: Trainer keyword arguments that replace the config's values.
+        save_config: Save the resolved config as ``config.yaml`` in the logger's directory when
+            fit starts (never with ``logger=False``). A caller that writes the config itself (a
+            sweep trial) saves the ~15 ms LightningCLI takes to dump it.
 
-    The resolved config is saved as ``config.yaml`` in the logger's directory (not with
-    ``logger=False``). Runs built in one process share one parser (a sweep worker builds one run
-    per trial), and the model records its own arguments for ``load_from_checkpoint``, so
-    LightningCLI's checkpoint instantiator is left out.
+    Runs built in one process share one parser (a sweep worker builds one run per trial), and
+    the model records its own arguments for ``load_from_checkpoint``, so LightningCLI's
+    checkpoint instantiator is left out.
 
     Returns:
         ``(trainer, model, datamodule)``; run it with ``trainer.fit(model, datamodule=datamodule)``.
@@ -376,7 +379,7 @@ def build_run(
         # instantiator; LightningCLI's would dump the whole config per run (~15 ms) to record it
         load_from_checkpoint_support=False,
         # without a logger the config would land in the working directory: keep it out
-        **({"save_config_callback": None} if logger is False else {}),
+        **({"save_config_callback": None} if logger is False or not save_config else {}),
     )
     return cli.trainer, cli.model, cli.datamodule
 

@@ -65,6 +65,10 @@ def test_each_trial_is_one_tensorboard_run_with_hparams_and_the_report_names_the
     config = yaml.safe_load(Path(best.user_attrs["config"]).read_text())
     assert config["model"]["lr"] == best.params["model.lr"]
     assert config["trainer"]["max_epochs"] == 2
+    from lightning_o2nc.lightning.cli import build_run  # what `o2nc-train fit --config` parses
+
+    _, model, _ = build_run(config, logger=False)
+    assert model.hparams.lr == best.params["model.lr"]
 
 
 def test_rerunning_the_same_sweep_continues_the_study(
