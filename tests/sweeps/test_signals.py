@@ -110,7 +110,8 @@ def _report(moment: str, signum: int, worker: Worker, seconds: float) -> None:
 
 
 def _assert_interrupted_trial(url: str, signum: int) -> optuna.trial.FrozenTrial:
-    """The one interrupted trial: FAIL, named signal, not counted, queued again first."""
+    """The one interrupted trial: FAIL, named signal, not counted, queued again first (when it
+    had drawn its values)."""
     name = signal.Signals(signum).name
     recorded = trials(url)
     assert not [t for t in recorded if t.state == TrialState.RUNNING]
@@ -118,7 +119,13 @@ def _assert_interrupted_trial(url: str, signum: int) -> optuna.trial.FrozenTrial
     assert failed.user_attrs["interrupted_by"] == name
     assert name in failed.system_attrs["fail_reason"]
     assert "fail_reason" not in failed.user_attrs  # so it does not count towards n_trials
-    (queued,) = [t for t in recorded if t.state == TrialState.WAITING]
+    queued = [t for t in recorded if t.state == TrialState.WAITING]
+    if not failed.params and "fixed_params" not in failed.system_attrs:
+        # the signal came after Optuna created the trial and before it drew any value: nothing
+        # to try again, and the sweep must not say otherwise
+        assert not queued and "queued again" not in failed.system_attrs["fail_reason"]
+        return failed
+    (queued,) = queued
     assert queued.user_attrs["retry_of"] == failed.number
     assert queued.system_attrs["fixed_params"] == failed.params
     return failed
@@ -270,3 +277,32 @@ def test_a_second_sigint_exits_at_once_and_says_truthfully_what_it_leaves(
     _rerun_completes(worker, tmp_path, short_sweep, [], n_trials=2)
     recorded = trials(running.url)
     assert not [t for t in recorded if t.state == TrialState.RUNNING]
+
+
+def test_a_trial_stopped_before_it_draws_values_fails_and_queues_nothing(
+    tmp_path, write_yaml, train_config, default_sweep
+):
+    """The window between Optuna creating a trial and the objective drawing its values: the trial
+    is recorded as interrupted with nothing to try again, and the worker says so."""
+    from sweeps.config import load_sweep_config
+    from sweeps.objective import SweepObjective
+    from sweeps.run import _interruption_message
+    from sweeps.signals import StopRequest, TrialInterrupted
+
+    sweep = load_sweep_config(write_yaml("sweep.yaml", default_sweep(train_config)))
+    stop = StopRequest()
+    objective = SweepObjective(sweep, tmp_path / "logs", None, stop=stop)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    trial = study.ask()
+    stop.signum = signal.SIGTERM  # arrives now, before the objective draws anything
+    with pytest.raises(TrialInterrupted):
+        objective(trial)
+    study.tell(trial, state=TrialState.FAIL)
+    (failed,) = study.trials
+    assert failed.params == {} and failed.user_attrs["interrupted_by"] == "SIGTERM"
+    assert failed.system_attrs["fail_reason"] == (
+        "interrupted by SIGTERM; not counted towards n_trials"
+    )
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
+    assert objective.interrupted == (failed.number, False)
+    assert "nothing to queue again" in _interruption_message(stop, objective)
