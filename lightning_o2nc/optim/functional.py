@@ -11,9 +11,11 @@ where the dispatcher has worked out the :class:`Coefficients` once, and performs
 Δ's discount ζ in P instead of multiplying the buffer by it (``P_n = zeta_n P_{n-1}``) saves one of
 the two passes over Δ each step; the buffer takes the discount (``discount = zeta P``) and P
 restarts at 1 only when P would fall below 2^-10, or at every step of the masked kernel, whose
-P must not depend on the device's verdict. With ``update_scale=None`` the buffers hold Δ itself. The reductions (``||u||^2`` for V, ``||Delta||^2`` for the statistics)
-are not the kernels' business: the optimizer takes them over its flat buffers
-(:mod:`~lightning_o2nc.optim.flat`), one call per buffer, and only when something reads them.
+P must not depend on the device's verdict. With ``update_scale=None`` the buffers hold Δ itself.
+
+The reductions (``||u||^2`` for V, ``||Delta||^2`` for the statistics) are not the kernels'
+business: the optimizer takes them over its flat buffers (:mod:`~lightning_o2nc.optim.flat`), one
+call per buffer, and only when something reads them.
 
 - :func:`single_tensor_o2nc`: a loop over tensors, each updated while it is in cache (fastest on
   the CPU for large models);
