@@ -21,19 +21,25 @@ test: $(STAMP)
 # test-min: the Lightning and sweep tests in a separate venv holding the lower bounds that
 # pyproject.toml states for lightning (and pytorch-lightning at the same version), optuna and
 # optuna-integration; everything else resolves as usual.
+# .venv-min sees .venv's site-packages after its own (a .pth line), so pip installs there only
+# what the lower bounds change: torch (5.5 GB with its CUDA libraries) is not copied a second
+# time, which a CI machine's disk may not hold. pip leaves .venv's own copies alone ("outside
+# environment"); the pinned versions, installed in .venv-min, come first on sys.path.
 MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 MIN_PACKAGES := lightning pytorch-lightning optuna optuna-integration
+SITE_PACKAGES := import sysconfig; print(sysconfig.get_paths()["purelib"])
 
-$(MIN_STAMP): pyproject.toml .ci/lower_bounds.py
+$(MIN_STAMP): pyproject.toml .ci/lower_bounds.py $(STAMP)
 	test -d $(MIN_VENV) || $(PYTHON) -m venv $(MIN_VENV)
+	$(BIN)/python -c '$(SITE_PACKAGES)' > "$$($(MIN_VENV)/bin/python -c '$(SITE_PACKAGES)')/o2nc_base_venv.pth"
 	$(MIN_VENV)/bin/pip install --quiet --upgrade pip
 	$(MIN_VENV)/bin/pip install --quiet -e '.[dev]' $$($(PYTHON) .ci/lower_bounds.py $(MIN_PACKAGES))
 	touch $(MIN_STAMP)
 
 test-min: $(MIN_STAMP)
 	$(MIN_VENV)/bin/pip list 2>/dev/null | grep -iE '^(torch|lightning|pytorch-lightning|optuna|optuna-integration) '
-	$(MIN_VENV)/bin/pytest -n 2 --timeout 600 tests/lightning tests/sweeps
+	$(MIN_VENV)/bin/python -m pytest -n 2 --timeout 600 tests/lightning tests/sweeps
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

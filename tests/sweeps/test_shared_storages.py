@@ -35,7 +35,9 @@ from sweeps.storage import (
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-OPTUNA_CLI = Path(sys.executable).parent / "optuna"
+# Optuna's console script, run through its entry point: the script itself may live in another
+# venv than this interpreter (``make test-min``'s venv reuses the main one's packages).
+OPTUNA_CLI = [sys.executable, "-c", "import sys; from optuna.cli import main; sys.exit(main())"]
 SERVE = [sys.executable, "-m", "sweeps.cli", "serve"]
 PIPED = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
 #: Generous: each process imports torch and Lightning, on 2 cores shared by the whole suite.
@@ -126,7 +128,7 @@ def test_two_workers_on_one_journal_file_complete_each_trial_once_and_optuna_rea
 
     storage_args = ["--storage", str(journal), "--storage-class", JOURNAL_CLASS]
     listed = subprocess.run(
-        [str(OPTUNA_CLI), "trials", *storage_args, "--study-name", "journal", "--format", "json"],
+        [*OPTUNA_CLI, "trials", *storage_args, "--study-name", "journal", "--format", "json"],
         capture_output=True,
         text=True,
         timeout=PROCESS_TIMEOUT,
