@@ -30,7 +30,7 @@ from typing_extensions import override
 
 from lightning_o2nc.lightning.packages import for_package, lightning_class
 
-from .callbacks import EpochReporter, NonFiniteLossGuard, StopAtNextBatch
+from .callbacks import CallbackGroup, EpochReporter, NonFiniteLossGuard, StopAtNextBatch
 from .config import SweepConfig, spawn_strategy
 from .distinct import DUPLICATE_OF, VALUES, DuplicateConfiguration, duplicate_of
 from .errors import FAIL_REASON, SweepConfigError
@@ -250,16 +250,16 @@ class SweepObjective:
         guard = NonFiniteLossGuard()
         # Always attached: with the ``none`` pruner it still records the per-epoch curve.
         pruning = PyTorchLightningPruningCallback(trial, monitor=sweep.objective.monitor)
-        callbacks: list[Any] = [StopAtNextBatch(self.stop), guard, pruning]
+        members: list[Any] = [StopAtNextBatch(self.stop), guard, pruning]
         if self.progress is not None and spawn is None:
-            callbacks.append(EpochReporter(self.progress.epoch_done))
+            members.append(EpochReporter(self.progress.epoch_done))
         if self.progress is not None:
             max_epochs = get_path(config, "trainer.max_epochs", default=None)
             self.progress.begin_trial(trial.number, max_epochs, trial.params)
 
         trainer, model, datamodule = build_run(
             config,
-            extra_callbacks=callbacks,
+            extra_callbacks=[CallbackGroup(*members)],  # one callback to Lightning: see its doc
             logger=logger,
             trainer_overrides=overrides,
             save_config=False,  # config.yaml is written above, before the trial can fail

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.hooks import RemovableHandle
@@ -114,11 +114,17 @@ class O2NCMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if self.log_histogram and scales and isinstance(logger, tensorboard):
-                logger.experiment.add_histogram(
+                limits, counts = equal_width_histogram(scales, self.HISTOGRAM_BINS)
+                logger.experiment.add_histogram_raw(
                     f"{prefix}/scale_histogram",
-                    np.asarray(scales),
+                    min=min(scales),
+                    max=max(scales),
+                    num=len(scales),
+                    sum=math.fsum(scales),
+                    sum_squares=math.fsum(s * s for s in scales),
+                    bucket_limits=limits,
+                    bucket_counts=counts,
                     global_step=step,
-                    bins=self.HISTOGRAM_BINS,
                 )
 
     def _remove_hooks(self) -> None:
@@ -141,3 +147,24 @@ class O2NCMonitor(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored_step = state_dict.get("batches_that_stepped")
+
+
+def equal_width_histogram(values: list[float], bins: int) -> tuple[list[float], list[int]]:
+    """``(bucket_limits, bucket_counts)`` of ``values`` in ``bins`` equal-width buckets.
+
+    Bucket k holds the values in ``[lo + k * w, lo + (k + 1) * w)``, the last one ``hi`` too,
+    with ``lo, hi = min(values), max(values)`` and ``w = (hi - lo) / bins``; ``bucket_limits``
+    are the right edges, as TensorBoard's HistogramProto wants them. One bucket when all values
+    are equal. The monitor bins the handful of s drawn since its last log in plain Python and
+    hands the buckets to the writer's ``add_histogram_raw``: the writer's own ``add_histogram``
+    (numpy's histogram, then trimming) cost ~0.3 ms per log, most of the monitor's time.
+    """
+    lo, hi = min(values), max(values)
+    if not hi > lo:
+        return [hi], [len(values)]
+    width = (hi - lo) / bins
+    counts = [0] * bins
+    for value in values:
+        counts[min(int((value - lo) / width), bins - 1)] += 1
+    limits = [lo + width * (k + 1) for k in range(bins - 1)] + [hi]
+    return limits, counts

@@ -69,6 +69,7 @@ def lightning_package(name: str | None = None) -> ModuleType:
 
 
 @functools.cache
+@functools.cache
 def installed_packages() -> tuple[ModuleType, ...]:
     """``lightning.pytorch`` (a dependency) and ``pytorch_lightning`` when it is installed."""
     found = [importlib.import_module(DEFAULT_PACKAGE)]
@@ -82,9 +83,11 @@ def installed_packages() -> tuple[ModuleType, ...]:
     return tuple(found)
 
 
+@functools.cache
 def twins(path: str) -> tuple[type, ...]:
     """The class at ``path`` (e.g. ``"loggers.TensorBoardLogger"``) in every installed package,
-    for ``isinstance`` checks that hold under either package's Trainer."""
+    for ``isinstance`` checks that hold under either package's Trainer (looked up once: the
+    monitor checks its loggers at every logging step)."""
     return tuple(_lookup(package, path) for package in installed_packages())
 
 
