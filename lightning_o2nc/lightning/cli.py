@@ -41,6 +41,7 @@ from .data import ClassificationDataModule
 from .errors import RunConfigError, exit_with_one_line, wants_traceback
 from .module import O2NCModule
 from .packages import for_package, lightning_class, lightning_package, twins
+from .parsed_configs import ParsedConfigs
 from .run_folders import latest_resumable_version, logger_run_folder
 
 PROGRAM = "o2nc-train"
@@ -80,6 +81,8 @@ def trainer_defaults(package: ModuleType) -> dict[str, Any]:
 
 #: Parsers of CLIs made with ``reuse_parser`` (build_run's), by what they were built from.
 _PARSERS: dict[tuple[Any, ...], LightningArgumentParser] = {}
+#: Their full parses of config dicts, reused for configs that differ only in numbers.
+_PARSED_CONFIGS = ParsedConfigs()
 
 
 @lightning_class("cli.LightningCLI")  # one body; for_package() puts it on pytorch_lightning too
@@ -130,6 +133,7 @@ class O2NCLightningCLI:
             self.subclass_mode_data, add_subcommands, repr(self.trainer_defaults),
             repr(main_kwargs), repr(subparser_kwargs),
         )  # fmt: skip
+        self._parser_key = key
         if self._reuse_parser and key in _PARSERS:
             self.parser = _PARSERS[key]
             return
@@ -159,7 +163,22 @@ class O2NCLightningCLI:
 
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        """LightningCLI's parse; with ``reuse_parser``, a config dict that differs from one
+        parsed before only in numbers reuses that parse (:mod:`.parsed_configs`), validated."""
+        reused = None
+        if self._reuse_parser and isinstance(args, Mapping):
+            reused = _PARSED_CONFIGS.reuse(self._parser_key, args)
+        if reused is not None:
+            try:
+                parser.validate(reused)
+            except (TypeError, ValueError, KeyError, ArgumentError):
+                reused = None  # a full parse reports it the way LightningCLI does
+        if reused is not None:
+            self.config = reused
+        else:
+            super().parse_arguments(parser, args)
+            if self._reuse_parser and isinstance(args, Mapping):
+                _PARSED_CONFIGS.keep(self._parser_key, args, self.config)
         subcommand = self.config.get("subcommand")
         if subcommand and self.config[subcommand].get("ckpt_path") == "last":
             self._resolve_last_checkpoint(self.config[subcommand], resume=subcommand == "fit")
