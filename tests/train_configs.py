@@ -13,3 +13,14 @@ def cpu_trainer(*sections: Mapping[str, Any]) -> dict[str, Any]:
     for section in sections:
         trainer.update(section)
     return trainer
+
+
+#: Trainer options of a test fit on the CPU that writes nothing (no logger, checkpoint, progress
+#: bar or model summary).
+QUIET_CPU: dict[str, Any] = {
+    "accelerator": "cpu",
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}

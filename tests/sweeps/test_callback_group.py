@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from sweeps.callbacks import CallbackGroup, NonFiniteLossGuard
+from tests.train_configs import QUIET_CPU
 
 
 class Tiny(LightningModule):
@@ -65,15 +66,7 @@ class OnEpochs(OnBatches):
 def _fit(callbacks: list) -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     data = DataLoader(TensorDataset(torch.randn(12, 4)), batch_size=4)  # 3 steps per epoch
-    trainer = Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = Trainer(max_epochs=3, callbacks=callbacks, **QUIET_CPU)
     with pytest.raises(RuntimeError, match="stop here"):
         trainer.fit(Tiny(), train_dataloaders=data, val_dataloaders=data)
 

@@ -10,6 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from sweeps.callbacks import NonFiniteLossGuard
+from tests.train_configs import QUIET_CPU
 
 
 class LossTurnsNaN(LightningModule):
@@ -38,16 +39,7 @@ def _fit(bad_step: int | None, window: int) -> tuple[NonFiniteLossGuard, Trainer
     guard = NonFiniteLossGuard()
     guard.WINDOW = window
     data = DataLoader(TensorDataset(torch.randn(32, 4)), batch_size=4)  # 8 steps per epoch
-    trainer = Trainer(
-        max_epochs=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[guard],
-    )
+    trainer = Trainer(max_epochs=4, num_sanity_val_steps=0, callbacks=[guard], **QUIET_CPU)
     trainer.fit(LossTurnsNaN(bad_step), train_dataloaders=data, val_dataloaders=data)
     return guard, trainer
 
