@@ -69,7 +69,6 @@ def lightning_package(name: str | None = None) -> ModuleType:
 
 
 @functools.cache
-@functools.cache
 def installed_packages() -> tuple[ModuleType, ...]:
     """``lightning.pytorch`` (a dependency) and ``pytorch_lightning`` when it is installed."""
     found = [importlib.import_module(DEFAULT_PACKAGE)]
