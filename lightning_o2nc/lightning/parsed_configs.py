@@ -13,7 +13,9 @@ validated by the parser as a whole (``parser.validate``, the check a parse ends 
 A number is replaced only where the kept result holds it exactly as the config gave it (same
 type, same value): where jsonargparse converted it (a ``Path``, an ``Enum``, a link target),
 the config is parsed in full. Strings never vary within a shape, so a class path, a choice of
-schedule or anything jsonargparse resolves from a string is always parsed for real.
+schedule or anything jsonargparse resolves from a string is always parsed for real. A link that
+jsonargparse applies while parsing would not be applied again to a replaced number: the one CLI
+that reuses parses (:func:`~.cli.build_run`'s) links arguments only when it instantiates them.
 """
 
 from __future__ import annotations
