@@ -105,26 +105,30 @@ class O2NCMonitor(Callback):
         values = torch.stack([device_values[n].float() for n in names]).tolist() if names else []
         metrics = {f"{prefix}/{name}": value for name, value in zip(names, values, strict=True)}
         metrics[f"{prefix}/scale"] = opt.last_scale
+        histogram = None
         if scales:
-            metrics[f"{prefix}/scale_mean"] = sum(scales) / len(scales)
+            scale_sum = math.fsum(scales)
+            metrics[f"{prefix}/scale_mean"] = scale_sum / len(scales)
+            if self.log_histogram:
+                limits, counts = equal_width_histogram(scales, self.HISTOGRAM_BINS)
+                histogram = {
+                    "min": min(scales),
+                    "max": max(scales),
+                    "num": len(scales),
+                    "sum": scale_sum,
+                    "sum_squares": math.fsum(s * s for s in scales),
+                    "bucket_limits": limits,
+                    "bucket_counts": counts,
+                }
         for j, group in enumerate(opt.param_groups):
             for name in SCHEDULABLE:
                 metrics[f"{prefix}/{name}/group{j}"] = float(group[name])
         tensorboard = twins("loggers.TensorBoardLogger")
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-            if self.log_histogram and scales and isinstance(logger, tensorboard):
-                limits, counts = equal_width_histogram(scales, self.HISTOGRAM_BINS)
+            if histogram is not None and isinstance(logger, tensorboard):
                 logger.experiment.add_histogram_raw(
-                    f"{prefix}/scale_histogram",
-                    min=min(scales),
-                    max=max(scales),
-                    num=len(scales),
-                    sum=math.fsum(scales),
-                    sum_squares=math.fsum(s * s for s in scales),
-                    bucket_limits=limits,
-                    bucket_counts=counts,
-                    global_step=step,
+                    f"{prefix}/scale_histogram", **histogram, global_step=step
                 )
 
     def _remove_hooks(self) -> None:

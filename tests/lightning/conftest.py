@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lightning_o2nc.lightning import O2NCModule, SyntheticDataModule
+from tests.train_configs import QUIET_CPU
 
 
 @pytest.fixture(autouse=True)
@@ -27,15 +28,11 @@ def trainer_kwargs(tmp_path):
     """Fast single-process CPU Trainer settings writing only under tmp_path."""
     return dict(
         default_root_dir=tmp_path,
-        accelerator="cpu",
         devices=1,
         max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
         num_sanity_val_steps=0,
         deterministic=True,
+        **QUIET_CPU,
     )
 
 
