@@ -164,17 +164,18 @@ class O2NCLightningCLI:
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """LightningCLI's parse; with ``reuse_parser``, a config dict that differs from one
-        parsed before only in numbers reuses that parse (:mod:`.parsed_configs`), validated."""
+        parsed before only in numbers reuses that parse (:mod:`.parsed_configs`), with the
+        sections that hold those numbers validated."""
         reused = None
         if self._reuse_parser and isinstance(args, Mapping):
             reused = _PARSED_CONFIGS.reuse(self._parser_key, args)
         if reused is not None:
             try:
-                parser.validate(reused)
+                parser.validate(reused.changed_sections(), skip_required=True)
             except (TypeError, ValueError, KeyError, ArgumentError):
                 reused = None  # a full parse reports it the way LightningCLI does
         if reused is not None:
-            self.config = reused
+            self.config = reused.parsed
         else:
             super().parse_arguments(parser, args)
             if self._reuse_parser and isinstance(args, Mapping):

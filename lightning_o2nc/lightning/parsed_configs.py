@@ -7,8 +7,12 @@ module's subclass specs), although the result differs from an earlier one only i
 jsonargparse has no incremental parse (``parse_object(obj, namespace=...)`` still parses the
 defaults and the whole merged config), so :class:`ParsedConfigs` keeps, per parser, the result of
 one full parse per *shape* of config: its keys, its strings, and the types of its numbers. A
-config of a shape already parsed is the kept result with its numbers replaced, which is then
-validated by the parser as a whole (``parser.validate``, the check a parse ends with).
+config of a shape already parsed is the kept result with its numbers replaced. The parser then
+validates the sections that hold a replaced number (``parser.validate``, the check a parse ends
+with, given those sections alone): the others are the kept parse's own, validated when it was
+made, and a section's check does not depend on another's (links apply at instantiation). On the
+digits demo that is ~1 ms for ``model`` against ~7 ms for the whole config, most of it
+``trainer``.
 
 A number is replaced only where the kept result holds it exactly as the config gave it (same
 type, same value): where jsonargparse converted it (a ``Path``, an ``Enum``, a link target),
@@ -22,11 +26,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from jsonargparse import Namespace
 
-__all__ = ["ParsedConfigs", "config_shape"]
+__all__ = ["ParsedConfigs", "Reused", "config_shape"]
 
 #: Leaf values that may vary within a shape.
 _NUMBERS = (bool, int, float)
@@ -82,6 +86,22 @@ def _read(value: Any, rest: Path) -> Any:
     return value
 
 
+class Reused(NamedTuple):
+    """A kept parse with a config's numbers put in, and where they went."""
+
+    #: The kept parse (a clone) holding the config's numbers; not yet validated.
+    parsed: Namespace
+    #: The top-level keys (sections) of ``parsed`` that hold a replaced number.
+    sections: tuple[str, ...]
+
+    def changed_sections(self) -> Namespace:
+        """``parsed`` restricted to :attr:`sections`: what is left to validate."""
+        partial = Namespace()
+        for section in self.sections:
+            partial[section] = self.parsed[section]
+        return partial
+
+
 class ParsedConfigs:
     """Full parses kept per parser and config shape; see the module docstring."""
 
@@ -95,7 +115,7 @@ class ParsedConfigs:
         shape = config_shape(config)
         self._kept[parser_key, shape] = (copy.deepcopy(dict(config)), parsed.clone())
 
-    def reuse(self, parser_key: Hashable, config: Mapping[str, Any]) -> Namespace | None:
+    def reuse(self, parser_key: Hashable, config: Mapping[str, Any]) -> Reused | None:
         """The parse of ``config`` made from a kept one of its shape (not yet validated), or
         ``None`` when there is none or a changed number was converted by the parse."""
         kept = self._kept.get((parser_key, config_shape(config)))
@@ -103,6 +123,7 @@ class ParsedConfigs:
             return None
         kept_config, kept_parsed = kept
         parsed = kept_parsed.clone()
+        sections: dict[str, None] = {}
         for path, old, new in _changed_numbers(kept_config, config):
             located = _locate(parsed, path)
             if located is None:
@@ -118,4 +139,5 @@ class ParsedConfigs:
                 _read(parsed[key], rest[:-1])[rest[-1]] = new
             else:
                 parsed[key] = new
-        return parsed
+            sections[key.split(".", 1)[0]] = None
+        return Reused(parsed, tuple(sections))

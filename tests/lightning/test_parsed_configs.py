@@ -43,6 +43,7 @@ def parsed_configs(monkeypatch) -> ParsedConfigs:
     reuse = cache.reuse
 
     def counting(parser_key, config):
+        cache.parser_key = parser_key
         parsed = reuse(parser_key, config)
         cache.reused += parsed is not None
         return parsed
@@ -102,6 +103,46 @@ def test_bad_values_are_refused_as_without_the_cache(parsed_configs):
     with pytest.raises(RunConfigError, match="beta"):
         _cli(config)
     assert parsed_configs.reused == 1
+
+
+def test_a_replaced_number_is_validated_with_its_section(parsed_configs, monkeypatch):
+    """The reused parse has jsonargparse validate the sections holding a replaced number: a number
+    of the kept type that the argument's type refuses (here a Literal) is refused there, then
+    parsed in full, which reports it as without the cache."""
+    config = yaml.safe_load(TRAIN_CONFIG.read_text())
+    config["trainer"]["precision"] = 32
+    parser = _cli(config).parser
+    validated = []
+
+    def validate(cfg, *args, **kwargs):
+        try:
+            return type(parser).validate(parser, cfg, *args, **kwargs)
+        except Exception as error:
+            validated.append((sorted(vars(cfg)), error))
+            raise
+
+    monkeypatch.setattr(parser, "validate", validate)
+    config["trainer"]["precision"] = 8
+    with pytest.raises(RunConfigError, match="precision"):
+        _cli(config)
+    assert parsed_configs.reused == 1
+    assert validated and validated[0][0] == ["trainer"]  # the reused parse's check refused it
+    assert "precision" in str(validated[0][1])
+
+
+def test_only_the_sections_holding_replaced_numbers_are_left_to_validate(parsed_configs):
+    config = yaml.safe_load(TRAIN_CONFIG.read_text())
+    _cli(config)
+    key = parsed_configs.parser_key
+    assert parsed_configs.reuse(key, config).sections == ()
+    config["model"]["lr"] = 0.3
+    config["model"]["schedules"]["lr"]["warmup_fraction"] = 0.2
+    reused = parsed_configs.reuse(key, config)
+    assert reused.sections == ("model",)
+    assert list(vars(reused.changed_sections())) == ["model"]
+    assert reused.changed_sections()["model.lr"] == 0.3
+    config["trainer"]["max_epochs"] = 4
+    assert sorted(parsed_configs.reuse(key, config).sections) == ["model", "trainer"]
 
 
 def test_shapes_differ_in_keys_strings_and_number_types_but_not_in_numbers():
