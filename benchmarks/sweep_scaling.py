@@ -86,11 +86,23 @@ def _scratch() -> Path:
     return work_dir() / "sweep_scaling"
 
 
-def _sweep_file(name: str, trials: int, epochs: int, random: bool = False, **changes: Any) -> Path:
-    """The demo sweep file with ``trials`` x ``epochs``; ``random``: random sampler, no pruning."""
+def _sweep_file(
+    name: str,
+    trials: int,
+    epochs: int,
+    random: bool = False,
+    overrides: dict[str, Any] | None = None,
+    **changes: Any,
+) -> Path:
+    """The demo sweep file with ``trials`` x ``epochs``; ``random``: random sampler, no pruning;
+    ``overrides`` added to the demo's."""
     spec = yaml.safe_load(DEMO.read_text())
     spec["train_config"] = str((DEMO.parent / spec["train_config"]).resolve())
-    spec["overrides"] = {**(spec.get("overrides") or {}), "trainer.max_epochs": epochs}
+    spec["overrides"] = {
+        **(spec.get("overrides") or {}),
+        "trainer.max_epochs": epochs,
+        **(overrides or {}),
+    }
     spec.update(study_name=name, n_trials=trials, **changes)
     if random:
         spec.update(sampler={"name": "random"}, pruner={"name": "none"})
@@ -229,40 +241,64 @@ def bare_worker(logdir: Path, trials: int, epochs: int) -> None:
 
 
 # ---------------------------------------------------------------------------- the three parts
+def _train_config_logging_interval() -> int:
+    """``trainer.log_every_n_steps`` of the demo's train config (the demo sweep overrides it)."""
+    demo = yaml.safe_load(DEMO.read_text())
+    train = yaml.safe_load((DEMO.parent / demo["train_config"]).read_text())
+    return int(train["trainer"].get("log_every_n_steps", 50))
+
+
 def measure_overhead(quick: bool) -> dict[str, Any]:
-    """Rounds of o2nc-sweep and the bare loop, alternating which of the two goes first."""
+    """Rounds of o2nc-sweep and the bare loop, rotating which arm goes first.
+
+    A third arm, ``o2nc_dense``, is the same sweep at the train config's logging interval
+    instead of the demo sweep's one point per epoch: what each logging step costs.
+    """
     trials, epochs, rounds = OVERHEAD_SIZE["quick" if quick else "full"]
     sweep = _sweep_file("overhead", trials, epochs, random=True)
+    dense_interval = _train_config_logging_interval()
+    dense = _sweep_file(
+        "overhead_dense", trials, epochs, random=True,
+        overrides={"trainer.log_every_n_steps": dense_interval},
+    )  # fmt: skip
     arms = {
         "o2nc": (_sweep_command(sweep), "overhead"),
+        "o2nc_dense": (_sweep_command(dense), "overhead_dense"),
         "bare": (_bare_command(trials, epochs), "bare"),
     }
-    measured: dict[str, list[SweepTiming]] = {"o2nc": [], "bare": []}
+    measured: dict[str, list[SweepTiming]] = {name: [] for name in arms}
     loads = []  # the 1-minute load average as each round starts: the machine may be shared
     for i in range(rounds):
         loads.append(os.getloadavg()[0])
-        for name in ("o2nc", "bare") if i % 2 == 0 else ("bare", "o2nc"):
+        order = list(arms)[i % len(arms) :] + list(arms)[: i % len(arms)]
+        for name in order:
             command, study_name = arms[name]
             measured[name].append(_run_arm(f"overhead_{name}_{i}", command, 1, study_name))
-    pairs = list(zip(measured["o2nc"], measured["bare"], strict=True))
-    ratios = [o.median_trial_s / b.median_trial_s for o, b in pairs]
+    medians = [
+        {name: measured[name][i].median_trial_s for name in arms} for i in range(rounds)
+    ]
+    ratios = [m["o2nc"] / m["bare"] for m in medians]
+    dense_ratios = [m["o2nc_dense"] / m["bare"] for m in medians]
     return {
         "trials": trials,
         "epochs": epochs,
+        "dense_log_every_n_steps": dense_interval,
         "rounds": [
             {
-                "o2nc_median_s": o.median_trial_s,
-                "bare_median_s": b.median_trial_s,
+                "o2nc_median_s": m["o2nc"],
+                "o2nc_dense_median_s": m["o2nc_dense"],
+                "bare_median_s": m["bare"],
                 "ratio": r,
+                "dense_ratio": d,
                 "load_1min": load,
             }
-            for (o, b), r, load in zip(pairs, ratios, loads, strict=True)
+            for m, r, d, load in zip(medians, ratios, dense_ratios, loads, strict=True)
         ],
-        "o2nc_trial_s": [s for t in measured["o2nc"] for s in t.trial_s],
-        "bare_trial_s": [s for t in measured["bare"] for s in t.trial_s],
+        **{f"{name}_trial_s": [s for t in measured[name] for s in t.trial_s] for name in arms},
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        "dense_ratio_median": statistics.median(dense_ratios),
     }
 
 
@@ -328,13 +364,26 @@ def to_markdown(results: dict[str, Any]) -> str:
     pruned, unpruned = (_timing(results["pruning"][k]) for k in ("pruned", "unpruned"))
     saved = 1 - pruned.epochs / unpruned.epochs if unpruned.epochs else float("nan")
     horizon = min(one.span_s, two.span_s)
+    dense = overhead.get("dense_log_every_n_steps")  # absent from results before the arm
     rounds = [
         (
             *(i, f"{r['o2nc_median_s']:.3f}", f"{r['bare_median_s']:.3f}", f"{r['ratio']:.2f}×"),
+            *((f"{r['o2nc_dense_median_s']:.3f}", f"{r['dense_ratio']:.2f}×") if dense else ()),
             "-" if r.get("load_1min") is None else f"{r['load_1min']:.1f}",
         )
         for i, r in enumerate(overhead["rounds"])
     ]
+    dense_columns = [f"every {dense} steps (s)", "ratio"] if dense else []
+    dense_note = (
+        [
+            f"- At the train config's `log_every_n_steps: {dense}` instead of the demo sweep's one "
+            f"point per epoch: **{overhead['dense_ratio_median']:.2f}×**, the cost of the "
+            "additional logging steps (training metrics through `self.log`, the monitor's "
+            "statistics, their TensorBoard events)."
+        ]
+        if dense
+        else []
+    )
     separately = overhead.get("machine")  # re-measured alone with --only-overhead
     remeasured = (
         [
@@ -361,15 +410,20 @@ def to_markdown(results: dict[str, Any]) -> str:
             f"({overhead['trials']} trials × {overhead['epochs']} epochs, no pruning)",
             "",
             markdown_table(
-                ["round", "o2nc-sweep median (s)", "bare median (s)", "ratio", "load (1 min)"],
+                [
+                    *("round", "o2nc-sweep median (s)", "bare median (s)", "ratio"),
+                    *dense_columns,
+                    "load (1 min)",
+                ],
                 rounds,
             ),
             "",
             *remeasured,
             f"- Ratio of the median trial times: **{overhead['ratio_median']:.2f}×** (rounds "
             f"{overhead['ratio_min']:.2f}–{overhead['ratio_max']:.2f}×; target ≤ 1.5×), with "
-            "full monitoring, x̄ validation and TensorBoard on. The bare loop is the same MLP, "
-            "digits split and batch size with torch SGD and no logger.",
+            "full monitoring, x̄ validation and TensorBoard on, as the demo sweep runs them. The "
+            "bare loop is the same MLP, digits split and batch size with torch SGD and no logger.",
+            *dense_note,
             "",
             "### Workers and pruning",
             "",
