@@ -274,9 +274,7 @@ def measure_overhead(quick: bool) -> dict[str, Any]:
         for name in order:
             command, study_name = arms[name]
             measured[name].append(_run_arm(f"overhead_{name}_{i}", command, 1, study_name))
-    medians = [
-        {name: measured[name][i].median_trial_s for name in arms} for i in range(rounds)
-    ]
+    medians = [{name: measured[name][i].median_trial_s for name in arms} for i in range(rounds)]
     ratios = [m["o2nc"] / m["bare"] for m in medians]
     dense_ratios = [m["o2nc_dense"] / m["bare"] for m in medians]
     return {
