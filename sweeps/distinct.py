@@ -28,7 +28,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -113,13 +113,20 @@ def _holds_its_configuration(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs
 
 
-def duplicate_of(trial: optuna.Trial, values: Mapping[str, Any]) -> int | None:
+def duplicate_of(
+    trial: optuna.Trial,
+    values: Mapping[str, Any],
+    trials: Iterable[FrozenTrial] | None = None,
+) -> int | None:
     """The number of another trial that holds ``values`` already, else ``None``.
 
-    Call it after recording ``values`` on ``trial`` (see the module docstring for why).
+    Call it after recording ``values`` on ``trial`` (see the module docstring for why); ``trials``:
+    the study's trials read after that, if the caller has them (one read of the storage less).
     """
     key = configuration_key(values)
-    for other in trial.study.get_trials(deepcopy=False):
+    if trials is None:
+        trials = trial.study.get_trials(deepcopy=False)
+    for other in trials:
         if other.number == trial.number or not _holds_its_configuration(other):
             continue
         recorded = other.user_attrs.get(VALUES)

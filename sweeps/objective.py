@@ -37,6 +37,7 @@ from .errors import FAIL_REASON, SweepConfigError
 from .paths import flatten_paths, get_path
 from .progress import SweepProgress
 from .signals import INTERRUPTED_BY, RETRY_OF, StopRequest, TrialInterrupted
+from .study import StudyFull, trials_ahead
 
 __all__ = [
     "NonFiniteObjective",
@@ -178,19 +179,18 @@ class SweepObjective:
             assignment = self.sweep.space.suggest(trial, grid=self.grid)
             values = _json_safe(assignment)
             trial.set_user_attr(VALUES, values)
-            earlier = duplicate_of(trial, values)
+            trials = trial.study.get_trials(deepcopy=False)  # one read for both checks
+            if trials_ahead(trials, trial.number) >= self.sweep.n_trials:
+                self._step_aside(trial, StudyFull(trial.number, self.sweep.n_trials))
+            earlier = duplicate_of(trial, values, trials)
             if earlier is not None:
-                duplicate = DuplicateConfiguration(trial.number, earlier)
                 trial.set_user_attr(DUPLICATE_OF, earlier)
-                trial.storage.set_trial_system_attr(
-                    trial._trial_id, SYSTEM_FAIL_REASON, f"{duplicate}; not counted"
-                )
-                raise duplicate
+                self._step_aside(trial, DuplicateConfiguration(trial.number, earlier))
             value = self._train(trial, assignment)
         except (optuna.TrialPruned, NonFiniteObjective):
             self.trials_run += 1
             raise
-        except DuplicateConfiguration:
+        except (DuplicateConfiguration, StudyFull):
             raise
         except BaseException as error:
             # Whatever ended the fit once a stop was asked for (our TrialInterrupted, Lightning's
@@ -201,6 +201,14 @@ class SweepObjective:
             raise TrialInterrupted(self.stop.signal_name) from error
         self.trials_run += 1
         return value
+
+    @staticmethod
+    def _step_aside(trial: optuna.Trial, reason: DuplicateConfiguration | StudyFull) -> None:
+        """End ``trial`` before training: failed, with ``reason``, and not counted."""
+        trial.storage.set_trial_system_attr(
+            trial._trial_id, SYSTEM_FAIL_REASON, f"{reason}; not counted"
+        )
+        raise reason
 
     def trial_recorded(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback, called once the trial's final state is in the storage."""

@@ -24,7 +24,7 @@ from .report import Report, write_report
 from .samplers import build_sampler
 from .signals import StopRequest, TrialInterrupted
 from .storage import open_resolved_storage, redact, refuse_ddp_without_rdb
-from .study import StopWhenStudyIsComplete, count_finished, open_study
+from .study import StopWhenStudyIsComplete, StudyFull, count_finished, open_study
 
 __all__ = ["SweepOutcome", "run_sweep"]
 
@@ -164,7 +164,7 @@ def _run(
                     study.optimize(
                         objective,
                         timeout=sweep.timeout,
-                        catch=(NonFiniteObjective, DuplicateConfiguration),
+                        catch=(NonFiniteObjective, DuplicateConfiguration, StudyFull),
                         callbacks=[
                             objective.trial_recorded,
                             display.trial_finished,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from .samplers import build_pruner, build_sampler
 __all__ = [
     "STUDY_ATTR",
     "StopWhenStudyIsComplete",
+    "StudyFull",
     "count_finished",
     "open_study",
+    "trials_ahead",
 ]
 
 #: Study user attribute recording what the sweep is (objective, config files, logdir).
@@ -88,6 +91,35 @@ def is_finished_for_good(trial: FrozenTrial) -> bool:
 def count_finished(study: optuna.Study) -> int:
     """Trials of the study that count towards its ``n_trials``, whoever ran them."""
     return sum(is_finished_for_good(t) for t in study.get_trials(deepcopy=False))
+
+
+def trials_ahead(trials: Iterable[FrozenTrial], number: int) -> int:
+    """Trials numbered before ``number`` that count towards ``n_trials`` or are running."""
+    return sum(
+        t.number < number and (is_finished_for_good(t) or t.state == TrialState.RUNNING)
+        for t in trials
+    )
+
+
+class StudyFull(Exception):
+    """A trial started when the study already had ``n_trials`` trials finished or running.
+
+    A worker decides between trials whether to start another (:class:`StopWhenStudyIsComplete`),
+    and two workers that decide at the same moment both start one: a study of 6 trials got 7. So
+    a trial, once created, also counts the trials numbered before it that count or run
+    (:func:`trials_ahead`); when they reach ``n_trials`` it steps aside, not trained and not
+    counted. The storage numbers trials in the order it creates them, so of two trials started
+    together the later one steps aside. (A queued trial keeps the number it got when it was
+    queued, so one that starts late may still make the study one trial longer; never shorter.)
+    """
+
+    def __init__(self, number: int, n_trials: int) -> None:
+        super().__init__(
+            f"the study already had {n_trials} trials finished or running before trial "
+            f"{number}: not trained"
+        )
+        self.number = number
+        self.n_trials = n_trials
 
 
 class StopWhenStudyIsComplete:

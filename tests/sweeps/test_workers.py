@@ -19,6 +19,7 @@ from sweeps.config import load_sweep_config
 from sweeps.distinct import worker_seed
 from sweeps.run import run_sweep
 from sweeps.storage import open_storage
+from tests.sweeps.study_checks import counted_trials
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +53,11 @@ def test_two_workers_on_one_study_run_every_trial_exactly_once(
 
     ran = [int(re.search(r"(\d+) trial\(s\) run here", out).group(1)) for out in outputs]
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert sum(ran) == len(study.trials) == len(finished) == 6
+    finished = counted_trials(study.trials, 6)
+    assert sum(ran) == 6
     assert all(n >= 1 for n in ran), ran  # both workers took part
     runs = sorted(p.name for p in (tmp_path / "logs" / study_name).glob("trial_*"))
-    assert runs == sorted(f"trial_{t.number}" for t in study.trials)
+    assert runs == sorted(f"trial_{t.number}" for t in finished)
     password = sqlalchemy.engine.make_url(storage_url).password
     if password:
         assert all(password not in text for text in outputs)
@@ -178,6 +179,48 @@ def test_a_queued_configuration_the_study_already_holds_is_skipped_not_trained_a
     assert "tensorboard_run" not in duplicate.user_attrs  # never trained
     assert new.state == TrialState.COMPLETE and new.params != original.params
     assert outcome.trials_run == 1
+
+
+def test_a_trial_started_once_the_study_is_full_steps_aside_untrained(
+    tmp_path, write_yaml, tiny_train_config, default_sweep
+):
+    """Another worker's trial, started a moment earlier, already makes the study full: the trial
+    this worker started is recorded as failed, not trained and not counted, and the worker stops."""
+    train = write_yaml("train.yaml", tiny_train_config(max_epochs=1))
+    sweep = load_sweep_config(write_yaml("s.yaml", default_sweep(train, n_trials=1, pruner="none")))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    done = run_sweep(sweep, logdir=tmp_path / "logs", storage=url, progress=False, plots=False)
+    other = done.study.ask()  # another worker's trial, running
+
+    more = load_sweep_config(sweep.source, n_trials=2)
+    outcome = run_sweep(more, logdir=tmp_path / "logs", storage=url, progress=False, plots=False)
+    first, running, late = outcome.study.trials
+    assert running.number == other.number and running.state == TrialState.RUNNING
+    assert late.state == TrialState.FAIL
+    assert late.system_attrs["fail_reason"] == (
+        f"the study already had 2 trials finished or running before trial {late.number}: "
+        "not trained; not counted"
+    )
+    assert "tensorboard_run" not in late.user_attrs  # never trained
+    assert outcome.trials_run == 0
+    assert first.state == TrialState.COMPLETE
+
+
+def test_of_two_trials_started_together_the_earlier_one_trains(
+    tmp_path, write_yaml, tiny_train_config, default_sweep
+):
+    from sweeps.objective import SweepObjective
+    from sweeps.study import StudyFull
+
+    train = write_yaml("train.yaml", tiny_train_config(max_epochs=1))
+    sweep = load_sweep_config(write_yaml("s.yaml", default_sweep(train, n_trials=1, pruner="none")))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    objective = SweepObjective(sweep, tmp_path / "logs")
+    earlier, later = study.ask(), study.ask()
+    with pytest.raises(StudyFull):
+        objective(later)  # checked before the earlier one even drew its values
+    value = objective(earlier)
+    assert 0.0 <= value <= 1.0 and objective.trials_run == 1
 
 
 def test_worker_seeds_repeat_for_one_worker_at_a_time_and_differ_for_workers_started_together():
