@@ -19,6 +19,7 @@ __all__ = [
     "StopWhenStudyIsComplete",
     "StudyFull",
     "count_finished",
+    "holds_a_place",
     "open_study",
     "trials_ahead",
 ]
@@ -93,12 +94,14 @@ def count_finished(study: optuna.Study) -> int:
     return sum(is_finished_for_good(t) for t in study.get_trials(deepcopy=False))
 
 
+def holds_a_place(trial: FrozenTrial) -> bool:
+    """Counts towards ``n_trials`` already, or is running and may."""
+    return trial.state == TrialState.RUNNING or is_finished_for_good(trial)
+
+
 def trials_ahead(trials: Iterable[FrozenTrial], number: int) -> int:
-    """Trials numbered before ``number`` that count towards ``n_trials`` or are running."""
-    return sum(
-        t.number < number and (is_finished_for_good(t) or t.state == TrialState.RUNNING)
-        for t in trials
-    )
+    """Trials numbered before ``number`` that hold a place in the study."""
+    return sum(t.number < number and holds_a_place(t) for t in trials)
 
 
 class StudyFull(Exception):
@@ -133,8 +136,5 @@ class StopWhenStudyIsComplete:
         self.n_trials = n_trials
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        trials = study.get_trials(deepcopy=False)
-        finished = sum(is_finished_for_good(t) for t in trials)
-        running = sum(t.state == TrialState.RUNNING for t in trials)
-        if finished + running >= self.n_trials:
+        if sum(holds_a_place(t) for t in study.get_trials(deepcopy=False)) >= self.n_trials:
             study.stop()

@@ -166,9 +166,8 @@ class O2NCLightningCLI:
         """LightningCLI's parse; with ``reuse_parser``, a config dict that differs from one
         parsed before only in numbers reuses that parse (:mod:`.parsed_configs`), with the
         sections that hold those numbers validated."""
-        reused = None
-        if self._reuse_parser and isinstance(args, Mapping):
-            reused = _PARSED_CONFIGS.reuse(self._parser_key, args)
+        reusable = self._reuse_parser and isinstance(args, Mapping)
+        reused = _PARSED_CONFIGS.reuse(self._parser_key, args) if reusable else None
         if reused is not None:
             try:
                 parser.validate(reused.changed_sections(), skip_required=True)
@@ -178,7 +177,7 @@ class O2NCLightningCLI:
             self.config = reused.parsed
         else:
             super().parse_arguments(parser, args)
-            if self._reuse_parser and isinstance(args, Mapping):
+            if reusable:
                 _PARSED_CONFIGS.keep(self._parser_key, args, self.config)
         subcommand = self.config.get("subcommand")
         if subcommand and self.config[subcommand].get("ckpt_path") == "last":

@@ -491,9 +491,9 @@ def _init_group_scalars(group: dict[str, Any]) -> None:
     """Per-group running sums kept in the group, so they travel with ``state_dict()``.
 
     ``update_scale`` is P (``Delta = P D``, D the stored buffer; 1 in older checkpoints, whose
-    buffers hold Δ), ``update_weight_sum`` is W (for ``m_hat = -Delta / W``), ``average_weight_sum`` is A (for x_bar's
-    newest weight 1/A), ``deviation_scale`` is k (``x - x_bar = k u``) and ``iterate_variance`` is
-    this group's V.
+    buffers hold Δ), ``update_weight_sum`` is W (for ``m_hat = -Delta / W``),
+    ``average_weight_sum`` is A (for x_bar's newest weight 1/A), ``deviation_scale`` is k
+    (``x - x_bar = k u``) and ``iterate_variance`` is this group's V.
     """
     group.setdefault("update_scale", 1.0)
     group.setdefault("update_weight_sum", 0.0)
