@@ -8,8 +8,9 @@ Models (parameters with fixed random gradients; each arm keeps its own optimizer
 
 Arms: torch SGD(momentum) with ``foreach=True`` and ``foreach=False`` (and ``fused=True`` on
 CUDA); ExponentiatedO2NC with its defaults (multi-tensor kernels on CUDA and for CPU groups of up
-to 2^18 elements, the per-tensor loop for larger CPU groups) and with each path forced; with ``average=True``; and with
-``average=True`` plus ``statistics()`` after every step (as a monitor that logs every step).
+to 2^18 elements, the per-tensor loop for larger CPU groups) and with each path forced; with
+``average=True``; and with ``average=True`` plus ``statistics()`` after every step (as a monitor
+that logs every step).
 
 Timing: one process, every round visits every (model, arm) pair in a fresh random order and times a
 block of steps, so drift of a shared machine hits all arms alike. Ratios are against the faster

@@ -24,6 +24,7 @@ from lightning_o2nc.lightning.compat import (
     logging_with_suffix,
 )
 from lightning_o2nc.lightning.packages import Callback, for_package
+from tests.train_configs import QUIET_CPU
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["lightning.pytorch", "pytorch_lightning"]
@@ -200,9 +201,7 @@ def test_one_log_of_the_weighted_mean_is_what_lightning_makes_of_a_log_per_batch
     for once in (False, True):
         torch.manual_seed(0)
         model = _evaluating_module(package, once)
-        trainer = package.Trainer(
-            accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
-        )
+        trainer = package.Trainer(**QUIET_CPU)
         trainer.validate(model, DataLoader(data, batch_size=16), verbose=False)
         metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
         calls.append(model.calls)
