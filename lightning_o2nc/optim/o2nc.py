@@ -11,7 +11,10 @@ Per step n, with hyper-parameters read from each param group (so schedules are g
     x_n &= x_{n-1} + s_n \Delta_n \qquad \text{(s scales the move, never the buffer)}
 
 ``g_n`` is the gradient at the current weights plus ``weight_decay * x`` (torch SGD's L2 term), negated
-when ``maximize``. ``lightning_o2nc.optim.reference`` is the same update written out plainly.
+when ``maximize``. Under ``scaling="uniform"`` (s ~ U(0, 2)) the loss gradient is first multiplied by
+the importance weight ``w_n = 2 - s_{n-1}`` (``w_1 = 1``; the L2 term is not weighted), so that
+uniform scaling satisfies Lemma 3.1's identity as Exp(1) does (:mod:`~lightning_o2nc.optim.scaling`).
+``lightning_o2nc.optim.reference`` is the same update written out plainly.
 
 Time-varying hyper-parameters (the paper's online-mirror-descent form, and the authors' code): η_n
 multiplies the gradient of step n once, as it enters Δ, so ``Δ_n = -Σ_k η_k (Π_{j≥k} ζ_j) g_k``;
@@ -73,6 +76,9 @@ from .scaling import ScaleSampler
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
 
 _STATE_KEY = "o2nc"
+#: 2: the options live in ``param_groups[0]["o2nc"]`` and the scaling state holds the pending
+#: importance weight; before, a top-level ``"o2nc"`` entry and uniform scaling without a weight.
+_STATE_FORMAT = 2
 _NUMBERS = ("lr", "beta", "mu", "weight_decay")
 
 
@@ -106,7 +112,9 @@ class ExponentiatedO2NC(Optimizer):
         beta: 0 <= β < 1, the momentum / discount factor.
         mu: μ >= 0, implicit decay of the update: ``zeta = beta / (1 + lr * mu)``.
         weight_decay: >= 0, L2 penalty added to the gradient (as torch SGD does).
-        scaling: ``"exponential"`` (s ~ Exp(1), the paper), ``"uniform"`` (s ~ U(0, 2), ablation) or
+        scaling: ``"exponential"`` (s ~ Exp(1), the paper), ``"uniform"`` (s ~ U(0, 2), and the
+            next step's loss gradient weighted by ``w = 2 - s``, the authors' importance weight:
+            ``Delta <- zeta (Delta - eta (w g + weight_decay x))``; the L2 term is not weighted) or
             ``"none"`` (s = 1: plain SGD with momentum).
         seed: seed of the scalar's own generator. ``None`` agrees on a seed across DDP ranks (rank 0's
             ``torch.initial_seed()``), so every rank draws the same s.
@@ -171,6 +179,7 @@ class ExponentiatedO2NC(Optimizer):
 
     # ----------------------------------------------------------------- construction and state
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group.pop(_STATE_KEY, None)  # a group copied from a state dict: the options are ours
         for key in OPTIMIZER_OPTIONS:
             if key in param_group:
                 raise ValueError(
@@ -199,7 +208,10 @@ class ExponentiatedO2NC(Optimizer):
         self.training = bool(options["training"])
         self.tracks_statistics = bool(options.get("tracks_statistics", False))
         skipped = options.get("skipped_steps")
-        self._skipped_steps = None if skipped is None else skipped.to(self._device())
+        if skipped is None:
+            self._skipped_steps = None
+        else:  # an int from a state dict, a tensor from a copy
+            self._skipped_steps = torch.as_tensor(skipped, dtype=torch.int64).to(self._device())
 
     def __getstate__(self) -> dict[str, Any]:
         """torch keeps ``defaults``, ``state`` and ``param_groups``; copies also need the rest."""
@@ -239,17 +251,28 @@ class ExponentiatedO2NC(Optimizer):
         return self._skipped_steps
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict plus a top-level ``"o2nc"`` entry: the scalar generator's state, the
-        train/eval mode, the skipped-step count and whether V is tracked.
+        """torch's state dict, with an ``"o2nc"`` entry in ``param_groups[0]``: the scalar
+        generator's state and the pending importance weight, the train/eval mode, the skipped-step
+        count and whether V is tracked, all as plain data (ints, floats, lists, ``None``).
 
-        The generator state lives at the top level because torch casts per-parameter state tensors to
-        the parameter's dtype on load, which would corrupt it.
+        It sits in a param group because ``torch.distributed.checkpoint`` keeps only ``state``
+        and ``param_groups``, and never in a per-parameter tensor, which torch casts to the
+        parameter's dtype on load. Older versions kept it at the top level; those still load.
         """
-        return dict(super().state_dict(), **{_STATE_KEY: self._options()})
+        state_dict = super().state_dict()
+        options = self._options()
+        skipped = options["skipped_steps"]
+        options["skipped_steps"] = None if skipped is None else int(skipped)
+        state_dict["param_groups"][0][_STATE_KEY] = dict(options, format=_STATE_FORMAT)
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        options = state_dict.pop(_STATE_KEY, None)
+        options = state_dict.pop(_STATE_KEY, None)  # the layout before format 2
+        groups = [dict(group) for group in state_dict["param_groups"]]
+        if groups and _STATE_KEY in groups[0]:
+            options = groups[0].pop(_STATE_KEY)
+        state_dict["param_groups"] = groups
         super().load_state_dict(state_dict)
         if options is None:
             message = (

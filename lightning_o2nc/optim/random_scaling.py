@@ -208,11 +208,13 @@ class RandomScaling(Optimizer):
             if keep_previous:
                 torch._foreach_copy_(g.previous, g.params)
         self.optimizer.step()
+        stretch = self.scaling != "none"
         for index, g in enumerate(groups):
             if g.params:
-                self._buffers.move(index, g, scale, self.scaling != "none")
-            group = self.param_groups[index]
-            momentum = base_momentum(group)
+                self._buffers.move(index, g, scale, stretch)
+            if not (self.tracks_statistics or self.average):
+                continue
+            momentum = base_momentum(self.param_groups[index])
             if self.tracks_statistics and g.params:
                 self._buffers.update_gradient_ema(index, g, 0.0 if momentum is None else momentum)
             if self.average and g.averages:
