@@ -81,6 +81,21 @@ class SearchSpace:
             assignment.update(dim.assign(trial, grid=grid))
         return assignment
 
+    def branch_paths(self) -> list[str]:
+        """The paths of the conditional dimensions (the choices that open branches)."""
+        return [dim.path for dim in self.dimensions if isinstance(dim, ConditionalDimension)]
+
+    def branch_probes(self, *, grid: bool = False) -> list[dict[str, Scalar]]:
+        """Fixed Optuna parameters that make a sample take each branch of each conditional
+        dimension once (``[{}]``, one free sample, for a space without one)."""
+        probes = [
+            {dim.path if grid else dim.name: choice}
+            for dim in self.dimensions
+            if isinstance(dim, ConditionalDimension)
+            for choice in (dim.grid_values() if grid else dim.branches)
+        ]
+        return probes or [{}]
+
     def grid_search_space(self) -> dict[str, list[Scalar]]:
         """The ``search_space`` argument of :class:`optuna.samplers.GridSampler`."""
         return {dim.path: dim.grid_values() for dim in self.dimensions}
