@@ -46,6 +46,9 @@ def test_a_conditional_dimension_suggests_only_the_branch_it_takes():
         "model.eps",
         "model.scaling",
     ]
+    # the report's beta-eta contour: the first family's parameters
+    assert space.find("lr").name == "model.lr[o2nc]"
+    assert space.find("beta").name == "1-model.beta[o2nc]"
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(12):
