@@ -204,6 +204,8 @@ class RandomScaling(Optimizer):
             self.param_groups, self.average, self.tracks_statistics, keep_previous
         )
         for g in groups:
+            if not g.params:
+                continue
             if weight != 1.0:
                 torch._foreach_mul_(g.grads, weight)
             if keep_previous:
@@ -211,14 +213,15 @@ class RandomScaling(Optimizer):
         self.optimizer.step()
         stretch = self.scaling != "none"
         for index, g in enumerate(groups):
-            if g.params:
-                self._buffers.move(index, g, scale, stretch)
+            if not g.params:  # a group given no gradient is not stepped (as in torch.optim)
+                continue
+            self._buffers.move(index, g, scale, stretch)
             if not (self.tracks_statistics or self.average):
                 continue
             momentum = base_momentum(self.param_groups[index])
-            if self.tracks_statistics and g.params:
+            if self.tracks_statistics:
                 self._buffers.update_gradient_ema(index, g, 0.0 if momentum is None else momentum)
-            if self.average and g.averages:
+            if self.average:
                 discount = self.average_beta if self.average_beta is not None else momentum
                 self._buffers.update_average(index, g, discount, self.tracks_statistics)
         return loss

@@ -505,3 +505,26 @@ def test_the_reference_is_the_oracle_of_the_uniform_weight():
     assert torch.allclose(
         ref_plain.deltas[0], torch.full((3,), -0.5 * 0.1 * (1.0 + 0.1), dtype=torch.float64)
     )
+
+
+def test_a_group_without_gradients_and_a_frozen_parameter_thawed_later_are_handled():
+    model, head = tiny_model(), torch.nn.Linear(3, 3)
+    head.weight.requires_grad_(False)
+    base = torch.optim.AdamW(
+        [{"params": model.parameters()}, {"params": head.parameters(), "lr": 0.1}], lr=1e-2
+    )
+    opt = RandomScaling(base, seed=0, average=True)
+    opt.tracks_statistics = True
+    frozen = head.weight.detach().clone()
+    train(model, opt, 2)  # head gets no gradient at all: its group sits the steps out
+    assert torch.equal(head.weight, frozen) and head.weight not in opt.state
+    head.weight.requires_grad_(True)
+    for _ in range(2):
+        opt.zero_grad()
+        (model(torch.randn(4, 6)).sum() + head(torch.randn(2, 3)).sum()).backward()
+        opt.step()
+    assert not torch.equal(head.weight, frozen)
+    assert set(opt.state[head.weight]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert all(torch.isfinite(v).all() for v in opt.statistics().values() if torch.is_tensor(v))
+    # x_bar of the late parameter started at its weights before its first step
+    assert not torch.equal(opt.averaged_iterate()[-2], torch.zeros_like(frozen))
