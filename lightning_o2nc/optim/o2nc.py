@@ -47,6 +47,8 @@ State layout (what ``state_dict()`` holds):
 - Both are views of one flat buffer per group, device and dtype (:mod:`~lightning_o2nc.optim.flat`):
   ``||u||^2`` for V and ``||Delta||^2`` for the statistics are one reduction each, and frozen
   parameters (``requires_grad=False``) get no buffer.
+- ``param_groups[0]["o2nc"]``: the scalar generator, the pending importance weight, the mode and
+  counters, as plain data (:mod:`~lightning_o2nc.optim.checkpoint_format`).
 """
 
 from __future__ import annotations

@@ -74,6 +74,24 @@ def test_step_hooks_fire_around_each_step():
     assert seen[0][1] == 1.0 and seen[1][1] != 1.0
 
 
+def test_global_step_hooks_fire_once_per_step_and_hooks_on_the_base_still_fire():
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    model = tiny_model()
+    opt = adamw_wrapper(model, seed=0)
+    seen = []
+    handle = register_optimizer_step_post_hook(lambda o, a, k: seen.append(type(o).__name__))
+    try:
+        train(model, opt, 2)
+        assert seen == ["RandomScaling", "RandomScaling"]
+        opt.optimizer.register_step_post_hook(lambda o, a, k: seen.append("base hook"))
+        seen.clear()
+        train(model, opt, 1)
+        assert sorted(seen) == ["AdamW", "RandomScaling", "base hook"]
+    finally:
+        handle.remove()
+
+
 def test_an_lr_scheduler_built_on_the_wrapper_drives_the_base():
     model = tiny_model()
     opt = adamw_wrapper(model, seed=0)
