@@ -546,3 +546,28 @@ def test_a_group_without_gradients_and_a_frozen_parameter_thawed_later_are_handl
     assert all(torch.isfinite(v).all() for v in opt.statistics().values() if torch.is_tensor(v))
     # x_bar of the late parameter started at its weights before its first step
     assert not torch.equal(opt.averaged_iterate()[-2], torch.zeros_like(frozen))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+def test_grad_scaler_unscales_before_the_wrapper_steps_as_with_16_mixed(fused):
+    """Lightning's 16-mixed calls the closure, then GradScaler.step(optimizer) without one."""
+    models = [tiny_model(), tiny_model()]
+    plain = RandomScaling(torch.optim.AdamW(models[0].parameters(), lr=1e-2, fused=fused), seed=2)
+    scaled = RandomScaling(torch.optim.AdamW(models[1].parameters(), lr=1e-2, fused=fused), seed=2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(32, 6, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+        for model, opt in zip(models, (plain, scaled), strict=True):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            if opt is plain:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+    assert scaled.last_scale == plain.last_scale
+    for a, b in zip(*(m.parameters() for m in models), strict=True):
+        assert torch.equal(a, b)  # a power-of-two scale unscales exactly
