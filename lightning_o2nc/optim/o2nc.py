@@ -69,6 +69,14 @@ from .functional import (
 )
 from .hyperparameters import OPTIMIZER_OPTIONS, validate_hyperparameters
 from .scaling import RandomScaling
+from .sharded import (
+    as_dtensor_like,
+    finite_everywhere,
+    global_sums,
+    is_first_shard,
+    local_tensor,
+    mesh_of,
+)
 
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
 
@@ -167,6 +175,7 @@ class ExponentiatedO2NC(Optimizer):
         self._skipped_steps: Tensor | None = None
         self._buffers: dict[int, GroupBuffers] = {}
         self._cache: dict[int, _GroupTensors] = {}
+        self._mesh = None  # the device mesh of DTensor parameters (FSDP2), see .sharded
         super().__init__(params, dict(numbers, foreach=foreach, maximize=maximize))
 
     # ----------------------------------------------------------------- construction and state
@@ -181,6 +190,7 @@ class ExponentiatedO2NC(Optimizer):
         param_group.update(validate_hyperparameters(**given))
         super().add_param_group(param_group)
         _init_group_scalars(self.param_groups[-1])
+        self._mesh = mesh_of(p for group in self.param_groups for p in group["params"])
 
     def _options(self) -> dict[str, Any]:
         """What is not per parameter: the scalar generator, the mode, counters and options."""
@@ -214,6 +224,7 @@ class ExponentiatedO2NC(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             _init_group_scalars(group)
+        self._mesh = mesh_of(p for group in self.param_groups for p in group["params"])
         if options is not None:  # a copy (deepcopy, pickle, torch.save of the whole object)
             kind, seed = options["scaling"]["kind"], options["scaling"]["seed"]
             self._scaling = RandomScaling(kind, seed)
@@ -244,13 +255,28 @@ class ExponentiatedO2NC(Optimizer):
 
         The generator state lives at the top level because torch casts per-parameter state tensors to
         the parameter's dtype on load, which would corrupt it.
+
+        With DTensor parameters each rank keeps V as its partial sum: the state dict holds the
+        global V, added over the mesh here (so, as ``get_optimizer_state_dict``, it is called on
+        every rank), and on load the first shard keeps it while the others restart from 0.
         """
-        return dict(super().state_dict(), **{_STATE_KEY: self._options()})
+        state = dict(super().state_dict(), **{_STATE_KEY: self._options()})
+        if self._mesh is not None and self.average and self.tracks_statistics:
+            parts = [group["iterate_variance"] for group in self.param_groups]
+            sums = global_sums(parts, self._mesh, self._device()).tolist()
+            state["param_groups"] = [
+                dict(group, iterate_variance=v)
+                for group, v in zip(state["param_groups"], sums, strict=True)
+            ]
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         options = state_dict.pop(_STATE_KEY, None)
         super().load_state_dict(state_dict)
+        if self._mesh is not None and not is_first_shard(self._mesh):
+            for group in self.param_groups:  # V is a sum of per-rank parts: one rank holds it
+                group["iterate_variance"] = 0.0
         if options is None:
             message = (
                 "This state dict has no 'o2nc' entry (it was saved by another optimizer or an older "
@@ -315,7 +341,12 @@ class ExponentiatedO2NC(Optimizer):
         all_finite = None
         if self.skip_nonfinite:
             grads = [p.grad for group in self.param_groups for p in group["params"]]
-            all_finite = all_gradients_finite(grads, self._device())
+            if self._mesh is None:
+                all_finite = all_gradients_finite(grads, self._device())
+            else:  # one rank's inf skips the step on every rank
+                grads = [None if g is None else local_tensor(g) for g in grads]
+                local_finite = all_gradients_finite(grads, self._device())
+                all_finite = finite_everywhere(local_finite, self._mesh)
         for index, group in enumerate(self.param_groups):
             tensors = self._init_group(index, group)
             if tensors is not None:
@@ -334,6 +365,8 @@ class ExponentiatedO2NC(Optimizer):
         group_params = group["params"]
         buffers = self._group_buffers(index)
         grads = [p.grad for p in group_params]
+        if self._mesh is not None:  # the kernels step this rank's shards (see .sharded)
+            grads = [None if g is None else local_tensor(g) for g in grads]
         complete = True
         for g in grads:
             if g is None:
@@ -352,16 +385,18 @@ class ExponentiatedO2NC(Optimizer):
         if not all(buffers.covers(i) for i in indices):  # a frozen parameter got a gradient
             buffers = self._group_buffers(index, rebuild=True)
         states = [buffers.claim(i) for i in indices]
-        params = [group_params[i] for i in indices]
+        params = [local_tensor(group_params[i]) for i in indices]
         tensors = _GroupTensors(
             buffers=buffers,
             params=params,
             grads=[grads[i] for i in indices],
-            deltas=[state["momentum_buffer"] for state in states],
-            deviations=[state["iterate_deviation"] for state in states] if self.average else None,
+            deltas=[local_tensor(state["momentum_buffer"]) for state in states],
+            deviations=[local_tensor(state["iterate_deviation"]) for state in states]
+            if self.average
+            else None,
             flat=buffers.tiling if complete else None,
             idle_deltas=[
-                self.state[p]["momentum_buffer"]
+                local_tensor(self.state[p]["momentum_buffer"])
                 for p, g in zip(group_params, grads, strict=True)
                 if g is None and "momentum_buffer" in self.state.get(p, {})
             ],
@@ -380,7 +415,8 @@ class ExponentiatedO2NC(Optimizer):
             names = (
                 ("momentum_buffer", "iterate_deviation") if self.average else ("momentum_buffer",)
             )
-            buffers = self._buffers[index] = GroupBuffers(params, self.state, names)
+            layout = {} if self._mesh is None else {"local": local_tensor, "wrap": as_dtensor_like}
+            buffers = self._buffers[index] = GroupBuffers(params, self.state, names, **layout)
             self._cache.pop(index, None)
         return buffers
 
@@ -422,7 +458,7 @@ class ExponentiatedO2NC(Optimizer):
             )
 
     def _device(self) -> torch.device:
-        return self.param_groups[0]["params"][0].device
+        return local_tensor(self.param_groups[0]["params"][0]).device
 
     # ----------------------------------------------------------------- statistics
     def statistics(self, c: float = 1.0) -> dict[str, Any]:
@@ -444,19 +480,26 @@ class ExponentiatedO2NC(Optimizer):
         """
         device = self._device()
         update_sq, grad_ema_sq, variance = 0.0, 0.0, 0.0
-        for index, group in enumerate(self.param_groups):
-            buffers = self._group_buffers(index)
-            if not buffers.has_state:
-                continue
-            # Δ = P D as the last step left it
-            group_sq = buffers.squared_norm("momentum_buffer", device) * group["update_scale"] ** 2
+        groups = [
+            (group, self._group_buffers(index).squared_norm("momentum_buffer", device))
+            for index, group in enumerate(self.param_groups)
+            if self._group_buffers(index).has_state
+        ]
+        variances = [group["iterate_variance"] for group in self.param_groups]
+        if self._mesh is not None:  # this rank's partial sums, added over the mesh once, here
+            sums = global_sums([sq for _, sq in groups] + variances, self._mesh, device)
+            groups = [(group, sums[i]) for i, (group, _) in enumerate(groups)]
+            variances = list(sums[len(groups) :])
+        for group, squared in groups:
+            group_sq = squared * group["update_scale"] ** 2  # Δ = P D as the last step left it
             weight = group["update_weight_sum"]  # W = 0 (beta = 0): m_hat is undefined
             has_weight = isinstance(weight, Tensor) or weight > 0
             update_sq = update_sq + group_sq
             grad_ema_sq = grad_ema_sq + (
                 group_sq / weight**2 if has_weight else group_sq * math.nan
             )
-            variance = variance + group["iterate_variance"]
+        for group_variance in variances:
+            variance = variance + group_variance
         stats = {"update_norm": _sqrt(update_sq), "grad_ema_norm": _sqrt(grad_ema_sq)}
         if self.average:
             if not self.tracks_statistics:
