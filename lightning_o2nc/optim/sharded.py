@@ -121,10 +121,12 @@ def global_sums(values: list[float | Tensor], mesh: DeviceMesh, device: torch.de
     """Per-rank partial sums (floats or 0-d tensors) added over the mesh, as one float64 tensor
     of ``len(values)`` entries on ``device`` (one all-reduce for all of them)."""
     parts = [
-        v.to(device, torch.float64) if isinstance(v, Tensor) else torch.tensor(float(v))
+        v.to(device, torch.float64)
+        if isinstance(v, Tensor)
+        else torch.full((), float(v), dtype=torch.float64, device=device)
         for v in values
     ]
-    stacked = torch.stack([p.to(device, torch.float64) for p in parts])
+    stacked = torch.stack(parts)
     return _reduce(stacked, mesh, dist.ReduceOp.SUM)
 
 

@@ -1,0 +1,131 @@
+"""Two ranks of FSDP2 (``fully_shard`` on a CPU mesh, gloo) stepping ExponentiatedO2NC; launched by
+test_fsdp2.py through ``torch.distributed.run``. Rank 0 writes OUT/sharded.pt: the full weights, x_bar
+and statistics after the run, and how the state-dict round trips continued; every rank writes its
+shards to the distributed checkpoint OUT/dcp (read back by the test in one process).
+
+The model, its data and the run's recipe are in :mod:`fsdp2_recipe`, shared with the test's
+unsharded reference.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fsdp2_recipe as recipe
+
+
+def sharded_model(mesh):
+    model = recipe.build_model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def full(tensors):
+    return [t.full_tensor() if isinstance(t, DTensor) else t for t in tensors]
+
+
+def local_state(optimizer):
+    return {
+        (i, key): value.to_local().clone() if isinstance(value, DTensor) else value
+        for i, p in enumerate(optimizer.param_groups[0]["params"])
+        for key, value in optimizer.state[p].items()
+    }
+
+
+def non_tensor_state(state_dict):
+    """Everything but the per-parameter tensors: the groups' scalars and the scaling's state."""
+    return {key: value for key, value in state_dict.items() if key != "state"}
+
+
+def refusals(mesh):
+    """The one-line errors for what cannot work: replicated placements (tensor parallelism,
+    HSDP) and plain tensors mixed with DTensors."""
+    replicated = distribute_tensor(torch.zeros(4), mesh, [Replicate()])
+    sharded = distribute_tensor(torch.zeros(4), mesh, [Shard(0)])
+    messages = []
+    for params in ([torch.nn.Parameter(replicated)], [torch.nn.Parameter(sharded), torch.zeros(2)]):
+        try:
+            recipe.build_optimizer(params)
+        except ValueError as error:
+            messages.append(str(error))
+    return messages
+
+
+def main(out: Path) -> None:
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    rank = dist.get_rank()
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    model = sharded_model(mesh)
+    optimizer = recipe.build_optimizer(model.parameters())
+    for step, (x, y) in enumerate(recipe.batches()):
+        half = slice(rank * len(x) // 2, (rank + 1) * len(x) // 2)
+        recipe.train_step(model, optimizer, step, x[half], y[half], poison=rank == 1)
+    placements_ok = all(
+        isinstance(v, DTensor) and v.placements == p.placements and v.shape == p.shape
+        for p in model.parameters()
+        for v in optimizer.state[p].values()
+    )
+    result = {
+        "weights": full(model.parameters()),
+        "x_bar": full(optimizer.averaged_iterate()),
+        "statistics": {k: float(v) for k, v in optimizer.statistics().items()},
+        "skipped_steps": int(optimizer.skipped_steps),
+        "state_is_dtensor_like_params": placements_ok,
+    }
+    optimizer.eval()
+    result["eval_weights"] = full(model.parameters())
+    optimizer.train()
+    result["weights_after_train"] = full(model.parameters())
+
+    # the state-dict round trips: sharded and full form, into fresh optimizers
+    forms = {"sharded": StateDictOptions(), "full": StateDictOptions(full_state_dict=True)}
+    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=out / "dcp")
+    result["full_state"] = get_optimizer_state_dict(model, optimizer, options=forms["full"])
+    twins = {"original": (model, optimizer)}
+    result["loaded_equals_saved"], result["loaded_options"] = {}, {}
+    result["saved_options"] = non_tensor_state(optimizer.state_dict())
+    for name, options in forms.items():
+        saved = get_optimizer_state_dict(model, optimizer, options=options)
+        twin = sharded_model(mesh)
+        with torch.no_grad():
+            for p, q in zip(twin.parameters(), model.parameters(), strict=True):
+                p.copy_(q)
+        twin_optimizer = recipe.build_optimizer(twin.parameters())
+        set_optimizer_state_dict(twin, twin_optimizer, saved, options=options)
+        a, b = local_state(optimizer), local_state(twin_optimizer)
+        result["loaded_equals_saved"][name] = a.keys() == b.keys() and all(
+            torch.equal(a[k], b[k]) for k in a
+        )
+        result["loaded_options"][name] = non_tensor_state(twin_optimizer.state_dict())
+
+        twins[name] = (twin, twin_optimizer)
+    continued = {}
+    for name, (m, opt) in twins.items():
+        for step, (x, y) in enumerate(recipe.batches(seed=1, steps=3)):
+            half = slice(rank * len(x) // 2, (rank + 1) * len(x) // 2)
+            recipe.train_step(m, opt, step, x[half], y[half], poison=False)
+        continued[name] = (full(m.parameters()), opt.last_scale)
+    result["continued"] = continued
+    result["refusals"] = refusals(mesh)
+    if rank == 0:
+        torch.save(result, out / "sharded.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
