@@ -12,7 +12,7 @@ from torch import nn
 from typing_extensions import override
 
 from ..optim import ExponentiatedO2NC, build_optimizer, build_schedulers
-from ..optim.factory import OPTIMIZERS
+from ..optim.factory import optimizer_spec
 from ..optim.hyperparameters import HYPERPARAMETERS
 from .averaged_iterate import AveragedIterate
 from .backbones import BACKBONES, build_backbone
@@ -22,14 +22,15 @@ from .monitor import O2NCMonitor
 from .packages import Callback, lightning_class, twins
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss}
-AVERAGING_OPTIMIZERS = ("o2nc", "sgdm")
 # A nominal horizon for checking the optimizer's arguments before the Trainer knows the real one.
 _CHECK_HORIZON = 1_000_000
 #: Where O2NCModule's default is ``None`` (the choice follows ``optimizer``) instead of the
 #: table's, and what ``None`` means there.
 _MODULE_DEFAULTS = {
-    "scaling": "None: exponential for o2nc, none for sgdm",
-    "average": "the module also evaluates at x_bar; None: on for o2nc and sgdm, off for adamw",
+    "scaling": "None: the optimizer name's (exponential for o2nc and o2nc_adamw, uniform for "
+    "the _uniform names, none for sgdm and adamw)",
+    "average": "the module also evaluates at x_bar (adamw: the plain AdamW trajectory wrapped "
+    "as RandomScaling(scaling='none', average=True)); None: on for every optimizer but adamw",
 }
 #: The optimizer's own options that a module minimizing its loss does not take.
 _NOT_MODULE_ARGUMENTS = ("maximize",)
@@ -81,7 +82,7 @@ optimizer_arguments.__doc__ = "Every optimizer argument of O2NCModule.\n\nArgs:\
 
 @lightning_class("LightningModule")  # one body; for_package() puts it on pytorch_lightning too
 class O2NCModule:
-    """Classification with Exponentiated O2NC (or the SGDM / AdamW baselines) in one module.
+    """Classification with Exponentiated O2NC, O2NC-AdamW or the SGDM / AdamW baselines.
 
     Logs ``train/loss``, ``train/acc`` (per step, at the steps that loggers write, the last of an
     epoch, and every step while a progress bar shows them), ``val/loss``, ``val/acc``,
@@ -107,15 +108,22 @@ class O2NCModule:
         num_classes: Number of classes for a named backbone; ``None``: the data module's
             ``num_classes``.
         loss: ``"cross_entropy"`` or a callable ``loss(logits, targets)`` (e.g. an ``nn.Module``).
-        optimizer: Factory name: ``"o2nc"``, ``"sgdm"`` (O2NC with ``scaling="none"``) or ``"adamw"``.
+        optimizer: Factory name (``lightning_o2nc.optim.factory.OPTIMIZERS``): ``"o2nc"``,
+            ``"sgdm"`` (O2NC with ``scaling="none"``), ``"adamw"``, ``"o2nc_adamw"`` (AdamW with
+            random scaling), ``"o2nc_uniform"`` or ``"o2nc_adamw_uniform"``. A hyper-parameter
+            the optimizer does not take must stay at its default (``mu`` for the AdamW names,
+            ``beta2`` and ``eps`` for the O2NC names).
         decay_bias_and_norm: Also decay biases and normalization weights.
-        schedules: ``{"lr" | "beta" | "mu": {"shape": ..., "interval": "step" | "epoch", ...}}``.
+        schedules: ``{field: {"shape": ..., "interval": "step" | "epoch", ...}}`` for the fields
+            the optimizer may schedule: ``lr``, ``beta``, ``mu``, ``weight_decay`` (O2NC, SGDM);
+            ``lr``, ``beta`` (``betas[0]``), ``beta2``, ``weight_decay`` (the AdamW names).
         certificate_c: The constant c of the stationarity certificate ``||m_hat|| + c * V``.
         monitor: Add the :class:`O2NCMonitor` callback.
         bn_update_batches: Training batches used to recompute BatchNorm statistics at x_bar.
         leave_averaged_in_model: Leave x_bar in the model at the end of fit.
-        **hyperparameters: The optimizer's (``lr``, ``beta``, ``mu``, ``weight_decay``, ``scaling``,
-            ``seed``, ``average``, ...), keyword-only: the names, defaults and docs of
+        **hyperparameters: The optimizer's (``lr``, ``beta``, ``mu``, ``weight_decay``, ``beta2``,
+            ``eps``, ``scaling``, ``seed``, ``average``, ...), keyword-only: the names, defaults and
+            docs of
             ``lightning_o2nc.optim.hyperparameters`` (see :func:`optimizer_arguments`).
     """
 
@@ -139,12 +147,7 @@ class O2NCModule:
         hyperparameters = optimizer_arguments(**hyperparameters)  # save_hyperparameters reads it
         average = hyperparameters["average"]
         if average is None:
-            average = optimizer in AVERAGING_OPTIMIZERS
-        if average and optimizer not in AVERAGING_OPTIMIZERS:
-            raise ValueError(
-                f"average=True needs an optimizer that keeps x_bar ({', '.join(AVERAGING_OPTIMIZERS)}), "
-                f"got optimizer={optimizer!r}; set average to false"
-            )
+            average = optimizer_spec(optimizer).averages_by_default
         self.save_hyperparameters(
             ignore=[
                 name
@@ -293,12 +296,19 @@ class O2NCModule:
     ) -> Any:
         """The factory's optimizer (and schedules) over ``params``; ``__init__`` checks with it."""
         hp = self.hparams
+        spec = optimizer_spec(hp.optimizer)
         # the table's hyper-parameters this optimizer takes; None defers to the optimizer's default
-        accepted = set(inspect.signature(build_optimizer).parameters)
-        accepted |= set(OPTIMIZERS[hp.optimizer].options) if hp.optimizer in OPTIMIZERS else set()
+        accepted = set(inspect.signature(build_optimizer).parameters) | set(spec.options)
+        parameters = optimizer_arguments.__signature__.parameters
+        for name, parameter in parameters.items():
+            if name not in accepted and hp[name] != parameter.default:
+                raise ValueError(
+                    f"Invalid {name} for optimizer {hp.optimizer!r}: {hp[name]!r}; "
+                    f"{hp.optimizer} has no {name}, leave it at {parameter.default!r}"
+                )
         hyperparameters = {
             name: hp[name]
-            for name in optimizer_arguments.__signature__.parameters
+            for name in parameters
             if name in accepted and not (name in _MODULE_DEFAULTS and hp[name] is None)
         }
         optimizer = build_optimizer(
@@ -311,7 +321,8 @@ class O2NCModule:
     @override
     def configure_callbacks(self) -> list[Callback]:
         callbacks: list[Callback] = []
-        if self.hparams.monitor and self.hparams.optimizer in AVERAGING_OPTIMIZERS:
+        statistics = optimizer_spec(self.hparams.optimizer).keeps_statistics or self.hparams.average
+        if self.hparams.monitor and statistics:
             callbacks.append(O2NCMonitor(certificate_c=self.hparams.certificate_c))
         if self.hparams.average:
             callbacks.append(

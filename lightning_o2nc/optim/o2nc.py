@@ -11,7 +11,10 @@ Per step n, with hyper-parameters read from each param group (so schedules are g
     x_n &= x_{n-1} + s_n \Delta_n \qquad \text{(s scales the move, never the buffer)}
 
 ``g_n`` is the gradient at the current weights plus ``weight_decay * x`` (torch SGD's L2 term), negated
-when ``maximize``. ``lightning_o2nc.optim.reference`` is the same update written out plainly.
+when ``maximize``. Under ``scaling="uniform"`` (s ~ U(0, 2)) the loss gradient is first multiplied by
+the importance weight ``w_n = 2 - s_{n-1}`` (``w_1 = 1``; the L2 term is not weighted), so that
+uniform scaling satisfies Lemma 3.1's identity as Exp(1) does (:mod:`~lightning_o2nc.optim.scaling`).
+``lightning_o2nc.optim.reference`` is the same update written out plainly.
 
 Time-varying hyper-parameters (the paper's online-mirror-descent form, and the authors' code): η_n
 multiplies the gradient of step n once, as it enters Δ, so ``Δ_n = -Σ_k η_k (Π_{j≥k} ζ_j) g_k``;
@@ -68,7 +71,7 @@ from .functional import (
     where,
 )
 from .hyperparameters import OPTIMIZER_OPTIONS, validate_hyperparameters
-from .scaling import RandomScaling
+from .scaling import ScaleSampler
 from .sharded import (
     as_dtensor_like,
     finite_everywhere,
@@ -81,6 +84,9 @@ from .sharded import (
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
 
 _STATE_KEY = "o2nc"
+#: 2: the options live in ``param_groups[0]["o2nc"]`` and the scaling state holds the pending
+#: importance weight; before, a top-level ``"o2nc"`` entry and uniform scaling without a weight.
+_STATE_FORMAT = 2
 _NUMBERS = ("lr", "beta", "mu", "weight_decay")
 
 
@@ -114,7 +120,9 @@ class ExponentiatedO2NC(Optimizer):
         beta: 0 <= β < 1, the momentum / discount factor.
         mu: μ >= 0, implicit decay of the update: ``zeta = beta / (1 + lr * mu)``.
         weight_decay: >= 0, L2 penalty added to the gradient (as torch SGD does).
-        scaling: ``"exponential"`` (s ~ Exp(1), the paper), ``"uniform"`` (s ~ U(0, 2), ablation) or
+        scaling: ``"exponential"`` (s ~ Exp(1), the paper), ``"uniform"`` (s ~ U(0, 2), and the
+            next step's loss gradient weighted by ``w = 2 - s``, the authors' importance weight:
+            ``Delta <- zeta (Delta - eta (w g + weight_decay x))``; the L2 term is not weighted) or
             ``"none"`` (s = 1: plain SGD with momentum).
         seed: seed of the scalar's own generator. ``None`` agrees on a seed across DDP ranks (rank 0's
             ``torch.initial_seed()``), so every rank draws the same s.
@@ -166,7 +174,7 @@ class ExponentiatedO2NC(Optimizer):
         params = list(params)
         if not params:
             raise ValueError("Invalid params: ExponentiatedO2NC got an empty parameter list")
-        self._scaling = RandomScaling(scaling, seed)
+        self._scaling = ScaleSampler(scaling, seed)
         self.average = bool(average)
         self.average_beta = numbers.pop("average_beta")
         self.skip_nonfinite = bool(skip_nonfinite)
@@ -180,6 +188,7 @@ class ExponentiatedO2NC(Optimizer):
 
     # ----------------------------------------------------------------- construction and state
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group.pop(_STATE_KEY, None)  # a group copied from a state dict: the options are ours
         for key in OPTIMIZER_OPTIONS:
             if key in param_group:
                 raise ValueError(
@@ -209,7 +218,10 @@ class ExponentiatedO2NC(Optimizer):
         self.training = bool(options["training"])
         self.tracks_statistics = bool(options.get("tracks_statistics", False))
         skipped = options.get("skipped_steps")
-        self._skipped_steps = None if skipped is None else skipped.to(self._device())
+        if skipped is None:
+            self._skipped_steps = None
+        else:  # an int from a state dict, a tensor from a copy
+            self._skipped_steps = torch.as_tensor(skipped, dtype=torch.int64).to(self._device())
 
     def __getstate__(self) -> dict[str, Any]:
         """torch keeps ``defaults``, ``state`` and ``param_groups``; copies also need the rest."""
@@ -227,7 +239,7 @@ class ExponentiatedO2NC(Optimizer):
         self._mesh = mesh_of(p for group in self.param_groups for p in group["params"])
         if options is not None:  # a copy (deepcopy, pickle, torch.save of the whole object)
             kind, seed = options["scaling"]["kind"], options["scaling"]["seed"]
-            self._scaling = RandomScaling(kind, seed)
+            self._scaling = ScaleSampler(kind, seed)
             self.average, self.skip_nonfinite = options["average"], options["skip_nonfinite"]
             self.average_beta = options["average_beta"]
             self._load_options(options)
@@ -250,29 +262,37 @@ class ExponentiatedO2NC(Optimizer):
         return self._skipped_steps
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict plus a top-level ``"o2nc"`` entry: the scalar generator's state, the
-        train/eval mode, the skipped-step count and whether V is tracked.
+        """torch's state dict, with an ``"o2nc"`` entry in ``param_groups[0]``: the scalar
+        generator's state and the pending importance weight, the train/eval mode, the skipped-step
+        count and whether V is tracked, all as plain data (ints, floats, lists, ``None``).
 
-        The generator state lives at the top level because torch casts per-parameter state tensors to
-        the parameter's dtype on load, which would corrupt it.
+        It sits in a param group because ``torch.distributed.checkpoint`` keeps only ``state``
+        and ``param_groups``, and never in a per-parameter tensor, which torch casts to the
+        parameter's dtype on load. Older versions kept it at the top level; those still load.
 
         With DTensor parameters each rank keeps V as its partial sum: the state dict holds the
         global V, added over the mesh here (so, as ``get_optimizer_state_dict``, it is called on
         every rank), and on load the first shard keeps it while the others restart from 0.
         """
-        state = dict(super().state_dict(), **{_STATE_KEY: self._options()})
+        state_dict = super().state_dict()
+        options = self._options()
+        skipped = options["skipped_steps"]
+        options["skipped_steps"] = None if skipped is None else int(skipped)
+        state_dict["param_groups"][0][_STATE_KEY] = dict(options, format=_STATE_FORMAT)
         if self._mesh is not None and self.average and self.tracks_statistics:
             parts = [group["iterate_variance"] for group in self.param_groups]
             sums = global_sums(parts, self._mesh, self._device()).tolist()
-            state["param_groups"] = [
-                dict(group, iterate_variance=v)
-                for group, v in zip(state["param_groups"], sums, strict=True)
-            ]
-        return state
+            for group, variance in zip(state_dict["param_groups"], sums, strict=True):
+                group["iterate_variance"] = variance
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
-        options = state_dict.pop(_STATE_KEY, None)
+        options = state_dict.pop(_STATE_KEY, None)  # the layout before format 2
+        groups = [dict(group) for group in state_dict["param_groups"]]
+        if groups and _STATE_KEY in groups[0]:
+            options = groups[0].pop(_STATE_KEY)
+        state_dict["param_groups"] = groups
         super().load_state_dict(state_dict)
         if self._mesh is not None and not is_first_shard(self._mesh):
             for group in self.param_groups:  # V is a sum of per-rank parts: one rank holds it
@@ -337,6 +357,7 @@ class ExponentiatedO2NC(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        weight = self._scaling.weight  # this step's importance weight, set by the last draw
         scale = self._scaling.draw()
         all_finite = None
         if self.skip_nonfinite:
@@ -350,7 +371,7 @@ class ExponentiatedO2NC(Optimizer):
         for index, group in enumerate(self.param_groups):
             tensors = self._init_group(index, group)
             if tensors is not None:
-                self._step_group(index, tensors, scale, all_finite)
+                self._step_group(index, tensors, scale, weight, all_finite)
         if all_finite is not None:
             self.skipped_steps.add_((~all_finite).to(torch.int64))
         return loss
@@ -420,7 +441,9 @@ class ExponentiatedO2NC(Optimizer):
             self._cache.pop(index, None)
         return buffers
 
-    def _step_group(self, index: int, t: _GroupTensors, scale: float, all_finite: Any) -> None:
+    def _step_group(
+        self, index: int, t: _GroupTensors, scale: float, weight: float, all_finite: Any
+    ) -> None:
         group = self.param_groups[index]
         eta, beta, mu = group["lr"], group["beta"], group["mu"]
         if isinstance(eta, Tensor) or isinstance(beta, Tensor) or isinstance(mu, Tensor):
@@ -434,7 +457,7 @@ class ExponentiatedO2NC(Optimizer):
             t.params, t.grads, t.deltas, t.deviations, lr=eta, beta=beta, mu=mu,
             weight_decay=group["weight_decay"], maximize=group["maximize"], scale=scale,
             deviation_scale=k, all_finite=all_finite, foreach=foreach, flat=t.flat,
-            update_scale=update_scale,
+            update_scale=update_scale, grad_weight=weight,
         )  # fmt: skip
         if t.idle_deltas and group["update_scale"] != update_scale:  # they keep their Δ
             for delta in t.idle_deltas:
