@@ -7,6 +7,7 @@ The model, its data and the run's recipe are in :mod:`fsdp2_recipe`, shared with
 unsharded reference.
 """
 
+import copy
 import sys
 from pathlib import Path
 
@@ -100,7 +101,13 @@ def main(out: Path) -> None:
     result["loaded_equals_saved"], result["loaded_options"] = {}, {}
     result["saved_options"] = non_tensor_state(optimizer.state_dict())
     for name, options in forms.items():
+        # a copy, as a checkpoint is: torch's load_state_dict adopts the tensors it is given,
+        # which here are the live optimizer's own (for every torch optimizer)
         saved = get_optimizer_state_dict(model, optimizer, options=options)
+        saved = {
+            "state": {k: {n: v.clone() for n, v in e.items()} for k, e in saved["state"].items()},
+            "param_groups": copy.deepcopy(saved["param_groups"]),
+        }
         twin = sharded_model(mesh)
         with torch.no_grad():
             for p, q in zip(twin.parameters(), model.parameters(), strict=True):
