@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.optim import AdamW, Optimizer
 
 from .scaling import ScaleSampler
+from .sharded import local_tensor, mesh_of
 from .wrapper_state import (
     EXTRA_KEYS,
     STATE_KEY,
@@ -117,7 +118,7 @@ class RandomScaling(Optimizer):
                     )
         self.training = True
         self.tracks_statistics = False
-        self._buffers = WrapperBuffers()
+        self._buffers = WrapperBuffers(self._mesh())
         self._wrapping = True  # Optimizer.__init__ calls add_param_group: the groups exist
         super().__init__(optimizer.param_groups, optimizer.defaults)
         del self._wrapping
@@ -134,6 +135,7 @@ class RandomScaling(Optimizer):
             return
         param_group.pop(STATE_KEY, None)  # a group copied from a state dict carries no options
         self.optimizer.add_param_group(param_group)
+        self._mesh()  # all plain or all sharded on one mesh
 
     def __repr__(self) -> str:
         return (
@@ -259,7 +261,12 @@ class RandomScaling(Optimizer):
         }
 
     def _device(self) -> torch.device:
-        return self.param_groups[0]["params"][0].device
+        return local_tensor(self.param_groups[0]["params"][0]).device
+
+    def _mesh(self) -> Any:
+        """The device mesh of DTensor parameters (FSDP2), ``None`` for plain tensors; refuses
+        what :mod:`~lightning_o2nc.optim.sharded` cannot step."""
+        return mesh_of(p for group in self.optimizer.param_groups for p in group["params"])
 
     # ----------------------------------------------------------------- state
     def _options(self) -> dict[str, Any]:
@@ -312,12 +319,16 @@ class RandomScaling(Optimizer):
             extras[i] = {k: v for k, v in entry.items() if k in EXTRA_KEYS}
             if not base_state[i]:
                 del base_state[i]
-        params = [p for g in self.param_groups for p in g["params"]]
+        # saved keys to parameters by position, as torch does (torch.distributed.checkpoint
+        # passes parameter names instead of indices)
+        saved_keys = [key for g in state_dict["param_groups"] for key in g["params"]]
+        current = (p for g in self.param_groups for p in g["params"])
+        params = dict(zip(saved_keys, current, strict=False))  # torch checks the lengths
         self.optimizer.load_state_dict({"state": base_state, "param_groups": groups})
         self._share_base()
-        self._buffers = WrapperBuffers()
+        self._buffers = WrapperBuffers(self._mesh())
         self._buffers.adopt(
-            {params[i]: extra for i, extra in extras.items() if extra and i < len(params)}
+            {params[i]: extra for i, extra in extras.items() if extra and i in params}
         )
         if options is None:
             import warnings
@@ -347,7 +358,7 @@ class RandomScaling(Optimizer):
         options = state["options"]
         self._sampler = ScaleSampler(state["kind"], state["seed"])
         self.average, self.average_beta = options["average"], options["average_beta"]
-        self._buffers = WrapperBuffers()
+        self._buffers = WrapperBuffers(self._mesh())
         self._buffers.adopt(state["extra"])
         self._share_base()
         super().__setstate__({})  # torch's hook dictionaries and step patching

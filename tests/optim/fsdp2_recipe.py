@@ -3,10 +3,12 @@
 
 import torch
 
-from lightning_o2nc import ExponentiatedO2NC
+from lightning_o2nc import ExponentiatedO2NC, O2NCAdamW
 
 STEPS = 6
 POISONED_STEP = 2  # rank 1's gradient holds an inf at this step: every rank skips it
+#: ExponentiatedO2NC (exponential, skip_nonfinite) and O2NCAdamW (uniform: the pending weight)
+OPTIMIZERS = ("o2nc", "o2nc_adamw")
 
 
 def build_model() -> torch.nn.Sequential:
@@ -15,11 +17,14 @@ def build_model() -> torch.nn.Sequential:
     return torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 3))
 
 
-def build_optimizer(params) -> ExponentiatedO2NC:
-    optimizer = ExponentiatedO2NC(
-        params, lr=0.1, beta=0.9, mu=0.5, weight_decay=0.01, average=True, skip_nonfinite=True,
-        seed=3,
-    )  # fmt: skip
+def build_optimizer(params, name: str = "o2nc"):
+    if name == "o2nc":
+        optimizer = ExponentiatedO2NC(
+            params, lr=0.1, beta=0.9, mu=0.5, weight_decay=0.01, average=True,
+            skip_nonfinite=True, seed=3,
+        )  # fmt: skip
+    else:
+        optimizer = O2NCAdamW(params, lr=0.05, scaling="uniform", seed=3, average=True)
     optimizer.statistics()  # track V from the first step
     return optimizer
 
@@ -32,7 +37,8 @@ def batches(seed: int = 0, steps: int = STEPS):
 
 def train_step(model, optimizer, step, x, y, poison: bool) -> None:
     """One step on the (global or per-rank) batch; lr follows a schedule; ``poison`` puts an inf
-    into the first parameter's gradient at POISONED_STEP."""
+    into the first parameter's gradient at POISONED_STEP (for ExponentiatedO2NC's skip)."""
+    poison = poison and isinstance(optimizer, ExponentiatedO2NC)
     optimizer.param_groups[0]["lr"] = 0.1 * (1.0 - step / 10)
     torch.nn.functional.mse_loss(model(x), y).backward()
     if poison and step == POISONED_STEP:

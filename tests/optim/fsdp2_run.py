@@ -40,10 +40,19 @@ def full(tensors):
 
 
 def local_state(optimizer):
+    """This rank's shards of every per-parameter entry of the state dict."""
     return {
         (i, key): value.to_local().clone() if isinstance(value, DTensor) else value
-        for i, p in enumerate(optimizer.param_groups[0]["params"])
-        for key, value in optimizer.state[p].items()
+        for i, entries in optimizer.state_dict()["state"].items()
+        for key, value in entries.items()
+    }
+
+
+def copied(state_dict):
+    """A copy of an optimizer state dict (its tensors cloned; DTensor views refuse deepcopy)."""
+    return {
+        "state": {k: {n: v.clone() for n, v in e.items()} for k, e in state_dict["state"].items()},
+        "param_groups": copy.deepcopy(state_dict["param_groups"]),
     }
 
 
@@ -69,23 +78,34 @@ def refusals(mesh):
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
-    rank = dist.get_rank()
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    results = {name: run(name, mesh, out / name) for name in recipe.OPTIMIZERS}
+    results["refusals"] = refusals(mesh)
+    if dist.get_rank() == 0:
+        torch.save(results, out / "sharded.pt")
+    dist.destroy_process_group()
+
+
+def run(name: str, mesh, out: Path) -> dict:
+    """Steps, statistics, eval/train and the state-dict round trips of one optimizer."""
+    rank = dist.get_rank()
     model = sharded_model(mesh)
-    optimizer = recipe.build_optimizer(model.parameters())
+    optimizer = recipe.build_optimizer(model.parameters(), name)
     for step, (x, y) in enumerate(recipe.batches()):
         half = slice(rank * len(x) // 2, (rank + 1) * len(x) // 2)
         recipe.train_step(model, optimizer, step, x[half], y[half], poison=rank == 1)
-    placements_ok = all(
+    saved_state = optimizer.state_dict()["state"]
+    placements_ok = len(saved_state) == 4 and all(
         isinstance(v, DTensor) and v.placements == p.placements and v.shape == p.shape
-        for p in model.parameters()
-        for v in optimizer.state[p].values()
+        for p, i in zip(model.parameters(), range(4), strict=True)
+        for key, v in saved_state[i].items()
+        if key != "step"
     )
     result = {
         "weights": full(model.parameters()),
         "x_bar": full(optimizer.averaged_iterate()),
         "statistics": {k: float(v) for k, v in optimizer.statistics().items()},
-        "skipped_steps": int(optimizer.skipped_steps),
+        "skipped_steps": int(getattr(optimizer, "skipped_steps", 0)),
         "state_is_dtensor_like_params": placements_ok,
     }
     optimizer.eval()
@@ -96,42 +116,34 @@ def main(out: Path) -> None:
     # the state-dict round trips: sharded and full form, into fresh optimizers
     forms = {"sharded": StateDictOptions(), "full": StateDictOptions(full_state_dict=True)}
     dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=out / "dcp")
-    result["full_state"] = get_optimizer_state_dict(model, optimizer, options=forms["full"])
+    result["full_state"] = copied(get_optimizer_state_dict(model, optimizer, options=forms["full"]))
     twins = {"original": (model, optimizer)}
     result["loaded_equals_saved"], result["loaded_options"] = {}, {}
     result["saved_options"] = non_tensor_state(optimizer.state_dict())
-    for name, options in forms.items():
+    for form, options in forms.items():
         # a copy, as a checkpoint is: torch's load_state_dict adopts the tensors it is given,
         # which here are the live optimizer's own (for every torch optimizer)
-        saved = get_optimizer_state_dict(model, optimizer, options=options)
-        saved = {
-            "state": {k: {n: v.clone() for n, v in e.items()} for k, e in saved["state"].items()},
-            "param_groups": copy.deepcopy(saved["param_groups"]),
-        }
+        saved = copied(get_optimizer_state_dict(model, optimizer, options=options))
         twin = sharded_model(mesh)
         with torch.no_grad():
             for p, q in zip(twin.parameters(), model.parameters(), strict=True):
                 p.copy_(q)
-        twin_optimizer = recipe.build_optimizer(twin.parameters())
+        twin_optimizer = recipe.build_optimizer(twin.parameters(), name)
         set_optimizer_state_dict(twin, twin_optimizer, saved, options=options)
         a, b = local_state(optimizer), local_state(twin_optimizer)
-        result["loaded_equals_saved"][name] = a.keys() == b.keys() and all(
+        result["loaded_equals_saved"][form] = a.keys() == b.keys() and all(
             torch.equal(a[k], b[k]) for k in a
         )
-        result["loaded_options"][name] = non_tensor_state(twin_optimizer.state_dict())
-
-        twins[name] = (twin, twin_optimizer)
+        result["loaded_options"][form] = non_tensor_state(twin_optimizer.state_dict())
+        twins[form] = (twin, twin_optimizer)
     continued = {}
-    for name, (m, opt) in twins.items():
+    for form, (m, opt) in twins.items():
         for step, (x, y) in enumerate(recipe.batches(seed=1, steps=3)):
             half = slice(rank * len(x) // 2, (rank + 1) * len(x) // 2)
             recipe.train_step(m, opt, step, x[half], y[half], poison=False)
-        continued[name] = (full(m.parameters()), opt.last_scale)
+        continued[form] = (full(m.parameters()), opt.last_scale)
     result["continued"] = continued
-    result["refusals"] = refusals(mesh)
-    if rank == 0:
-        torch.save(result, out / "sharded.pt")
-    dist.destroy_process_group()
+    return result
 
 
 if __name__ == "__main__":
