@@ -58,13 +58,14 @@ def _optimizer_class(name: str) -> type[Optimizer] | None:
 
 
 def rebuild_optimizer(
-    entry: dict[str, Any], groups: list[dict[str, Any]], saved: dict[str, Any]
+    entry: dict[str, Any], groups: list[dict[str, Any]], saved: dict[str, Any] | None
 ) -> Any:
     """The averaging optimizer of one layout entry over ``groups``, loaded from ``saved``.
 
     An entry written before the wrapper existed names no class: it is an ``ExponentiatedO2NC``.
     A ``RandomScaling`` is rebuilt around a fresh base of the recorded class (its
     hyper-parameters come back with the state), a subclass (``O2NCAdamW``) from the groups.
+    ``saved=None`` leaves it fresh (a distributed checkpoint is read into it afterwards).
     """
     name = entry.get("optimizer", _class_name(ExponentiatedO2NC))
     cls = _optimizer_class(name)
@@ -78,7 +79,7 @@ def rebuild_optimizer(
         )
         return None
     if issubclass(cls, ExponentiatedO2NC):
-        scaling = saved.get("o2nc", {}).get("scaling", {}).get("kind", entry.get("scaling"))
+        scaling = (saved or {}).get("o2nc", {}).get("scaling", {}).get("kind", entry.get("scaling"))
         opt = cls(groups, lr=1.0, scaling=scaling or "exponential", average=True)
     else:
         options = {
@@ -90,6 +91,8 @@ def rebuild_optimizer(
             opt = RandomScaling(base_cls(groups), **options)
         else:
             opt = cls(groups, **options)
+    if saved is None:
+        return opt
     opt.load_state_dict(saved)
     if isinstance(opt, ExponentiatedO2NC):
         for param_state in opt.state.values():

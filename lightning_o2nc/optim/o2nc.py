@@ -79,6 +79,7 @@ from .sharded import (
     is_first_shard,
     local_tensor,
     mesh_of,
+    shard_like,
 )
 
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
@@ -279,6 +280,10 @@ class ExponentiatedO2NC(Optimizer):
         skipped = options["skipped_steps"]
         options["skipped_steps"] = None if skipped is None else int(skipped)
         state_dict["param_groups"][0][_STATE_KEY] = dict(options, format=_STATE_FORMAT)
+        for group in state_dict["param_groups"]:  # one type whatever skip_nonfinite made them:
+            for key in _GROUP_SCALARS:  # a distributed checkpoint loads only into the same type
+                if isinstance(group[key], Tensor):
+                    group[key] = group[key].item()
         if self._mesh is not None and self.average and self.tracks_statistics:
             parts = [group["iterate_variance"] for group in self.param_groups]
             sums = global_sums(parts, self._mesh, self._device()).tolist()
@@ -294,9 +299,13 @@ class ExponentiatedO2NC(Optimizer):
             options = groups[0].pop(_STATE_KEY)
         state_dict["param_groups"] = groups
         super().load_state_dict(state_dict)
-        if self._mesh is not None and not is_first_shard(self._mesh):
-            for group in self.param_groups:  # V is a sum of per-rank parts: one rank holds it
-                group["iterate_variance"] = 0.0
+        if self._mesh is not None:
+            for group in self.param_groups:
+                for p in group["params"]:  # full tensors of a one-file checkpoint: our shards
+                    entries = self.state.get(p, {})
+                    entries.update({k: shard_like(v, p) for k, v in entries.items()})
+                if not is_first_shard(self._mesh):  # V is a sum of per-rank parts: one holds it
+                    group["iterate_variance"] = 0.0
         if options is None:
             message = (
                 "This state dict has no 'o2nc' entry (it was saved by another optimizer or an older "
@@ -561,8 +570,15 @@ def _init_group_scalars(group: dict[str, Any]) -> None:
     ``average_weight_sum`` is A (for x_bar's newest weight 1/A), ``deviation_scale`` is k
     (``x - x_bar = k u``) and ``iterate_variance`` is this group's V.
     """
-    group.setdefault("update_scale", 1.0)
-    group.setdefault("update_weight_sum", 0.0)
-    group.setdefault("average_weight_sum", 0.0)
-    group.setdefault("deviation_scale", 1.0)
-    group.setdefault("iterate_variance", 0.0)
+    for key, start in _GROUP_SCALARS.items():
+        group.setdefault(key, start)
+
+
+#: The per-group running sums of :func:`_init_group_scalars` and their starting values.
+_GROUP_SCALARS = {
+    "update_scale": 1.0,
+    "update_weight_sum": 0.0,
+    "average_weight_sum": 0.0,
+    "deviation_scale": 1.0,
+    "iterate_variance": 0.0,
+}

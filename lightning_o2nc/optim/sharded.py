@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 __all__ = [
     "as_dtensor_like",
@@ -46,6 +46,7 @@ __all__ = [
     "is_first_shard",
     "local_tensor",
     "mesh_of",
+    "shard_like",
 ]
 
 _SUPPORTED = (
@@ -98,6 +99,20 @@ def as_dtensor_like(local: Tensor, like: Tensor) -> Tensor:
         local, like.device_mesh, like.placements, run_check=False,
         shape=like.shape, stride=like.stride(),
     )  # fmt: skip
+
+
+def shard_like(value: Any, like: Tensor) -> Any:
+    """A full, plain state tensor (a one-file checkpoint) as this rank's shard of ``like``'s
+    layout, sliced locally without communication; anything else is returned as it is."""
+    if (
+        isinstance(like, DTensor)
+        and isinstance(value, Tensor)
+        and not isinstance(value, DTensor)
+        and value.shape == like.shape
+    ):
+        value = value.to(local_tensor(like).device)
+        return distribute_tensor(value, like.device_mesh, like.placements, src_data_rank=None)
+    return value
 
 
 def _reduce(tensor: Tensor, mesh: DeviceMesh, op: Any) -> Tensor:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .flat import GroupBuffers
-from .sharded import as_dtensor_like, global_sums, is_first_shard, local_tensor
+from .sharded import as_dtensor_like, global_sums, is_first_shard, local_tensor, shard_like
 
 __all__ = [
     "EXTRA_KEYS",
@@ -292,7 +292,10 @@ class WrapperBuffers:
         """Take saved entries (cast to each parameter's device and dtype, as torch does)."""
         for p, saved in entries.items():
             self.extra[p].update(
-                {k: v.to(device=p.device, dtype=p.dtype).clone() for k, v in saved.items()}
+                {
+                    k: shard_like(v.to(device=p.device, dtype=p.dtype).clone(), p)
+                    for k, v in saved.items()
+                }
             )
 
     def group_scalars(self, count: int) -> list[dict[str, float]]:
