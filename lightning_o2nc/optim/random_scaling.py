@@ -305,6 +305,12 @@ class RandomScaling(Optimizer):
         for p, extra in self._buffers.per_parameter():
             i = index[id(p)]
             packed[i] = dict(packed.get(i, {}), **extra)
+        if not self.tracks_statistics:  # the same keys whether tracked or not: a distributed
+            # checkpoint loads only the entries of a fresh optimizer's state dict (load drops them)
+            params = [p for g in self.param_groups for p in g["params"]]
+            for i, entry in packed.items():
+                if "gradient_ema" not in entry:
+                    packed[i] = dict(entry, gradient_ema=torch.zeros_like(params[i]))
         groups = [dict(g) for g in state_dict["param_groups"]]
         groups[0][STATE_KEY] = self._options()
         return {"state": packed, "param_groups": groups}
@@ -342,6 +348,9 @@ class RandomScaling(Optimizer):
             )
         else:
             self._load_options(options)
+        if not self.tracks_statistics:  # the zeros state_dict() wrote in place of the EMA
+            for extra in self._buffers.extra.values():
+                extra.pop("gradient_ema", None)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies (deepcopy, pickle) carry the base, the wrapper's buffers and options."""
