@@ -140,6 +140,16 @@ def main(out: Path, package_name: str, optimizer_name: str) -> None:
         testing = trainer(1, distributed, [])
         metrics = testing.test(ShardedClassifier(), DataLoader(data, batch_size=16), ckpt_path=path)
         results[form]["test"] = metrics[0]
+    if package_name == "lightning.pytorch":  # O2NCModule(shard=True) shards its backbone itself
+        from lightning_o2nc.lightning import O2NCModule, SyntheticDataModule
+
+        module = O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, lr=0.05, shard=True)
+        fitting = trainer(1, True, [])
+        fitting.fit(module, datamodule=SyntheticDataModule(num_samples=64, batch_size=8, seed=0))
+        results["o2nc_module"] = {
+            "sharded": all(isinstance(p, DTensor) for p in module.parameters()),
+            "metrics": {k: float(v) for k, v in fitting.callback_metrics.items()},
+        }
     if torch.distributed.get_rank() == 0:
         torch.save(results, out / "results.pt")
 

@@ -60,3 +60,7 @@ def test_a_resumed_sharded_run_continues_as_the_uninterrupted_one_bit_for_bit(
     assert (
         results["directory"]["test"]["test/loss_avg"] != results["directory"]["test"]["test/loss"]
     )
+    if package == "lightning.pytorch":
+        module_run = results["o2nc_module"]  # O2NCModule(shard=True) shards its own backbone
+        assert module_run["sharded"]
+        assert {"val/acc", "val/acc_avg", "train/loss"} <= set(module_run["metrics"])
