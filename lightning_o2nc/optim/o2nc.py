@@ -251,6 +251,12 @@ class ExponentiatedO2NC(Optimizer):
         return self._scaling.kind
 
     @property
+    def device_mesh(self) -> Any:
+        """The device mesh of DTensor parameters (FSDP2), ``None`` for plain tensors. When set,
+        :meth:`statistics` and :meth:`state_dict` reduce over it: call them on every rank."""
+        return self._mesh
+
+    @property
     def last_scale(self) -> float:
         """The scalar s drawn at the last step (1.0 before the first step)."""
         return self._scaling.last

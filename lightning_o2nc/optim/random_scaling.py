@@ -150,6 +150,12 @@ class RandomScaling(Optimizer):
         return self._sampler.kind
 
     @property
+    def device_mesh(self) -> Any:
+        """The device mesh of DTensor parameters (FSDP2), ``None`` for plain tensors. When set,
+        :meth:`statistics` and :meth:`state_dict` reduce over it: call them on every rank."""
+        return self._buffers.mesh
+
+    @property
     def last_scale(self) -> float:
         """The scalar s drawn at the last step (1.0 before the first step)."""
         return self._sampler.last

@@ -102,7 +102,7 @@ def main(out: Path, package_name: str, optimizer_name: str) -> None:
                 ),
             }
 
-    def trainer(epochs, distributed, callbacks):
+    def trainer(epochs, distributed, callbacks, logger=False):
         return pl.Trainer(
             accelerator="cpu",
             devices=2,
@@ -112,7 +112,8 @@ def main(out: Path, package_name: str, optimizer_name: str) -> None:
                 save_distributed_checkpoint=distributed,
             ),
             max_epochs=epochs,
-            logger=False,
+            logger=logger,
+            log_every_n_steps=1,
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,
@@ -144,11 +145,13 @@ def main(out: Path, package_name: str, optimizer_name: str) -> None:
         from lightning_o2nc.lightning import O2NCModule, SyntheticDataModule
 
         module = O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, lr=0.05, shard=True)
-        fitting = trainer(1, True, [])
+        logger = pl.loggers.CSVLogger(out, name="o2nc_module")  # the monitor logs: collective
+        fitting = trainer(1, True, [], logger=logger)
         fitting.fit(module, datamodule=SyntheticDataModule(num_samples=64, batch_size=8, seed=0))
         results["o2nc_module"] = {
             "sharded": all(isinstance(p, DTensor) for p in module.parameters()),
             "metrics": {k: float(v) for k, v in fitting.callback_metrics.items()},
+            "csv": str(Path(logger.log_dir) / "metrics.csv"),
         }
     if torch.distributed.get_rank() == 0:
         torch.save(results, out / "results.pt")

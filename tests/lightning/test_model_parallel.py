@@ -64,3 +64,5 @@ def test_a_resumed_sharded_run_continues_as_the_uninterrupted_one_bit_for_bit(
         module_run = results["o2nc_module"]  # O2NCModule(shard=True) shards its own backbone
         assert module_run["sharded"]
         assert {"val/acc", "val/acc_avg", "train/loss"} <= set(module_run["metrics"])
+        logged = Path(module_run["csv"]).read_text().splitlines()[0].split(",")
+        assert {"o2nc/update_norm", "o2nc/stationarity_certificate"} <= set(logged)
