@@ -47,12 +47,13 @@ State layout (what ``state_dict()`` holds):
 - Both are views of one flat buffer per group, device and dtype (:mod:`~lightning_o2nc.optim.flat`):
   ``||u||^2`` for V and ``||Delta||^2`` for the statistics are one reduction each, and frozen
   parameters (``requires_grad=False``) get no buffer.
+- ``param_groups[0]["o2nc"]``: the scalar generator, the pending importance weight, the mode and
+  counters, as plain data (:mod:`~lightning_o2nc.optim.checkpoint_format`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -60,13 +61,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .checkpoint_format import STATE_KEY, put_options, take_options, warn_options_missing
 from .flat import GroupBuffers
 from .functional import (
     FlatBuffers,
     all_gradients_finite,
+    as_device_tensors,
     average_o2nc,
     averaged_iterates,
     o2nc,
+    sqrt_of,
     switch_weights_,
     where,
 )
@@ -84,10 +88,6 @@ from .sharded import (
 
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
 
-_STATE_KEY = "o2nc"
-#: 2: the options live in ``param_groups[0]["o2nc"]`` and the scaling state holds the pending
-#: importance weight; before, a top-level ``"o2nc"`` entry and uniform scaling without a weight.
-_STATE_FORMAT = 2
 _NUMBERS = ("lr", "beta", "mu", "weight_decay")
 
 
@@ -189,7 +189,7 @@ class ExponentiatedO2NC(Optimizer):
 
     # ----------------------------------------------------------------- construction and state
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        param_group.pop(_STATE_KEY, None)  # a group copied from a state dict: the options are ours
+        param_group.pop(STATE_KEY, None)  # a group copied from a state dict: the options are ours
         for key in OPTIMIZER_OPTIONS:
             if key in param_group:
                 raise ValueError(
@@ -226,11 +226,11 @@ class ExponentiatedO2NC(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         """torch keeps ``defaults``, ``state`` and ``param_groups``; copies also need the rest."""
-        return dict(super().__getstate__(), **{_STATE_KEY: self._options()})
+        return dict(super().__getstate__(), **{STATE_KEY: self._options()})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
-        options = state.pop(_STATE_KEY, None)
+        options = state.pop(STATE_KEY, None)
         super().__setstate__(state)
         self._buffers, self._cache = {}, {}  # load_state_dict and copies: new tensors
         for group in self.param_groups:
@@ -273,19 +273,16 @@ class ExponentiatedO2NC(Optimizer):
         generator's state and the pending importance weight, the train/eval mode, the skipped-step
         count and whether V is tracked, all as plain data (ints, floats, lists, ``None``).
 
-        It sits in a param group because ``torch.distributed.checkpoint`` keeps only ``state``
-        and ``param_groups``, and never in a per-parameter tensor, which torch casts to the
-        parameter's dtype on load. Older versions kept it at the top level; those still load.
+        Why there, and the older layout that still loads: :mod:`~lightning_o2nc.optim.checkpoint_format`.
 
         With DTensor parameters each rank keeps V as its partial sum: the state dict holds the
         global V, added over the mesh here (so, as ``get_optimizer_state_dict``, it is called on
         every rank), and on load the first shard keeps it while the others restart from 0.
         """
-        state_dict = super().state_dict()
         options = self._options()
         skipped = options["skipped_steps"]
         options["skipped_steps"] = None if skipped is None else int(skipped)
-        state_dict["param_groups"][0][_STATE_KEY] = dict(options, format=_STATE_FORMAT)
+        state_dict = put_options(super().state_dict(), options)
         for group in state_dict["param_groups"]:  # one type whatever skip_nonfinite made them:
             for key in _GROUP_SCALARS:  # a distributed checkpoint loads only into the same type
                 if isinstance(group[key], Tensor):
@@ -298,12 +295,7 @@ class ExponentiatedO2NC(Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        options = state_dict.pop(_STATE_KEY, None)  # the layout before format 2
-        groups = [dict(group) for group in state_dict["param_groups"]]
-        if groups and _STATE_KEY in groups[0]:
-            options = groups[0].pop(_STATE_KEY)
-        state_dict["param_groups"] = groups
+        state_dict, options = take_options(state_dict)
         super().load_state_dict(state_dict)
         if self._mesh is not None:
             for group in self.param_groups:
@@ -313,12 +305,7 @@ class ExponentiatedO2NC(Optimizer):
                 if not is_first_shard(self._mesh):  # V is a sum of per-rank parts: one holds it
                     group["iterate_variance"] = 0.0
         if options is None:
-            message = (
-                "This state dict has no 'o2nc' entry (it was saved by another optimizer or an older "
-                "version): the random-scaling generator is not restored, so the sequence of scalars s "
-                "will not repeat the original run."
-            )
-            warnings.warn(message, UserWarning, stacklevel=2)
+            warn_options_missing()
         else:
             self._load_options(options)
 
@@ -538,7 +525,7 @@ class ExponentiatedO2NC(Optimizer):
             )
         for group_variance in variances:
             variance = variance + group_variance
-        stats = {"update_norm": _sqrt(update_sq), "grad_ema_norm": _sqrt(grad_ema_sq)}
+        stats = {"update_norm": sqrt_of(update_sq), "grad_ema_norm": sqrt_of(grad_ema_sq)}
         if self.average:
             if not self.tracks_statistics:
                 self.tracks_statistics = True
@@ -546,26 +533,7 @@ class ExponentiatedO2NC(Optimizer):
             stats["iterate_variance"] = variance
             stats["stationarity_certificate"] = stats["grad_ema_norm"] + c * variance
         dtype = torch.promote_types(self.param_groups[0]["params"][0].dtype, torch.float32)
-        return {"scale": self._scaling.last, **_as_tensors(stats, device, dtype)}
-
-
-def _sqrt(value: float | Tensor) -> float | Tensor:
-    return value.sqrt() if isinstance(value, Tensor) else math.sqrt(value)
-
-
-def _as_tensors(
-    values: dict[str, float | Tensor], device: torch.device, dtype: torch.dtype
-) -> dict[str, Tensor]:
-    """Host floats (the CPU's statistics) and 0-d tensors as 0-d tensors on ``device``.
-
-    One fill per float: on the CPU, measured against one tensor made from all of them and
-    unbound, it costs less per step of a monitor that reads every step."""
-    return {
-        name: value.to(device)
-        if isinstance(value, Tensor)
-        else torch.full((), value, dtype=dtype, device=device)
-        for name, value in values.items()
-    }
+        return {"scale": self._scaling.last, **as_device_tensors(stats, device, dtype)}
 
 
 def _init_group_scalars(group: dict[str, Any]) -> None:

@@ -35,18 +35,16 @@ import torch
 from torch import Tensor
 
 from .flat import GroupBuffers
+from .functional import sqrt_of
 from .sharded import as_dtensor_like, global_sums, is_first_shard, local_tensor, shard_like
 
 __all__ = [
     "EXTRA_KEYS",
-    "STATE_KEY",
     "WrapperBuffers",
     "base_momentum",
     "check_average_beta",
 ]
 
-#: The key of the wrapper's plain-data options in ``state_dict()["param_groups"][0]``.
-STATE_KEY = "o2nc"
 #: The wrapper's per-parameter entries in ``state_dict()["state"][i]``.
 EXTRA_KEYS = ("averaged_iterate", "gradient_ema", "training_weights")
 
@@ -251,7 +249,7 @@ class WrapperBuffers:
             variance = variance + group_variance
         if not self.sums:
             update_sq = grad_ema_sq = math.nan
-        stats = {"update_norm": _sqrt(update_sq), "grad_ema_norm": _sqrt(grad_ema_sq)}
+        stats = {"update_norm": sqrt_of(update_sq), "grad_ema_norm": sqrt_of(grad_ema_sq)}
         if average:
             stats["iterate_variance"] = variance
             stats["stationarity_certificate"] = stats["grad_ema_norm"] + c * variance
@@ -333,7 +331,3 @@ def _sum_of_squares(tensors: list[Tensor]) -> Tensor | float:
         return 0.0
     norms = torch._foreach_norm(tensors)
     return torch.stack([n.to(norms[0].device, torch.float32) for n in norms]).square().sum()
-
-
-def _sqrt(value: float | Tensor) -> float | Tensor:
-    return value.sqrt() if isinstance(value, Tensor) else math.sqrt(value)

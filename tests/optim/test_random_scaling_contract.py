@@ -74,6 +74,24 @@ def test_step_hooks_fire_around_each_step():
     assert seen[0][1] == 1.0 and seen[1][1] != 1.0
 
 
+def test_global_step_hooks_fire_once_per_step_and_hooks_on_the_base_still_fire():
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    model = tiny_model()
+    opt = adamw_wrapper(model, seed=0)
+    seen = []
+    handle = register_optimizer_step_post_hook(lambda o, a, k: seen.append(type(o).__name__))
+    try:
+        train(model, opt, 2)
+        assert seen == ["RandomScaling", "RandomScaling"]
+        opt.optimizer.register_step_post_hook(lambda o, a, k: seen.append("base hook"))
+        seen.clear()
+        train(model, opt, 1)
+        assert sorted(seen) == ["AdamW", "RandomScaling", "base hook"]
+    finally:
+        handle.remove()
+
+
 def test_an_lr_scheduler_built_on_the_wrapper_drives_the_base():
     model = tiny_model()
     opt = adamw_wrapper(model, seed=0)
@@ -505,3 +523,51 @@ def test_the_reference_is_the_oracle_of_the_uniform_weight():
     assert torch.allclose(
         ref_plain.deltas[0], torch.full((3,), -0.5 * 0.1 * (1.0 + 0.1), dtype=torch.float64)
     )
+
+
+def test_a_group_without_gradients_and_a_frozen_parameter_thawed_later_are_handled():
+    model, head = tiny_model(), torch.nn.Linear(3, 3)
+    head.weight.requires_grad_(False)
+    base = torch.optim.AdamW(
+        [{"params": model.parameters()}, {"params": head.parameters(), "lr": 0.1}], lr=1e-2
+    )
+    opt = RandomScaling(base, seed=0, average=True)
+    opt.tracks_statistics = True
+    frozen = head.weight.detach().clone()
+    train(model, opt, 2)  # head gets no gradient at all: its group sits the steps out
+    assert torch.equal(head.weight, frozen) and head.weight not in opt.state
+    head.weight.requires_grad_(True)
+    for _ in range(2):
+        opt.zero_grad()
+        (model(torch.randn(4, 6)).sum() + head(torch.randn(2, 3)).sum()).backward()
+        opt.step()
+    assert not torch.equal(head.weight, frozen)
+    assert set(opt.state[head.weight]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert all(torch.isfinite(v).all() for v in opt.statistics().values() if torch.is_tensor(v))
+    # x_bar of the late parameter started at its weights before its first step
+    assert not torch.equal(opt.averaged_iterate()[-2], torch.zeros_like(frozen))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+def test_grad_scaler_unscales_before_the_wrapper_steps_as_with_16_mixed(fused):
+    """Lightning's 16-mixed calls the closure, then GradScaler.step(optimizer) without one."""
+    models = [tiny_model(), tiny_model()]
+    plain = RandomScaling(torch.optim.AdamW(models[0].parameters(), lr=1e-2, fused=fused), seed=2)
+    scaled = RandomScaling(torch.optim.AdamW(models[1].parameters(), lr=1e-2, fused=fused), seed=2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(32, 6, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+        for model, opt in zip(models, (plain, scaled), strict=True):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            if opt is plain:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+    assert scaled.last_scale == plain.last_scale
+    for a, b in zip(*(m.parameters() for m in models), strict=True):
+        assert torch.equal(a, b)  # a power-of-two scale unscales exactly

@@ -46,6 +46,9 @@ def test_a_conditional_dimension_suggests_only_the_branch_it_takes():
         "model.eps",
         "model.scaling",
     ]
+    # the report's beta-eta contour: the first family's parameters
+    assert space.find("lr").name == "model.lr[o2nc]"
+    assert space.find("beta").name == "1-model.beta[o2nc]"
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(12):
@@ -237,3 +240,30 @@ def test_an_old_study_whose_train_config_fixes_uniform_warns_too(
     )
     with pytest.warns(OldUniformScalingWarning, match="the authors' U\\(0, 2\\) with the weight"):
         open_study(sweep, storage, tmp_path)
+
+
+def test_a_branch_no_optimizer_accepts_is_refused_before_the_study_exists(
+    tmp_path, write_yaml, train_config, default_sweep
+):
+    family = {
+        "type": "conditional",
+        "choices": {
+            "o2nc": {"model.beta": {"type": "one_minus", "low": 0.01, "high": 0.5}},
+            "o2nc_adamw": {"model.lr": 1.0e-3, "model.mu": 0.5},  # AdamW has no mu
+        },
+    }
+    sweep = load_sweep_config(
+        write_yaml("bad.yaml", default_sweep(train_config, space={"model.optimizer": family}))
+    )
+    assert sweep.space.branch_probes() == [
+        {"model.optimizer": "o2nc"},
+        {"model.optimizer": "o2nc_adamw"},
+    ]
+    with pytest.raises(
+        SweepConfigError,
+        match=r"\(space branch model.optimizer: o2nc_adamw\): Invalid mu for 'o2nc_adamw'",
+    ):
+        run_sweep(sweep, logdir=tmp_path / "logs", progress=False, plots=False)
+    assert (
+        optuna.get_all_study_names(open_storage(f"sqlite:///{tmp_path / 'logs/optuna.db'}")) == []
+    )
