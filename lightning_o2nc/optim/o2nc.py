@@ -80,10 +80,10 @@ from .sharded import (
     as_dtensor_like,
     finite_everywhere,
     global_sums,
-    is_first_shard,
+    load_shards,
     local_tensor,
     mesh_of,
-    shard_like,
+    save_global_sums,
 )
 
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
@@ -288,22 +288,14 @@ class ExponentiatedO2NC(Optimizer):
                 if isinstance(group[key], Tensor):
                     group[key] = group[key].item()
         if self._mesh is not None and self.average and self.tracks_statistics:
-            parts = [group["iterate_variance"] for group in self.param_groups]
-            sums = global_sums(parts, self._mesh, self._device()).tolist()
-            for group, variance in zip(state_dict["param_groups"], sums, strict=True):
-                group["iterate_variance"] = variance
+            save_global_sums(state_dict["param_groups"], self.param_groups, "iterate_variance")
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict, options = take_options(state_dict)
         super().load_state_dict(state_dict)
         if self._mesh is not None:
-            for group in self.param_groups:
-                for p in group["params"]:  # full tensors of a one-file checkpoint: our shards
-                    entries = self.state.get(p, {})
-                    entries.update({k: shard_like(v, p) for k, v in entries.items()})
-                if not is_first_shard(self._mesh):  # V is a sum of per-rank parts: one holds it
-                    group["iterate_variance"] = 0.0
+            load_shards(self.param_groups, self.state, "iterate_variance")
         if options is None:
             warn_options_missing()
         else:

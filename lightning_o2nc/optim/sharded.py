@@ -44,8 +44,10 @@ __all__ = [
     "finite_everywhere",
     "global_sums",
     "is_first_shard",
+    "load_shards",
     "local_tensor",
     "mesh_of",
+    "save_global_sums",
     "shard_like",
 ]
 
@@ -113,6 +115,29 @@ def shard_like(value: Any, like: Tensor) -> Any:
         value = value.to(local_tensor(like).device)
         return distribute_tensor(value, like.device_mesh, like.placements, src_data_rank=None)
     return value
+
+
+def save_global_sums(saved_groups: list[dict], groups: list[dict], key: str) -> None:
+    """Put the global value of the per-rank partial sum ``groups[i][key]`` into the state dict's
+    ``saved_groups[i][key]`` (one all-reduce: every rank calls it, as for any state dict)."""
+    mesh = mesh_of(p for group in groups for p in group["params"])
+    device = local_tensor(groups[0]["params"][0]).device
+    sums = global_sums([group[key] for group in groups], mesh, device).tolist()
+    for saved, value in zip(saved_groups, sums, strict=True):
+        saved[key] = value
+
+
+def load_shards(groups: list[dict], state: dict, key: str) -> None:
+    """After torch's ``load_state_dict`` of an optimizer over DTensors: full plain state tensors
+    (a one-file checkpoint) become this rank's shards, and the global sums ``group[key]`` stay on
+    the first shard only, the others' parts restarting from 0, so their sum is the saved value."""
+    mesh = mesh_of(p for group in groups for p in group["params"])
+    for group in groups:
+        for p in group["params"]:
+            entries = state.get(p, {})
+            entries.update({k: shard_like(v, p) for k, v in entries.items()})
+        if not is_first_shard(mesh):
+            group[key] = 0.0
 
 
 def _reduce(tensor: Tensor, mesh: DeviceMesh, op: Any) -> Tensor:
