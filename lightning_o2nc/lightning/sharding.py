@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torch.distributed.tensor import DTensor
 
+from ..optim.sharded import is_dtensor
 from .errors import RunConfigError
 
 __all__ = ["shard_blocks"]
@@ -21,7 +21,7 @@ def shard_blocks(module: Any, backbone: nn.Module) -> None:
     Raises:
         RunConfigError: the Trainer's strategy gives no device mesh (not ``ModelParallelStrategy``).
     """
-    if any(isinstance(p, DTensor) for p in module.parameters()):
+    if any(is_dtensor(p) for p in module.parameters()):
         return
     try:
         mesh = module.device_mesh

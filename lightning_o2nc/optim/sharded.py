@@ -31,18 +31,28 @@ norms, so they are refused with a one-line error. Whatever private DTensor API t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+try:
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+except ImportError:  # a torch without public DTensors (before 2.5, or built without distributed)
+
+    class DTensor:  # type: ignore[no-redef]  # nothing is an instance: every tensor is plain
+        pass
+
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 __all__ = [
     "as_dtensor_like",
     "finite_everywhere",
     "global_sums",
+    "is_dtensor",
     "is_first_shard",
     "load_shards",
     "local_tensor",
@@ -82,6 +92,11 @@ def mesh_of(params: Iterable[Tensor]) -> DeviceMesh | None:
                 "root module too, so every parameter is sharded)"
             )
     return mesh
+
+
+def is_dtensor(t: Any) -> bool:
+    """``t`` is a DTensor (a sharded parameter or state entry)."""
+    return isinstance(t, DTensor)
 
 
 def local_tensor(t: Tensor) -> Tensor:
