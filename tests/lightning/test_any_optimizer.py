@@ -188,3 +188,23 @@ def test_a_users_own_module_gets_o2nc_adamw_by_class_path_through_a_plain_lightn
     assert {"val/loss", "val/loss_avg", "val/acc_avg"} <= set(cli.trainer.callback_metrics)
     tags = set(SummaryReader(cli.trainer.logger.log_dir, pivot=False).scalars.tag)
     assert {"o2nc/scale", "o2nc/stationarity_certificate", "o2nc/beta2/group0"} <= tags
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "cls", "scaling", "callbacks"),
+    [
+        ("o2nc_adamw", {}, O2NCAdamW, "exponential", ["AveragedIterate", "O2NCMonitor"]),
+        ("o2nc_adamw_uniform", {}, O2NCAdamW, "uniform", ["AveragedIterate", "O2NCMonitor"]),
+        ("adamw", {}, torch.optim.AdamW, None, []),
+        ("adamw", {"average": True}, RandomScaling, "none", ["AveragedIterate", "O2NCMonitor"]),
+        ("o2nc_adamw", {"average": False}, O2NCAdamW, "exponential", ["O2NCMonitor"]),
+    ],
+)
+def test_each_optimizer_name_gives_the_module_its_optimizer_and_callbacks(
+    name, kwargs, cls, scaling, callbacks
+):
+    model = _module(o2nc_lightning, optimizer=name, **kwargs)
+    (optimizer,), schedulers = model.configure_optimizers()
+    assert type(optimizer) is cls and getattr(optimizer, "scaling", None) == scaling
+    assert schedulers == []
+    assert sorted(type(c).__name__ for c in model.configure_callbacks()) == callbacks
