@@ -2,6 +2,7 @@
 
     python -m benchmarks.gpu_check env             --out DIR   # what the machine is
     python -m benchmarks.gpu_check sync            --out DIR   # no host sync in any O2NC option
+    python -m benchmarks.gpu_check sharded         --out DIR   # fully_shard (mesh of 1), FSDP1 fit
     python -m benchmarks.gpu_check step            --out DIR   # CUDA step time vs SGD foreach/fused
     python -m benchmarks.gpu_check train_plain     --out DIR   # ResNet-18 on Fashion-MNIST, data on GPU
     python -m benchmarks.gpu_check train_lightning --out DIR   # the same through a Lightning fit
@@ -273,8 +274,15 @@ def prepare() -> None:
     print(f"{CARRY_DIR} holds the Fashion-MNIST files ({size:.0f} MiB)")
 
 
+def part_sharded() -> dict[str, Any]:
+    from .sharded_check import run
+
+    return run("cpu" if DRY_RUN else "cuda")
+
+
 PART_FUNCTIONS = {
     "env": part_env,
+    "sharded": part_sharded,
     "sync": part_sync,
     "step": part_step,
     "train_plain": part_train_plain,

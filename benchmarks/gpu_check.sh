@@ -11,7 +11,8 @@
 #     python -m benchmarks.render                # -> benchmarks/RESULTS.md
 #
 # Parts (each a separate, time-limited process; a failure loses only that part's numbers):
-#   env (machine), sync (tests/optim's host-sync tests on the GPU), step (CUDA step time vs SGD
+#   env (machine), sync (tests/optim's host-sync tests on the GPU), sharded (fully_shard on a
+#   mesh of 1 against the unsharded step, and a one-rank FSDPStrategy fit), step (CUDA step time vs SGD
 #   foreach/fused), train_plain (ResNet-18 on GPU-resident Fashion-MNIST), train_lightning (the same
 #   through a Lightning fit).
 # Needs only the repository and a python with torch, torchvision and lightning (the repository is
@@ -52,6 +53,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 part env 45
 part sync 45
+part sharded 60
 part step 90
 part train_plain 100
 part train_lightning 140

@@ -164,6 +164,7 @@ def _with_values(config: Mapping[str, Any], values: Mapping[str, Any]) -> dict[s
 
 #: Strategies whose launcher re-runs the command and have no spawn-based twin.
 _RELAUNCHING = ("fsdp", "deepspeed")
+_RELAUNCHING_CLASSES = ("ModelParallelStrategy", "FSDPStrategy", "DeepSpeedStrategy")
 _SPAWN_EQUIVALENT = {
     "ddp": "ddp_spawn",
     "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
@@ -180,9 +181,20 @@ def spawn_strategy(trainer_config: Mapping[str, Any]) -> str | None:
     keeps the trial, so every rank trains with the same parameters.
 
     Raises:
-        SweepConfigError: for a multi-device ``fsdp`` or ``deepspeed`` trial, which has no twin.
+        SweepConfigError: for a multi-device ``fsdp`` or ``deepspeed`` trial, which has no twin,
+            and for ``ModelParallelStrategy``, ``FSDPStrategy`` or ``DeepSpeedStrategy`` given
+            by ``class_path``.
     """
     strategy = trainer_config.get("strategy", "auto")
+    if isinstance(strategy, Mapping):  # a strategy object in the config: class_path, init_args
+        strategy_class = str(strategy.get("class_path", "")).rsplit(".", 1)[-1]
+        if strategy_class in _RELAUNCHING_CLASSES:
+            raise SweepConfigError(
+                f"trainer.strategy: {strategy_class} (sharded training) relaunches the script for "
+                "its ranks, which works once per process, but a sweep worker fits one Trainer per "
+                "trial; sweep with `ddp` or one device per trial, and train the chosen "
+                "configuration sharded with o2nc-train"
+            )
     if not isinstance(strategy, str):
         return None
     if strategy in _SPAWN_EQUIVALENT:

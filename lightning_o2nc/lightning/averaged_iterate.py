@@ -17,6 +17,7 @@ from typing_extensions import override
 from ..optim.factory import AVERAGING_OPTIMIZERS
 from .checkpointed_optimizers import rebuild_optimizer, rebuild_recipe
 from .compat import logging_with_suffix
+from .distributed_checkpoint import is_distributed_checkpoint, metadata, read_optimizers
 from .packages import Callback, MisconfigurationException, twins
 
 _HOW_TO_FIX = (
@@ -339,11 +340,18 @@ class AveragedIterate(Callback):
         if trainer.state.fn == "fit" or not path or path == self._checkpoint_path:
             return
         self._checkpoint_path, self._checkpoint_optimizers = path, []
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        sharded = is_distributed_checkpoint(path)  # ModelParallelStrategy's directory
+        if sharded:
+            checkpoint = metadata(path)
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = checkpoint.get("callbacks", {}).get(self.state_key, {})
         layout = state.get("layout", [])
         if state.get("averaged_bn_state") is not None:
             self._averaged_bn_state = state["averaged_bn_state"]
+        if sharded:
+            self._checkpoint_optimizers = read_optimizers(path, pl_module, layout)
+            return
         optimizer_states = checkpoint.get("optimizer_states", [])
         if not layout or len(optimizer_states) <= max(entry["optimizer_index"] for entry in layout):
             return

@@ -59,13 +59,14 @@ def _optimizer_class(name: str) -> type[Optimizer] | None:
 
 
 def rebuild_optimizer(
-    entry: dict[str, Any], groups: list[dict[str, Any]], saved: dict[str, Any]
+    entry: dict[str, Any], groups: list[dict[str, Any]], saved: dict[str, Any] | None
 ) -> Any:
     """The averaging optimizer of one layout entry over ``groups``, loaded from ``saved``.
 
     An entry written before the wrapper existed names no class: it is an ``ExponentiatedO2NC``.
     A ``RandomScaling`` is rebuilt around a fresh base of the recorded class (its
     hyper-parameters come back with the state), a subclass (``O2NCAdamW``) from the groups.
+    ``saved=None`` leaves it fresh (a distributed checkpoint is read into it afterwards).
     """
     name = entry.get("optimizer", _class_name(ExponentiatedO2NC))
     cls = _optimizer_class(name)
@@ -79,7 +80,7 @@ def rebuild_optimizer(
         )
         return None
     if issubclass(cls, ExponentiatedO2NC):
-        _, options = take_options(saved)
+        _, options = take_options(saved) if saved is not None else (None, None)
         scaling = (options or {}).get("scaling", {}).get("kind", entry.get("scaling"))
         opt = cls(groups, lr=1.0, scaling=scaling or "exponential", average=True)
     else:
@@ -92,6 +93,8 @@ def rebuild_optimizer(
             opt = RandomScaling(base_cls(groups), **options)
         else:
             opt = cls(groups, **options)
+    if saved is None:
+        return opt
     opt.load_state_dict(saved)
     if isinstance(opt, ExponentiatedO2NC):
         for param_state in opt.state.values():

@@ -20,6 +20,7 @@ from .compat import EpochMeans, writes_training_metrics
 from .errors import RunConfigError
 from .monitor import O2NCMonitor
 from .packages import Callback, lightning_class, twins
+from .sharding import shard_blocks
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss}
 # A nominal horizon for checking the optimizer's arguments before the Trainer knows the real one.
@@ -122,6 +123,9 @@ class O2NCModule:
         monitor: Add the :class:`O2NCMonitor` callback.
         bn_update_batches: Training batches used to recompute BatchNorm statistics at x_bar.
         leave_averaged_in_model: Leave x_bar in the model at the end of fit.
+        shard: Shard the backbone with FSDP2 in :meth:`configure_model`: ``fully_shard`` on each
+            top-level block, then on the whole module, over the data-parallel mesh of
+            ``Trainer(strategy=ModelParallelStrategy(...))`` (see docs/sharded-training.md).
         **hyperparameters: The optimizer's (``lr``, ``beta``, ``mu``, ``weight_decay``, ``beta2``,
             ``eps``, ``scaling``, ``seed``, ``average``, ...), keyword-only: the names, defaults and
             docs of
@@ -142,6 +146,7 @@ class O2NCModule:
         monitor: bool = True,
         bn_update_batches: int = 8,
         leave_averaged_in_model: bool = False,
+        shard: bool = False,
         **hyperparameters: Any,
     ):
         super().__init__()
@@ -205,6 +210,8 @@ class O2NCModule:
             if given is None:
                 self.hparams[name] = declared
         if self.backbone is not None:
+            if self.hparams.get("shard"):
+                shard_blocks(self, self.backbone)
             return
         if self.hparams.input_shape is None or self.hparams.num_classes is None:
             raise RunConfigError(
@@ -214,6 +221,8 @@ class O2NCModule:
         self.backbone = build_backbone(
             self.hparams.backbone, self.hparams.input_shape, self.hparams.num_classes
         )
+        if self.hparams.get("shard"):
+            shard_blocks(self, self.backbone)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:

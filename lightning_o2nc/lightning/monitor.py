@@ -13,7 +13,7 @@ from typing_extensions import override
 from ..optim.factory import AVERAGING_OPTIMIZERS
 from ..optim.hyperparameters import SCHEDULABLE, group_value, holds
 from .compat import LoggingStepAxis
-from .packages import Callback, twins
+from .packages import Callback, MisconfigurationException, twins
 
 STATISTICS = ("update_norm", "grad_ema_norm", "iterate_variance", "stationarity_certificate")
 
@@ -72,6 +72,17 @@ class O2NCMonitor(Callback):
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         optimizers = self._o2nc_optimizers(trainer)
+        if (
+            optimizers
+            and type(trainer.strategy).__name__ == "FSDPStrategy"
+            and trainer.world_size > 1
+        ):
+            raise MisconfigurationException(
+                "O2NCMonitor under FSDPStrategy (FSDP1): the optimizer sees each rank's flat shards "
+                "as plain tensors, so its norms, V and certificate would be per-shard; use "
+                "ModelParallelStrategy (FSDP2 fully_shard), whose statistics are global, or turn "
+                "the monitor off (O2NCModule(monitor=False))"
+            )
         if not optimizers:
             names = [type(opt).__name__ for opt in trainer.optimizers]
             rank_zero_warn(
@@ -95,9 +106,12 @@ class O2NCMonitor(Callback):
         _, step = self._axis.batch_end(trainer, pl_module)
         if step is None:
             return
-        if trainer.is_global_zero and trainer.loggers:
+        if trainer.loggers:
             for prefix, opt in self._o2nc_optimizers(trainer):
-                self._log(trainer, prefix, opt, self._scales.get(id(opt), []), step)
+                if trainer.is_global_zero:
+                    self._log(trainer, prefix, opt, self._scales.get(id(opt), []), step)
+                elif getattr(opt, "device_mesh", None) is not None:
+                    opt.statistics(c=self.certificate_c)  # sharded: a reduction of every rank
         for scales in self._scales.values():
             scales.clear()
 

@@ -19,7 +19,7 @@ The views are made once per group and adopt whatever state already exists (after
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -70,35 +70,51 @@ class GroupBuffers:
             first gradient, see :meth:`claim`), so ``state_dict()`` is what it was.
         names: the state entries to store flat: Δ's first, then u's if any (``tiling`` pairs
             them in that order for the multi-tensor kernel).
+        local: a parameter's (or state entry's) local elements; DTensors give their shard
+            (:func:`~lightning_o2nc.optim.sharded.local_tensor`), so the flat buffers hold this
+            rank's shards.
+        wrap: a view as the state entry of a parameter (DTensor views for DTensor parameters,
+            :func:`~lightning_o2nc.optim.sharded.as_dtensor_like`); ``None`` keeps plain views.
     """
 
     def __init__(
-        self, params: list[Tensor], state: dict[Tensor, dict[str, Any]], names: Iterable[str]
+        self,
+        params: list[Tensor],
+        state: dict[Tensor, dict[str, Any]],
+        names: Iterable[str],
+        local: Callable[[Tensor], Tensor] | None = None,
+        wrap: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
+        local = local or (lambda t: t)
         self.params = params
         self.names = tuple(names)
         self._state = state
         buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(params):
             if p.requires_grad or p.grad is not None or p in state:
-                buckets.setdefault((p.device, p.dtype), []).append(i)
+                shard = local(p)
+                buckets.setdefault((shard.device, shard.dtype), []).append(i)
         #: per state name, one flat buffer per (device, dtype) bucket
         self.flat: dict[str, list[Tensor]] = {name: [] for name in self.names}
         #: per state name, one view per parameter (``None`` for those left out), in the group's order
         self.views: dict[str, list[Tensor | None]] = {n: [None] * len(params) for n in self.names}
         for (device, dtype), indices in buckets.items():
-            numel = sum(params[i].numel() for i in indices)
+            numel = sum(local(params[i]).numel() for i in indices)
             for name in self.names:
                 flat = torch.zeros(numel, dtype=dtype, device=device)
                 self.flat[name].append(flat)
                 offset = 0
                 for i in indices:
-                    view = _view(flat, offset, params[i])
-                    offset += params[i].numel()
-                    self.views[name][i] = view
+                    shard = local(params[i])
+                    view = _view(flat, offset, shard)
+                    offset += shard.numel()
                     existing = state.get(params[i], {}).get(name)
                     if existing is not None:
-                        view.copy_(existing)
+                        view.copy_(local(existing))
+                    if wrap is not None:
+                        view = wrap(view, params[i])
+                    self.views[name][i] = view
+                    if existing is not None:
                         state[params[i]][name] = view
         self.numel = sum(flat.numel() for flat in self.flat[self.names[0]])
         self.on_host = all(device.type == "cpu" for device, _ in buckets)

@@ -76,6 +76,15 @@ from .functional import (
 )
 from .hyperparameters import OPTIMIZER_OPTIONS, validate_hyperparameters
 from .scaling import ScaleSampler
+from .sharded import (
+    as_dtensor_like,
+    finite_everywhere,
+    global_sums,
+    load_shards,
+    local_tensor,
+    mesh_of,
+    save_global_sums,
+)
 
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
 
@@ -175,6 +184,7 @@ class ExponentiatedO2NC(Optimizer):
         self._skipped_steps: Tensor | None = None
         self._buffers: dict[int, GroupBuffers] = {}
         self._cache: dict[int, _GroupTensors] = {}
+        self._mesh = None  # the device mesh of DTensor parameters (FSDP2), see .sharded
         super().__init__(params, dict(numbers, foreach=foreach, maximize=maximize))
 
     # ----------------------------------------------------------------- construction and state
@@ -190,6 +200,7 @@ class ExponentiatedO2NC(Optimizer):
         param_group.update(validate_hyperparameters(**given))
         super().add_param_group(param_group)
         _init_group_scalars(self.param_groups[-1])
+        self._mesh = mesh_of(p for group in self.param_groups for p in group["params"])
 
     def _options(self) -> dict[str, Any]:
         """What is not per parameter: the scalar generator, the mode, counters and options."""
@@ -226,6 +237,7 @@ class ExponentiatedO2NC(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             _init_group_scalars(group)
+        self._mesh = mesh_of(p for group in self.param_groups for p in group["params"])
         if options is not None:  # a copy (deepcopy, pickle, torch.save of the whole object)
             kind, seed = options["scaling"]["kind"], options["scaling"]["seed"]
             self._scaling = ScaleSampler(kind, seed)
@@ -237,6 +249,12 @@ class ExponentiatedO2NC(Optimizer):
     def scaling(self) -> str:
         """The scaling kind: ``"exponential"``, ``"uniform"`` or ``"none"``."""
         return self._scaling.kind
+
+    @property
+    def device_mesh(self) -> Any:
+        """The device mesh of DTensor parameters (FSDP2), ``None`` for plain tensors. When set,
+        :meth:`statistics` and :meth:`state_dict` reduce over it: call them on every rank."""
+        return self._mesh
 
     @property
     def last_scale(self) -> float:
@@ -256,15 +274,28 @@ class ExponentiatedO2NC(Optimizer):
         count and whether V is tracked, all as plain data (ints, floats, lists, ``None``).
 
         Why there, and the older layout that still loads: :mod:`~lightning_o2nc.optim.checkpoint_format`.
+
+        With DTensor parameters each rank keeps V as its partial sum: the state dict holds the
+        global V, added over the mesh here (so, as ``get_optimizer_state_dict``, it is called on
+        every rank), and on load the first shard keeps it while the others restart from 0.
         """
         options = self._options()
         skipped = options["skipped_steps"]
         options["skipped_steps"] = None if skipped is None else int(skipped)
-        return put_options(super().state_dict(), options)
+        state_dict = put_options(super().state_dict(), options)
+        for group in state_dict["param_groups"]:  # one type whatever skip_nonfinite made them:
+            for key in _GROUP_SCALARS:  # a distributed checkpoint loads only into the same type
+                if isinstance(group[key], Tensor):
+                    group[key] = group[key].item()
+        if self._mesh is not None and self.average and self.tracks_statistics:
+            save_global_sums(state_dict["param_groups"], self.param_groups, "iterate_variance")
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict, options = take_options(state_dict)
         super().load_state_dict(state_dict)
+        if self._mesh is not None:
+            load_shards(self.param_groups, self.state, "iterate_variance")
         if options is None:
             warn_options_missing()
         else:
@@ -325,7 +356,12 @@ class ExponentiatedO2NC(Optimizer):
         all_finite = None
         if self.skip_nonfinite:
             grads = [p.grad for group in self.param_groups for p in group["params"]]
-            all_finite = all_gradients_finite(grads, self._device())
+            if self._mesh is None:
+                all_finite = all_gradients_finite(grads, self._device())
+            else:  # one rank's inf skips the step on every rank
+                grads = [None if g is None else local_tensor(g) for g in grads]
+                local_finite = all_gradients_finite(grads, self._device())
+                all_finite = finite_everywhere(local_finite, self._mesh)
         for index, group in enumerate(self.param_groups):
             tensors = self._init_group(index, group)
             if tensors is not None:
@@ -344,6 +380,8 @@ class ExponentiatedO2NC(Optimizer):
         group_params = group["params"]
         buffers = self._group_buffers(index)
         grads = [p.grad for p in group_params]
+        if self._mesh is not None:  # the kernels step this rank's shards (see .sharded)
+            grads = [None if g is None else local_tensor(g) for g in grads]
         complete = True
         for g in grads:
             if g is None:
@@ -362,16 +400,18 @@ class ExponentiatedO2NC(Optimizer):
         if not all(buffers.covers(i) for i in indices):  # a frozen parameter got a gradient
             buffers = self._group_buffers(index, rebuild=True)
         states = [buffers.claim(i) for i in indices]
-        params = [group_params[i] for i in indices]
+        params = [local_tensor(group_params[i]) for i in indices]
         tensors = _GroupTensors(
             buffers=buffers,
             params=params,
             grads=[grads[i] for i in indices],
-            deltas=[state["momentum_buffer"] for state in states],
-            deviations=[state["iterate_deviation"] for state in states] if self.average else None,
+            deltas=[local_tensor(state["momentum_buffer"]) for state in states],
+            deviations=[local_tensor(state["iterate_deviation"]) for state in states]
+            if self.average
+            else None,
             flat=buffers.tiling if complete else None,
             idle_deltas=[
-                self.state[p]["momentum_buffer"]
+                local_tensor(self.state[p]["momentum_buffer"])
                 for p, g in zip(group_params, grads, strict=True)
                 if g is None and "momentum_buffer" in self.state.get(p, {})
             ],
@@ -390,7 +430,8 @@ class ExponentiatedO2NC(Optimizer):
             names = (
                 ("momentum_buffer", "iterate_deviation") if self.average else ("momentum_buffer",)
             )
-            buffers = self._buffers[index] = GroupBuffers(params, self.state, names)
+            layout = {} if self._mesh is None else {"local": local_tensor, "wrap": as_dtensor_like}
+            buffers = self._buffers[index] = GroupBuffers(params, self.state, names, **layout)
             self._cache.pop(index, None)
         return buffers
 
@@ -434,7 +475,7 @@ class ExponentiatedO2NC(Optimizer):
             )
 
     def _device(self) -> torch.device:
-        return self.param_groups[0]["params"][0].device
+        return local_tensor(self.param_groups[0]["params"][0]).device
 
     # ----------------------------------------------------------------- statistics
     def statistics(self, c: float = 1.0) -> dict[str, Any]:
@@ -456,19 +497,26 @@ class ExponentiatedO2NC(Optimizer):
         """
         device = self._device()
         update_sq, grad_ema_sq, variance = 0.0, 0.0, 0.0
-        for index, group in enumerate(self.param_groups):
-            buffers = self._group_buffers(index)
-            if not buffers.has_state:
-                continue
-            # Δ = P D as the last step left it
-            group_sq = buffers.squared_norm("momentum_buffer", device) * group["update_scale"] ** 2
+        groups = [
+            (group, self._group_buffers(index).squared_norm("momentum_buffer", device))
+            for index, group in enumerate(self.param_groups)
+            if self._group_buffers(index).has_state
+        ]
+        variances = [group["iterate_variance"] for group in self.param_groups]
+        if self._mesh is not None:  # this rank's partial sums, added over the mesh once, here
+            sums = global_sums([sq for _, sq in groups] + variances, self._mesh, device)
+            groups = [(group, sums[i]) for i, (group, _) in enumerate(groups)]
+            variances = list(sums[len(groups) :])
+        for group, squared in groups:
+            group_sq = squared * group["update_scale"] ** 2  # Δ = P D as the last step left it
             weight = group["update_weight_sum"]  # W = 0 (beta = 0): m_hat is undefined
             has_weight = isinstance(weight, Tensor) or weight > 0
             update_sq = update_sq + group_sq
             grad_ema_sq = grad_ema_sq + (
                 group_sq / weight**2 if has_weight else group_sq * math.nan
             )
-            variance = variance + group["iterate_variance"]
+        for group_variance in variances:
+            variance = variance + group_variance
         stats = {"update_norm": sqrt_of(update_sq), "grad_ema_norm": sqrt_of(grad_ema_sq)}
         if self.average:
             if not self.tracks_statistics:
@@ -488,8 +536,15 @@ def _init_group_scalars(group: dict[str, Any]) -> None:
     ``average_weight_sum`` is A (for x_bar's newest weight 1/A), ``deviation_scale`` is k
     (``x - x_bar = k u``) and ``iterate_variance`` is this group's V.
     """
-    group.setdefault("update_scale", 1.0)
-    group.setdefault("update_weight_sum", 0.0)
-    group.setdefault("average_weight_sum", 0.0)
-    group.setdefault("deviation_scale", 1.0)
-    group.setdefault("iterate_variance", 0.0)
+    for key, start in _GROUP_SCALARS.items():
+        group.setdefault(key, start)
+
+
+#: The per-group running sums of :func:`_init_group_scalars` and their starting values.
+_GROUP_SCALARS = {
+    "update_scale": 1.0,
+    "update_weight_sum": 0.0,
+    "average_weight_sum": 0.0,
+    "deviation_scale": 1.0,
+    "iterate_variance": 0.0,
+}

@@ -38,6 +38,7 @@ from torch.optim import AdamW, Optimizer
 from .checkpoint_format import STATE_KEY, put_options, take_options, warn_options_missing
 from .functional import as_device_tensors
 from .scaling import ScaleSampler
+from .sharded import local_tensor, mesh_of
 from .wrapper_state import (
     EXTRA_KEYS,
     WrapperBuffers,
@@ -118,7 +119,7 @@ class RandomScaling(Optimizer):
                     )
         self.training = True
         self.tracks_statistics = False
-        self._buffers = WrapperBuffers()
+        self._buffers = WrapperBuffers(self._mesh())
         self._wrapping = True  # Optimizer.__init__ calls add_param_group: the groups exist
         super().__init__(optimizer.param_groups, optimizer.defaults)
         del self._wrapping
@@ -135,6 +136,7 @@ class RandomScaling(Optimizer):
             return
         param_group.pop(STATE_KEY, None)  # a group copied from a state dict carries no options
         self.optimizer.add_param_group(param_group)
+        self._mesh()  # all plain or all sharded on one mesh
 
     def __repr__(self) -> str:
         return (
@@ -147,6 +149,12 @@ class RandomScaling(Optimizer):
     def scaling(self) -> str:
         """The scaling kind: ``"exponential"``, ``"uniform"`` or ``"none"``."""
         return self._sampler.kind
+
+    @property
+    def device_mesh(self) -> Any:
+        """The device mesh of DTensor parameters (FSDP2), ``None`` for plain tensors. When set,
+        :meth:`statistics` and :meth:`state_dict` reduce over it: call them on every rank."""
+        return self._buffers.mesh
 
     @property
     def last_scale(self) -> float:
@@ -254,7 +262,12 @@ class RandomScaling(Optimizer):
         return {"scale": self._sampler.last, **as_device_tensors(stats, self._device(), dtype)}
 
     def _device(self) -> torch.device:
-        return self.param_groups[0]["params"][0].device
+        return local_tensor(self.param_groups[0]["params"][0]).device
+
+    def _mesh(self) -> Any:
+        """The device mesh of DTensor parameters (FSDP2), ``None`` for plain tensors; refuses
+        what :mod:`~lightning_o2nc.optim.sharded` cannot step."""
+        return mesh_of(p for group in self.optimizer.param_groups for p in group["params"])
 
     # ----------------------------------------------------------------- state
     def _options(self) -> dict[str, Any]:
@@ -292,6 +305,12 @@ class RandomScaling(Optimizer):
         for p, extra in self._buffers.per_parameter():
             i = index[id(p)]
             packed[i] = dict(packed.get(i, {}), **extra)
+        if not self.tracks_statistics:  # the same keys whether tracked or not: a distributed
+            # checkpoint loads only the entries of a fresh optimizer's state dict (load drops them)
+            params = [p for g in self.param_groups for p in g["params"]]
+            for i, entry in packed.items():
+                if "gradient_ema" not in entry:
+                    packed[i] = dict(entry, gradient_ema=torch.zeros_like(params[i]))
         return {"state": packed, "param_groups": state_dict["param_groups"]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -303,19 +322,26 @@ class RandomScaling(Optimizer):
             extras[i] = {k: v for k, v in entry.items() if k in EXTRA_KEYS}
             if not base_state[i]:
                 del base_state[i]
-        params = [p for g in self.param_groups for p in g["params"]]
+        # saved keys to parameters by position, as torch does (torch.distributed.checkpoint
+        # passes parameter names instead of indices)
+        saved_keys = [key for g in state_dict["param_groups"] for key in g["params"]]
+        current = (p for g in self.param_groups for p in g["params"])
+        params = dict(zip(saved_keys, current, strict=False))  # torch checks the lengths
         self.optimizer.load_state_dict(
             {"state": base_state, "param_groups": state_dict["param_groups"]}
         )
         self._share_base()
-        self._buffers = WrapperBuffers()
+        self._buffers = WrapperBuffers(self._mesh())
         self._buffers.adopt(
-            {params[i]: extra for i, extra in extras.items() if extra and i < len(params)}
+            {params[i]: extra for i, extra in extras.items() if extra and i in params}
         )
         if options is None:
             warn_options_missing()
         else:
             self._load_options(options)
+        if not self.tracks_statistics:  # the zeros state_dict() wrote in place of the EMA
+            for extra in self._buffers.extra.values():
+                extra.pop("gradient_ema", None)
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies (deepcopy, pickle) carry the base, the wrapper's buffers and options."""
@@ -332,7 +358,7 @@ class RandomScaling(Optimizer):
         options = state["options"]
         self._sampler = ScaleSampler(state["kind"], state["seed"])
         self.average, self.average_beta = options["average"], options["average_beta"]
-        self._buffers = WrapperBuffers()
+        self._buffers = WrapperBuffers(self._mesh())
         self._buffers.adopt(state["extra"])
         self._share_base()
         super().__setstate__({})  # torch's hook dictionaries and step patching

@@ -17,6 +17,11 @@ Per group and parameter, as views of one flat buffer per (device, dtype)
 Per group, host floats (0-d tensors for the reductions off the CPU): ``A`` (x_bar's weight sum),
 ``V`` (the iterates' spread), ``W`` (the gradient EMA's weight sum, ``W <- b W + (1 - b)``, so
 ``m_hat = ema / W``) and the last move's squared norm.
+
+DTensor parameters (FSDP2) get the layout of :mod:`~lightning_o2nc.optim.sharded`: the buffers
+hold this rank's shards, the saved entries are DTensors laid out as their parameters, the step's
+own passes run on the local shards, and the squared norms and V are this rank's partial sums,
+added over the mesh when :meth:`WrapperBuffers.statistics` or a state dict reads them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch import Tensor
 
 from .flat import GroupBuffers
 from .functional import sqrt_of
+from .sharded import as_dtensor_like, global_sums, is_first_shard, local_tensor, shard_like
 
 __all__ = [
     "EXTRA_KEYS",
@@ -43,6 +49,8 @@ __all__ = [
 EXTRA_KEYS = ("averaged_iterate", "gradient_ema", "training_weights")
 
 _PREVIOUS, _AVERAGE, _EMA = "previous_weights", "averaged_iterate", "gradient_ema"
+#: the per-group sums that are sums over elements (per-rank parts when sharded)
+_PARTIAL_SUMS = ("iterate_variance", "update_norm_sq")
 
 
 def check_average_beta(value: Any) -> float | None:
@@ -82,7 +90,10 @@ class GroupStep(NamedTuple):
 class WrapperBuffers:
     """The wrapper's per-parameter tensors and per-group sums (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mesh: Any = None) -> None:
+        #: the device mesh of DTensor parameters (see :mod:`~lightning_o2nc.optim.sharded`)
+        self.mesh = mesh
+        self._layout = {} if mesh is None else {"local": local_tensor, "wrap": as_dtensor_like}
         self.extra: defaultdict[Tensor, dict[str, Tensor]] = defaultdict(dict)
         self._scratch_state: defaultdict[Tensor, dict[str, Tensor]] = defaultdict(dict)
         self._buffers: dict[tuple[str, int], GroupBuffers] = {}
@@ -105,7 +116,9 @@ class WrapperBuffers:
         buffers = self._buffers.get((name, index))
         state = self._scratch_state if name == _PREVIOUS else self.extra
         if buffers is None or not buffers.is_current(params):
-            buffers = self._buffers[(name, index)] = GroupBuffers(params, state, (name,))
+            buffers = self._buffers[(name, index)] = GroupBuffers(
+                params, state, (name,), **self._layout
+            )
         return buffers
 
     def prepare(
@@ -121,6 +134,8 @@ class WrapperBuffers:
         self, index: int, params: list[Tensor], average: bool, tracking: bool, previous: bool
     ) -> GroupStep:
         grads = [p.grad for p in params]
+        if self.mesh is not None:  # the wrapper's passes run on this rank's shards
+            grads = [None if g is None else local_tensor(g) for g in grads]
         complete = all(g is not None for g in grads)
         names = [
             n for n, on in ((_PREVIOUS, previous), (_AVERAGE, average), (_EMA, tracking)) if on
@@ -137,11 +152,12 @@ class WrapperBuffers:
         if any(not b.covers(i) for b in buffers.values() for i in indices):
             buffers = {n: self._rebuild(n, index, params) for n in names}  # a frozen one thawed
             key = (average, tracking, previous, *buffers.values())
-        stepped = [params[i] for i in indices]
+        local = local_tensor
+        stepped = [local(params[i]) for i in indices]
         step = GroupStep(
             params=stepped,
             grads=[grads[i] for i in indices],
-            previous=[buffers[_PREVIOUS].views[_PREVIOUS][i] for i in indices]
+            previous=[local(buffers[_PREVIOUS].views[_PREVIOUS][i]) for i in indices]
             if previous
             else None,
             averaged_params=[],
@@ -153,24 +169,25 @@ class WrapperBuffers:
         if average:
             for i in indices:
                 if _AVERAGE not in self.extra.get(params[i], {}):
-                    buffers[_AVERAGE].claim(i)[_AVERAGE].copy_(params[i])  # its own average
+                    average = buffers[_AVERAGE].claim(i)[_AVERAGE]
+                    local(average).copy_(local(params[i]))  # its own average
             owned = [i for i, p in enumerate(params) if _AVERAGE in self.extra.get(p, {})]
             step = step._replace(
-                averaged_params=[params[i] for i in owned],
-                averages=[self.extra[params[i]][_AVERAGE] for i in owned],
-                average_scratch=[buffers[_PREVIOUS].views[_PREVIOUS][i] for i in owned]
+                averaged_params=[local(params[i]) for i in owned],
+                averages=[local(self.extra[params[i]][_AVERAGE]) for i in owned],
+                average_scratch=[local(buffers[_PREVIOUS].views[_PREVIOUS][i]) for i in owned]
                 if previous
                 else [],
             )
         if tracking:
-            step = step._replace(emas=[buffers[_EMA].claim(i)[_EMA] for i in indices])
+            step = step._replace(emas=[local(buffers[_EMA].claim(i)[_EMA]) for i in indices])
         if complete:
             self._cache[index] = step
         return step
 
     def _rebuild(self, name: str, index: int, params: list[Tensor]) -> GroupBuffers:
         state = self._scratch_state if name == _PREVIOUS else self.extra
-        self._buffers[(name, index)] = GroupBuffers(params, state, (name,))
+        self._buffers[(name, index)] = GroupBuffers(params, state, (name,), **self._layout)
         self._cache.pop(index, None)
         return self._buffers[(name, index)]
 
@@ -213,15 +230,23 @@ class WrapperBuffers:
         update_sq: Any = 0.0
         grad_ema_sq: Any = 0.0
         variance: Any = 0.0
+        groups = []  # per group: ||move||^2, ||ema||^2 (NaN without one), V; partial if sharded
         for index, sums in sorted(self.sums.items()):
-            update_sq = update_sq + sums["update_norm_sq"]
             buffers = self._buffers.get((_EMA, index))
+            ema_sq = math.nan
+            if buffers is not None and buffers.has_state and sums["gradient_weight_sum"]:
+                ema_sq = buffers.squared_norm(_EMA, device)
+            groups.append([sums["update_norm_sq"], ema_sq, sums["iterate_variance"]])
+        if self.mesh is not None and groups:  # added over the mesh once, here
+            flat = global_sums([v for parts in groups for v in parts], self.mesh, device)
+            groups = flat.view(-1, 3).unbind(0)
+        for (_, sums), (move_sq, ema_sq, group_variance) in zip(
+            sorted(self.sums.items()), groups, strict=True
+        ):
+            update_sq = update_sq + move_sq
             weight = sums["gradient_weight_sum"]
-            if buffers is None or not buffers.has_state or not weight:
-                grad_ema_sq = math.nan
-            else:
-                grad_ema_sq = grad_ema_sq + buffers.squared_norm(_EMA, device) / weight**2
-            variance = variance + sums["iterate_variance"]
+            grad_ema_sq = grad_ema_sq + (ema_sq / weight**2 if weight else math.nan)
+            variance = variance + group_variance
         if not self.sums:
             update_sq = grad_ema_sq = math.nan
         stats = {"update_norm": sqrt_of(update_sq), "grad_ema_norm": sqrt_of(grad_ema_sq)}
@@ -265,21 +290,39 @@ class WrapperBuffers:
         """Take saved entries (cast to each parameter's device and dtype, as torch does)."""
         for p, saved in entries.items():
             self.extra[p].update(
-                {k: v.to(device=p.device, dtype=p.dtype).clone() for k, v in saved.items()}
+                {
+                    k: shard_like(v.to(device=p.device, dtype=p.dtype).clone(), p)
+                    for k, v in saved.items()
+                }
             )
 
     def group_scalars(self, count: int) -> list[dict[str, float]]:
-        """The per-group sums as host floats (a checkpoint may wait for the device)."""
-        return [
+        """The per-group sums as host floats (a checkpoint may wait for the device); sharded,
+        the partial sums are added over the mesh (so every rank calls it, as a state dict)."""
+        scalars = [
             {k: float(v) for k, v in self._sums(i).items()} if i in self.sums else {}
             for i in range(count)
         ]
+        if self.mesh is not None:
+            owned = [s for s in scalars if s]
+            parts = [s[k] for s in owned for k in _PARTIAL_SUMS]
+            if parts:
+                totals = iter(
+                    global_sums(parts, self.mesh, torch.device(self.mesh.device_type)).tolist()
+                )
+                for s in owned:
+                    s.update({k: next(totals) for k in _PARTIAL_SUMS})
+        return scalars
 
     def load_group_scalars(self, saved: list[dict[str, float]]) -> None:
+        """Take saved sums; sharded, the first shard holds the global ones, the others 0."""
         self.sums = {}
+        keeps_sums = self.mesh is None or is_first_shard(self.mesh)
         for index, sums in enumerate(saved):
             if sums:
                 self._sums(index).update(sums)
+                if not keeps_sums:
+                    self._sums(index).update({k: 0.0 for k in _PARTIAL_SUMS})
 
 
 def _sum_of_squares(tensors: list[Tensor]) -> Tensor | float:

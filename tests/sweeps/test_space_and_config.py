@@ -194,6 +194,18 @@ def test_set_path_creates_missing_mappings_and_refuses_to_go_through_a_scalar():
             {"overrides": {"trainer.strategy": "fsdp", "trainer.devices": 4}},
             "trainer.strategy",
         ),
+        (
+            {
+                "overrides": {
+                    "trainer.strategy": {
+                        "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+                        "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+                    },
+                    "trainer.devices": 2,
+                }
+            },
+            "trainer.strategy: ModelParallelStrategy",
+        ),
     ],
 )
 def test_a_malformed_sweep_file_is_refused_naming_the_key(
@@ -295,6 +307,9 @@ def test_multi_process_trials_are_run_with_the_spawn_launcher_and_single_ones_un
     assert spawn_strategy({"strategy": "fsdp", "devices": 1}) is None
     with pytest.raises(SweepConfigError, match="trainer.strategy"):
         spawn_strategy({"strategy": "fsdp", "devices": 4})
+    model_parallel = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}
+    with pytest.raises(SweepConfigError, match="trainer.strategy: ModelParallelStrategy"):
+        spawn_strategy({"strategy": model_parallel, "devices": 2})
 
 
 @pytest.mark.parametrize(
