@@ -10,6 +10,8 @@ from typing import Any
 from .optim import (
     ExponentiatedO2NC,
     HyperparameterScheduler,
+    O2NCAdamW,
+    RandomScaling,
     build_optimizer,
     build_schedulers,
     make_schedule,
@@ -41,6 +43,8 @@ _LIGHTNING_EXPORTS = (
 __all__ = [
     "ExponentiatedO2NC",
     "HyperparameterScheduler",
+    "O2NCAdamW",
+    "RandomScaling",
     "build_optimizer",
     "build_schedulers",
     "make_schedule",

@@ -263,16 +263,16 @@ def load_sweep_config(
                 f"overrides.{dotted} looks like a search dimension; move it to `space`"
             )
     space = parse_space(spec["space"])
-    for dim in space.dimensions:
-        check_path(train_config, dim.path, key=f"space.{dim.path}")
-        if dim.path in overrides:
+    for path in space.paths:
+        check_path(train_config, path, key=f"space.{path}")
+        if path in overrides:
             raise SweepConfigError(
-                f"space.{dim.path}: also set in overrides; a field is either fixed or searched"
+                f"space.{path}: also set in overrides; a field is either fixed or searched"
             )
         for dotted in overrides:
-            if dotted.startswith(dim.path + ".") or dim.path.startswith(dotted + "."):
+            if dotted.startswith(path + ".") or path.startswith(dotted + "."):
                 raise SweepConfigError(
-                    f"space.{dim.path}: overlaps overrides.{dotted}; a field is either fixed or "
+                    f"space.{path}: overlaps overrides.{dotted}; a field is either fixed or "
                     "searched"
                 )
 

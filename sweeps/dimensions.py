@@ -2,7 +2,8 @@
 
 :data:`DIMENSIONS` maps every ``type`` to its class; :func:`parse_dimension` checks the keys
 common to all (``type``, ``name``, ``grid``) and those the class declares, then lets the class
-build itself. A new dimension type is one class and one entry in :data:`DIMENSIONS`.
+build itself. A new dimension type is one class and one entry in :data:`DIMENSIONS` (the
+conditional type, :mod:`sweeps.conditional`, parses dimensions itself and enters its own).
 
 A dimension knows its Optuna parameter names, samples itself from a trial (conditional parameters
 are only suggested when their branch is taken) and returns the value to write into the train
@@ -57,6 +58,8 @@ class Dimension:
     type_name: ClassVar[str] = ""
     #: The YAML keys of this type, besides ``type``, ``name`` and ``grid``.
     keys: ClassVar[frozenset[str]] = frozenset()
+    #: Writes its own path only (a conditional dimension writes its branches' paths too).
+    single_path: ClassVar[bool] = True
 
     @classmethod
     def default_name(cls, path: str) -> str:
@@ -86,6 +89,14 @@ class Dimension:
     def param_names(self) -> tuple[str, ...]:
         """Every Optuna parameter name this dimension may suggest."""
         return (self.name,)
+
+    def paths(self) -> tuple[str, ...]:
+        """Every config path this dimension may write."""
+        return (self.path,)
+
+    def assign(self, trial: optuna.trial.BaseTrial, *, grid: bool = False) -> dict[str, Any]:
+        """Sample from ``trial``: ``{config path: value}`` for every path this trial writes."""
+        return {self.path: self.suggest_from_grid(trial) if grid else self.suggest(trial)}
 
     def grid_values(self) -> list[Scalar]:
         """The values the grid sampler enumerates (the config values themselves)."""
@@ -359,7 +370,7 @@ def _parse_schedule_arguments(
     if not isinstance(arguments, Mapping):
         raise SweepConfigError(f"{key} must be a mapping of arguments")
     check_keys(arguments, set(SCHEDULE_ARGUMENTS[shape] | _SCHEDULE_COMMON), key)
-    return {
+    parsed = {
         argument: (
             parse_dimension(
                 f"{path}.{argument}",
@@ -371,6 +382,13 @@ def _parse_schedule_arguments(
         )
         for argument, value in arguments.items()
     }
+    for argument, value in parsed.items():
+        if isinstance(value, Dimension) and not value.single_path:
+            raise SweepConfigError(
+                f"{key}.{argument}: a {value.type_name} dimension writes several config paths; "
+                "a schedule argument takes one value"
+            )
+    return parsed
 
 
 def _dry_run_schedule(shape: str, arguments: Mapping[str, Any], key: str) -> None:

@@ -14,9 +14,14 @@ Each entry of a sweep's ``space`` maps a dotted config path to a dimension::
           constant: {}
           warmup_cosine: {warmup_fraction: {type: float, low: 0.0, high: 0.3}, min_factor: 0.0}
       trainer.max_epochs: {type: int, low: 5, high: 20}
+      model.optimizer:                      # a categorical whose choices bring their own dimensions
+        type: conditional
+        choices:
+          o2nc: {model.beta: {type: one_minus, low: 1.0e-3, high: 0.5}}
+          o2nc_adamw: {model.beta2: {type: one_minus, low: 1.0e-3, high: 0.1}}
 
-The dimension types live in :mod:`sweeps.dimensions`; a :class:`SearchSpace` is their ordered
-tuple, sampled in the order the YAML lists them.
+The dimension types live in :mod:`sweeps.dimensions` and :mod:`sweeps.conditional`; a
+:class:`SearchSpace` is their ordered tuple, sampled in the order the YAML lists them.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from typing import Any
 import optuna
 
 from .checks import Scalar
+from .conditional import ConditionalDimension
 from .dimensions import Dimension, parse_dimension
 from .errors import SweepConfigError
 from .paths import split_path
 
-__all__ = ["SearchSpace", "parse_space"]
+__all__ = ["ConditionalDimension", "SearchSpace", "parse_space"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
+        written: dict[str, str] = {}
         for dim in self.dimensions:
             for name in dim.param_names():
                 if name in seen and seen[name] != dim.path:
@@ -51,16 +58,28 @@ class SearchSpace:
                         f"space.{seen[name]}"
                     )
                 seen[name] = dim.path
+            for path in dim.paths():
+                if path in written:
+                    raise SweepConfigError(
+                        f"space.{dim.path}: writes {path!r}, which space.{written[path]} "
+                        "searches too; a field is searched by one entry"
+                    )
+                written[path] = dim.path
 
     @property
     def paths(self) -> list[str]:
-        return [dim.path for dim in self.dimensions]
+        """Every config path the space may write (a conditional dimension's branches too)."""
+        return [path for dim in self.dimensions for path in dim.paths()]
 
     def suggest(self, trial: optuna.trial.BaseTrial, *, grid: bool = False) -> dict[str, Any]:
-        """Sample every dimension: ``{config path: value}``, in the order the YAML lists them."""
-        if grid:
-            return {dim.path: dim.suggest_from_grid(trial) for dim in self.dimensions}
-        return {dim.path: dim.suggest(trial) for dim in self.dimensions}
+        """Sample every dimension: ``{config path: value}``, in the order the YAML lists them.
+
+        A conditional dimension adds the paths of the branch it took, and only those.
+        """
+        assignment: dict[str, Any] = {}
+        for dim in self.dimensions:
+            assignment.update(dim.assign(trial, grid=grid))
+        return assignment
 
     def grid_search_space(self) -> dict[str, list[Scalar]]:
         """The ``search_space`` argument of :class:`optuna.samplers.GridSampler`."""

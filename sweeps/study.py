@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import SweepConfig
+from .distinct import VALUES
 from .errors import FAIL_REASON, SweepConfigError
 from .paths import get_path
 from .samplers import build_pruner, build_sampler
 
 __all__ = [
     "STUDY_ATTR",
+    "UNIFORM_WEIGHTED_SINCE",
+    "OldUniformScalingWarning",
     "StopWhenStudyIsComplete",
     "StudyFull",
     "count_finished",
@@ -26,6 +30,56 @@ __all__ = [
 
 #: Study user attribute recording what the sweep is (objective, config files, logdir).
 STUDY_ATTR = "o2nc_sweep"
+#: Study user attribute: the number of the first trial whose ``scaling: uniform`` is the authors'
+#: (s ~ U(0, 2) with the importance weight 2 - s on the next gradient). Studies created before it
+#: existed ran U(0, 2) alone; it is 0 for a study created since.
+UNIFORM_WEIGHTED_SINCE = "o2nc_uniform_weighted_since"
+
+
+class OldUniformScalingWarning(UserWarning):
+    """A continued study holds trials whose ``uniform`` scaling lacked the importance weight."""
+
+
+def _scaling_of(values: Mapping[str, Any], base_config: Mapping[str, Any]) -> Any:
+    """The scaling a trial ran with: its own searched value, else the sweep's train config."""
+    for path, value in values.items():
+        if path.split(".")[-1] == "scaling":
+            return value
+        if path.split(".")[-1] == "optimizer" and str(value).endswith("_uniform"):
+            return "uniform"
+    return get_path(base_config, "model.scaling", default=None)
+
+
+def warn_about_old_uniform(study: optuna.Study, sweep: SweepConfig) -> None:
+    """Mark the study, and warn once when it holds trials run with the old uniform scaling.
+
+    ``scaling: uniform`` used to draw s ~ U(0, 2) and nothing else; it now also weights the next
+    gradient by 2 - s (the authors' method). A study created before the change does not carry
+    :data:`UNIFORM_WEIGHTED_SINCE`: it gets the number of trials it holds, and every later
+    continuation warns while trials numbered below it ran ``uniform``, since a sampler that mixes
+    them with new trials compares two different methods under one name.
+    """
+    trials = study.get_trials(deepcopy=False)
+    since = study.user_attrs.get(UNIFORM_WEIGHTED_SINCE)
+    if since is None:
+        since = len(trials)
+        study.set_user_attr(UNIFORM_WEIGHTED_SINCE, since)
+    old = [
+        t.number
+        for t in trials
+        if t.number < since
+        and _scaling_of(t.user_attrs.get(VALUES, {}), sweep.base_config) == "uniform"
+    ]
+    if old:
+        shown = ", ".join(map(str, old[:5])) + (", ..." if len(old) > 5 else "")
+        warnings.warn(
+            f"study {study.study_name!r} holds {len(old)} trial(s) ({shown}) run with the old "
+            "`scaling: uniform`, U(0, 2) without the importance weight; `uniform` now means the "
+            "authors' U(0, 2) with the weight 2 - s on the next gradient, so those trials measured "
+            "another method. Start a new study (--study-name) to compare like with like.",
+            OldUniformScalingWarning,
+            stacklevel=2,
+        )
 
 
 def study_metadata(sweep: SweepConfig, logdir: Path) -> dict[str, Any]:
@@ -78,6 +132,7 @@ def open_study(
             f"{previous.get('metric')!r}, not {sweep.objective.monitor!r} "
             "(choose another --study-name)"
         )
+    warn_about_old_uniform(study, sweep)
     study.set_user_attr(STUDY_ATTR, study_metadata(sweep, logdir))
     return study
 

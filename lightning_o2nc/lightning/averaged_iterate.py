@@ -10,24 +10,31 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader, RandomSampler
 from typing_extensions import override
 
-from ..optim import ExponentiatedO2NC
+from ..optim.factory import AVERAGING_OPTIMIZERS
+from .checkpointed_optimizers import rebuild_optimizer, rebuild_recipe
 from .compat import logging_with_suffix
 from .packages import Callback, MisconfigurationException, twins
 
 _HOW_TO_FIX = (
     "Build the optimizer with average=True: ExponentiatedO2NC(params, lr, average=True), "
-    "build_optimizer(model, 'o2nc', average=True), or `model.average: true` for O2NCModule; "
-    "or remove the AveragedIterate callback."
+    "RandomScaling(base, average=True) (scaling='none' for the plain base), "
+    "O2NCAdamW(params, average=True), build_optimizer(model, name, average=True), or "
+    "`model.average: true` for O2NCModule; or remove the AveragedIterate callback."
 )
+
 
 ForwardBatch = Callable[[nn.Module, Any], Any]
 
 
 class AveragedIterate(Callback):
-    """Evaluates at both the training weights x and the averaged iterate x_bar of ExponentiatedO2NC.
+    """Evaluates at both the training weights x and the averaged iterate x_bar of the optimizer.
+
+    x_bar comes from an ``ExponentiatedO2NC`` or a ``RandomScaling`` (``O2NCAdamW``, or any base
+    wrapped with ``scaling="none"`` for a baseline's x_bar) built with ``average=True``.
 
     One validation (or test) loop gives both: after the step at x of each batch, the weights are
     swapped to x_bar with ``optimizer.eval()``, the module's ``validation_step`` (``test_step``)
@@ -44,7 +51,9 @@ class AveragedIterate(Callback):
     them. A batch goes through the model with :meth:`forward_batch`.
 
     Outside fit (``trainer.validate`` / ``trainer.test`` with a ``ckpt_path``), x_bar comes from
-    the checkpoint's optimizer state.
+    the checkpoint's optimizer state: the callback's own state records which optimizer class
+    (and, for a ``RandomScaling``, which base class) kept it, and the optimizer is rebuilt from
+    the class and loaded from the checkpoint.
 
     Args:
         suffix: Appended to the names of metrics logged at x_bar.
@@ -79,11 +88,11 @@ class AveragedIterate(Callback):
         self.bn_update_batches = bn_update_batches
         self.leave_averaged_in_model = leave_averaged_in_model
         self._forward_batch = forward_batch
-        self._checkpoint_optimizers: list[ExponentiatedO2NC] = []
+        self._checkpoint_optimizers: list[Optimizer] = []
         self._checkpoint_path: str | None = None
         self._layout: list[dict[str, Any]] = []
         self._averaged_bn_state: dict[str, torch.Tensor] | None = None
-        self._evaluating: list[ExponentiatedO2NC] = []
+        self._evaluating: list[Optimizer] = []
         self._swapped = False
         self._warned_no_source = False
 
@@ -99,14 +108,14 @@ class AveragedIterate(Callback):
 
     # ------------------------------------------------------------------ where x_bar comes from
     @staticmethod
-    def _averaging_optimizers(trainer: Any) -> list[tuple[int, ExponentiatedO2NC]]:
+    def _averaging_optimizers(trainer: Any) -> list[tuple[int, Any]]:
         return [
             (i, opt)
             for i, opt in enumerate(trainer.optimizers)
-            if isinstance(opt, ExponentiatedO2NC) and opt.average
+            if isinstance(opt, AVERAGING_OPTIMIZERS) and opt.average
         ]
 
-    def _sources(self, trainer: Any, pl_module: Any) -> list[ExponentiatedO2NC]:
+    def _sources(self, trainer: Any, pl_module: Any) -> list[Any]:
         """The checkpoint's optimizer state when one was loaded outside fit, else the Trainer's
         optimizers (they outlive fit, so ``trainer.test`` after ``trainer.fit`` finds them)."""
         if self._checkpoint_optimizers:
@@ -124,13 +133,14 @@ class AveragedIterate(Callback):
         if not found:
             described = [
                 f"{type(opt).__name__}(average={opt.average})"
-                if isinstance(opt, ExponentiatedO2NC)
+                if isinstance(opt, AVERAGING_OPTIMIZERS)
                 else type(opt).__name__
                 for opt in trainer.optimizers
             ]
             raise MisconfigurationException(
-                "AveragedIterate evaluates the averaged iterate x_bar, which only ExponentiatedO2NC keeps "
-                f"when built with average=True; the optimizers are {described}. {_HOW_TO_FIX}"
+                "AveragedIterate evaluates the averaged iterate x_bar, which ExponentiatedO2NC and "
+                "RandomScaling keep when built with average=True; the optimizers are "
+                f"{described}. {_HOW_TO_FIX}"
             )
         self._check_batch_norm_can_run(pl_module)
         names = {id(p): name for name, p in pl_module.named_parameters()}
@@ -140,6 +150,7 @@ class AveragedIterate(Callback):
                 "param_groups": [
                     [names[id(p)] for p in group["params"]] for group in opt.param_groups
                 ],
+                **rebuild_recipe(opt),
             }
             for i, opt in found
         ]
@@ -212,16 +223,16 @@ class AveragedIterate(Callback):
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._evaluating = []
 
-    def _prepare(self, trainer: Any, pl_module: Any) -> list[ExponentiatedO2NC]:
+    def _prepare(self, trainer: Any, pl_module: Any) -> list[Any]:
         """The optimizers holding x_bar for this loop, with BatchNorm statistics at x_bar ready."""
         self._load_checkpoint(trainer, pl_module)
         sources = self._sources(trainer, pl_module)
         if not sources:
             if not self._warned_no_source:
                 rank_zero_warn(
-                    "AveragedIterate has no averaged iterate to evaluate (no ExponentiatedO2NC(average=True) "
-                    "in this run and no optimizer state in the loaded checkpoint): only the current weights "
-                    "are evaluated."
+                    "AveragedIterate has no averaged iterate to evaluate (no ExponentiatedO2NC or "
+                    "RandomScaling with average=True in this run and no optimizer state in the loaded "
+                    "checkpoint): only the current weights are evaluated."
                 )
                 self._warned_no_source = True
             return []
@@ -247,7 +258,7 @@ class AveragedIterate(Callback):
     def _averaged_weights(
         self,
         pl_module: nn.Module,
-        sources: list[ExponentiatedO2NC],
+        sources: list[Any],
         batch_norm_state: dict[str, torch.Tensor] | None = None,
     ) -> Iterator[None]:
         """x_bar in the weights (and ``batch_norm_state`` in the BatchNorm buffers) within the
@@ -341,13 +352,9 @@ class AveragedIterate(Callback):
             groups = [
                 {"params": [parameters[name] for name in names]} for names in entry["param_groups"]
             ]
-            saved = optimizer_states[entry["optimizer_index"]]
-            scaling = saved.get("o2nc", {}).get("scaling", {}).get("kind", "exponential")
-            opt = ExponentiatedO2NC(groups, lr=1.0, scaling=scaling, average=True)
-            opt.load_state_dict(saved)
-            for param_state in opt.state.values():
-                param_state.pop("momentum_buffer", None)
-            self._checkpoint_optimizers.append(opt)
+            opt = rebuild_optimizer(entry, groups, optimizer_states[entry["optimizer_index"]])
+            if opt is not None:
+                self._checkpoint_optimizers.append(opt)
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:

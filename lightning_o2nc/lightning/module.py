@@ -12,12 +12,7 @@ from typing_extensions import override
 from .backbones import BACKBONES, build_backbone
 from .compat import EpochMeans
 from .errors import RunConfigError
-from .optimized_module import (  # noqa: F401  (AVERAGING_OPTIMIZERS: the names it always had here)
-    AVERAGING_OPTIMIZERS,
-    OptimizedModule,
-    optimizer_arguments,
-    resolve_average,
-)
+from .optimized_module import OptimizedModule, optimizer_arguments, resolve_average
 from .packages import lightning_class
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss}
@@ -25,7 +20,7 @@ LOSSES = {"cross_entropy": nn.CrossEntropyLoss}
 
 @lightning_class("LightningModule")  # one body; for_package() puts it on pytorch_lightning too
 class O2NCModule(OptimizedModule):
-    """Classification with Exponentiated O2NC (or the SGDM / AdamW baselines) in one module.
+    """Classification with Exponentiated O2NC, O2NC-AdamW or the SGDM / AdamW baselines.
 
     Logs ``train/loss``, ``train/acc`` (per step, at the steps that loggers write, the last of an
     epoch, and every step while a progress bar shows them), ``val/loss``, ``val/acc``,
@@ -51,15 +46,22 @@ class O2NCModule(OptimizedModule):
         num_classes: Number of classes for a named backbone; ``None``: the data module's
             ``num_classes``.
         loss: ``"cross_entropy"`` or a callable ``loss(logits, targets)`` (e.g. an ``nn.Module``).
-        optimizer: Factory name: ``"o2nc"``, ``"sgdm"`` (O2NC with ``scaling="none"``) or ``"adamw"``.
+        optimizer: Factory name (``lightning_o2nc.optim.factory.OPTIMIZERS``): ``"o2nc"``,
+            ``"sgdm"`` (O2NC with ``scaling="none"``), ``"adamw"``, ``"o2nc_adamw"`` (AdamW with
+            random scaling), ``"o2nc_uniform"`` or ``"o2nc_adamw_uniform"``. A hyper-parameter
+            the optimizer does not take must stay at its default (``mu`` for the AdamW names,
+            ``beta2`` and ``eps`` for the O2NC names).
         decay_bias_and_norm: Also decay biases and normalization weights.
-        schedules: ``{"lr" | "beta" | "mu": {"shape": ..., "interval": "step" | "epoch", ...}}``.
+        schedules: ``{field: {"shape": ..., "interval": "step" | "epoch", ...}}`` for the fields
+            the optimizer may schedule: ``lr``, ``beta``, ``mu``, ``weight_decay`` (O2NC, SGDM);
+            ``lr``, ``beta`` (``betas[0]``), ``beta2``, ``weight_decay`` (the AdamW names).
         certificate_c: The constant c of the stationarity certificate ``||m_hat|| + c * V``.
         monitor: Add the :class:`O2NCMonitor` callback.
         bn_update_batches: Training batches used to recompute BatchNorm statistics at x_bar.
         leave_averaged_in_model: Leave x_bar in the model at the end of fit.
-        **hyperparameters: The optimizer's (``lr``, ``beta``, ``mu``, ``weight_decay``, ``scaling``,
-            ``seed``, ``average``, ...), keyword-only: the names, defaults and docs of
+        **hyperparameters: The optimizer's (``lr``, ``beta``, ``mu``, ``weight_decay``, ``beta2``,
+            ``eps``, ``scaling``, ``seed``, ``average``, ...), keyword-only: the names, defaults and
+            docs of
             ``lightning_o2nc.optim.hyperparameters`` (see :func:`optimizer_arguments`).
     """
 

@@ -10,8 +10,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from ..optim import ExponentiatedO2NC
-from ..optim.hyperparameters import SCHEDULABLE
+from ..optim.factory import AVERAGING_OPTIMIZERS
+from ..optim.hyperparameters import SCHEDULABLE, group_value, holds
 from .compat import LoggingStepAxis
 from .packages import Callback, twins
 
@@ -21,15 +21,21 @@ STATISTICS = ("update_norm", "grad_ema_norm", "iterate_variance", "stationarity_
 class O2NCMonitor(Callback):
     """Logs the drawn scalar s, ``||Delta||``, ``||m_hat||``, V, the certificate, lr, beta, mu, ...
 
-    Tags (for the first ExponentiatedO2NC; further ones get ``o2nc/optimizer{i}/...``):
+    It watches every optimizer of the run that draws s: ``ExponentiatedO2NC`` and
+    ``RandomScaling`` (``O2NCAdamW``, and the ``adamw`` baseline wrapped for x_bar). For a
+    wrapper, ``update_norm`` is the norm of the applied move after s and ``grad_ema_norm`` comes
+    from the wrapper's own gradient EMA, kept once the monitor asks for statistics.
+
+    Tags (for the first such optimizer; further ones get ``o2nc/optimizer{i}/...``):
     ``o2nc/scale`` (the last s), ``o2nc/scale_mean`` (mean of the s drawn since the last log),
     ``o2nc/scale_histogram`` (TensorBoard histogram of those s), ``o2nc/update_norm``,
     ``o2nc/grad_ema_norm``, ``o2nc/iterate_variance`` and ``o2nc/stationarity_certificate``
     (with ``average=True``), ``o2nc/skipped_steps`` (with ``skip_nonfinite=True``) and
     ``o2nc/<name>/group{j}`` for every hyper-parameter a schedule may drive (``SCHEDULABLE`` in
-    ``lightning_o2nc.optim.hyperparameters``: lr, beta, mu, weight_decay).
+    ``lightning_o2nc.optim.hyperparameters``) that the group holds: lr, beta, mu, weight_decay for
+    O2NC; lr, beta (``betas[0]``), beta2 (``betas[1]``), weight_decay for AdamW.
 
-    Every optimizer step of an ExponentiatedO2NC only appends its host float ``last_scale`` to a
+    Every optimizer step of such an optimizer only appends its host float ``last_scale`` to a
     list (through a step hook, so accumulated gradients, manual optimization and several
     optimizers each give one s per step of that optimizer). The statistics are computed on the
     device and read back with one transfer at logging steps, on global rank zero (DDP ranks hold
@@ -57,8 +63,8 @@ class O2NCMonitor(Callback):
         self._restored_step: int | None = None
 
     @staticmethod
-    def _o2nc_optimizers(trainer: Any) -> list[tuple[str, ExponentiatedO2NC]]:
-        found = [opt for opt in trainer.optimizers if isinstance(opt, ExponentiatedO2NC)]
+    def _o2nc_optimizers(trainer: Any) -> list[tuple[str, Any]]:
+        found = [opt for opt in trainer.optimizers if isinstance(opt, AVERAGING_OPTIMIZERS)]
         if len(found) == 1:
             return [("o2nc", found[0])]
         return [(f"o2nc/optimizer{i}", opt) for i, opt in enumerate(found)]
@@ -69,7 +75,8 @@ class O2NCMonitor(Callback):
         if not optimizers:
             names = [type(opt).__name__ for opt in trainer.optimizers]
             rank_zero_warn(
-                f"O2NCMonitor found no ExponentiatedO2NC among the optimizers {names}: it logs nothing"
+                f"O2NCMonitor found no ExponentiatedO2NC or RandomScaling among the optimizers "
+                f"{names}: it logs nothing"
             )
         self._remove_hooks()
         self._scales = {id(opt): [] for _, opt in optimizers}
@@ -78,7 +85,7 @@ class O2NCMonitor(Callback):
             self._hooks.append(opt.register_step_post_hook(self._record_scale))
         self._axis.start(trainer, self._restored_step)
 
-    def _record_scale(self, optimizer: ExponentiatedO2NC, args: Any, kwargs: Any) -> None:
+    def _record_scale(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._scales[id(optimizer)].append(optimizer.last_scale)
 
     @override
@@ -94,12 +101,10 @@ class O2NCMonitor(Callback):
         for scales in self._scales.values():
             scales.clear()
 
-    def _log(
-        self, trainer: Any, prefix: str, opt: ExponentiatedO2NC, scales: list[float], step: int
-    ) -> None:
+    def _log(self, trainer: Any, prefix: str, opt: Any, scales: list[float], step: int) -> None:
         statistics = opt.statistics(c=self.certificate_c)
         device_values = {name: statistics[name] for name in STATISTICS if name in statistics}
-        if opt.skip_nonfinite:
+        if getattr(opt, "skip_nonfinite", False):
             device_values["skipped_steps"] = opt.skipped_steps
         names = list(device_values)
         values = torch.stack([device_values[n].float() for n in names]).tolist() if names else []
@@ -122,7 +127,8 @@ class O2NCMonitor(Callback):
                 }
         for j, group in enumerate(opt.param_groups):
             for name in SCHEDULABLE:
-                metrics[f"{prefix}/{name}/group{j}"] = float(group[name])
+                if holds(group, name):
+                    metrics[f"{prefix}/{name}/group{j}"] = float(group_value(group, name))
         tensorboard = twins("loggers.TensorBoardLogger")
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)

@@ -26,7 +26,7 @@ from torch import nn
 from typing_extensions import override
 
 from ..optim import ExponentiatedO2NC, build_optimizer, build_schedulers
-from ..optim.factory import OPTIMIZERS
+from ..optim.factory import optimizer_spec
 from ..optim.hyperparameters import HYPERPARAMETERS
 from .averaged_iterate import AveragedIterate
 from .compat import writes_training_metrics
@@ -34,14 +34,15 @@ from .errors import RunConfigError
 from .monitor import O2NCMonitor
 from .packages import Callback, twins
 
-AVERAGING_OPTIMIZERS = ("o2nc", "sgdm")
 # A nominal horizon for checking the optimizer's arguments before the Trainer knows the real one.
 _CHECK_HORIZON = 1_000_000
 #: Where a module's default is ``None`` (the choice follows ``optimizer``) instead of the
 #: table's, and what ``None`` means there.
 _MODULE_DEFAULTS = {
-    "scaling": "None: exponential for o2nc, none for sgdm",
-    "average": "the module also evaluates at x_bar; None: on for o2nc and sgdm, off for adamw",
+    "scaling": "None: the optimizer name's (exponential for o2nc and o2nc_adamw, uniform for "
+    "the _uniform names, none for sgdm and adamw)",
+    "average": "the module also evaluates at x_bar (adamw: the plain AdamW trajectory wrapped "
+    "as RandomScaling(scaling='none', average=True)); None: on for every optimizer but adamw",
 }
 #: The optimizer's own options that a module minimizing its loss does not take.
 _NOT_MODULE_ARGUMENTS = ("maximize",)
@@ -92,14 +93,9 @@ optimizer_arguments.__doc__ = "Every optimizer argument of a module.\n\nArgs:\n"
 
 
 def resolve_average(optimizer: str, average: bool | None) -> bool:
-    """``average=None`` follows the optimizer (on where it keeps x_bar); ``True`` needs one that does."""
+    """``average=None`` follows the optimizer name (the registry's ``averages_by_default``)."""
     if average is None:
-        return optimizer in AVERAGING_OPTIMIZERS
-    if average and optimizer not in AVERAGING_OPTIMIZERS:
-        raise ValueError(
-            f"average=True needs an optimizer that keeps x_bar ({', '.join(AVERAGING_OPTIMIZERS)}), "
-            f"got optimizer={optimizer!r}; set average to false"
-        )
+        return optimizer_spec(optimizer).averages_by_default
     return bool(average)
 
 
@@ -159,12 +155,19 @@ class OptimizedModule:
     ) -> Any:
         """The factory's optimizer (and schedules) over ``params``; ``__init__`` checks with it."""
         hp = self.hparams
+        spec = optimizer_spec(hp.optimizer)
         # the table's hyper-parameters this optimizer takes; None defers to the optimizer's default
-        accepted = set(inspect.signature(build_optimizer).parameters)
-        accepted |= set(OPTIMIZERS[hp.optimizer].options) if hp.optimizer in OPTIMIZERS else set()
+        accepted = set(inspect.signature(build_optimizer).parameters) | set(spec.options)
+        parameters = optimizer_arguments.__signature__.parameters
+        for name, parameter in parameters.items():
+            if name not in accepted and hp[name] != parameter.default:
+                raise ValueError(
+                    f"Invalid {name} for optimizer {hp.optimizer!r}: {hp[name]!r}; "
+                    f"{hp.optimizer} has no {name}, leave it at {parameter.default!r}"
+                )
         hyperparameters = {
             name: hp[name]
-            for name in optimizer_arguments.__signature__.parameters
+            for name in parameters
             if name in accepted and not (name in _MODULE_DEFAULTS and hp[name] is None)
         }
         optimizer = build_optimizer(
@@ -177,7 +180,8 @@ class OptimizedModule:
     @override
     def configure_callbacks(self) -> list[Callback]:
         callbacks: list[Callback] = []
-        if self.hparams.monitor and self.hparams.optimizer in AVERAGING_OPTIMIZERS:
+        statistics = optimizer_spec(self.hparams.optimizer).keeps_statistics or self.hparams.average
+        if self.hparams.monitor and statistics:
             callbacks.append(O2NCMonitor(certificate_c=self.hparams.certificate_c))
         if self.hparams.average:
             callbacks.append(

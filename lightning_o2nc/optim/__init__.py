@@ -1,9 +1,11 @@
-"""Pure-torch layer: the optimizer, its random scaling, schedules, the factory and theory helpers."""
+"""Pure-torch layer: the optimizers, random scaling around any optimizer, schedules, the factory
+and theory helpers."""
 
 from .factory import OPTIMIZERS, build_optimizer, build_schedulers, param_groups_weight_decay
 from .hyperparameters import HYPERPARAMETERS, Hyperparameter, validate_hyperparameters
 from .o2nc import ExponentiatedO2NC
-from .scaling import SCALINGS, RandomScaling
+from .random_scaling import O2NCAdamW, RandomScaling
+from .scaling import SCALINGS, ScaleSampler
 from .schedules import SCHEDULE_SHAPES, HyperparameterScheduler, Schedule, make_schedule
 from .theory import theory_guided_hyperparameters
 
@@ -15,7 +17,9 @@ __all__ = [
     "ExponentiatedO2NC",
     "Hyperparameter",
     "HyperparameterScheduler",
+    "O2NCAdamW",
     "RandomScaling",
+    "ScaleSampler",
     "Schedule",
     "build_optimizer",
     "build_schedulers",

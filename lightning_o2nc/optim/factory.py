@@ -1,14 +1,26 @@
 """From a model to an optimizer (:func:`build_optimizer`) and its schedules (:func:`build_schedulers`).
 
-The registry is data: one frozen :class:`OptimizerSpec` per name, with the builder, the fields a
-schedule may drive and the keyword arguments it accepts.
+The registry is data (timm's way): one frozen :class:`OptimizerSpec` per name, with the builder,
+the hyper-parameters of the table it takes, the fields a schedule may drive, and the options the
+name fixes.
 
-- ``"o2nc"``: :class:`ExponentiatedO2NC`.
+- ``"o2nc"``: :class:`ExponentiatedO2NC`, the fast dedicated path for SGD with momentum.
 - ``"sgdm"``: the same class with ``scaling="none"``, which is torch SGD with momentum in the
   (eta, beta, mu) parametrization (``lr = zeta * eta``, ``momentum = zeta``; the equivalence with
   ``torch.optim.SGD`` is checked to round-off in the tests). An O2NC-vs-SGDM comparison therefore
   changes only the scaling, and the baseline gets the averaged iterate and statistics too.
-- ``"adamw"``: ``torch.optim.AdamW(lr=eta, betas=(beta, 0.999))``.
+- ``"adamw"``: ``torch.optim.AdamW(lr=eta, betas=(beta, beta2), eps, weight_decay)``; with
+  ``average=True`` it is wrapped as ``RandomScaling(adamw, scaling="none", average=True)``: the
+  same trajectory, plus x_bar and the statistics of the wrapper for the comparison.
+- ``"o2nc_adamw"``: :class:`~.random_scaling.O2NCAdamW`, AdamW whose every move is scaled by one
+  random s (``RandomScaling`` around ``torch.optim.AdamW``).
+- ``"o2nc_uniform"`` and ``"o2nc_adamw_uniform"``: ``"o2nc"`` and ``"o2nc_adamw"`` with
+  ``scaling="uniform"`` (the authors' U(0, 2) with the importance weight 2 - s), the labels of
+  the comparison's arms.
+
+The hyper-parameters keep the table's names for every optimizer: ``beta`` is the momentum of
+O2NC and SGDM and AdamW's ``betas[0]``; ``beta2`` is ``betas[1]``. A name that an optimizer does
+not take is refused (``mu`` for AdamW, ``beta2`` for O2NC).
 
 ``configure_optimizers`` returns ``[optimizer], build_schedulers(optimizer, schedules, ...)``.
 This module is pure torch (no lightning import): a Lightning scheduler config is a plain dict.
@@ -16,9 +28,11 @@ This module is pure torch (no lightning import): a Lightning scheduler config is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -27,38 +41,78 @@ from torch.optim import Optimizer
 
 from .hyperparameters import HYPERPARAMETERS, INTERVALS, SCHEDULABLE, validate_hyperparameters
 from .o2nc import ExponentiatedO2NC
+from .random_scaling import O2NCAdamW, RandomScaling
 from .schedules import HyperparameterScheduler, make_schedule
 
 __all__ = [
+    "AVERAGING_OPTIMIZERS",
     "OPTIMIZERS",
     "OptimizerSpec",
     "build_optimizer",
     "build_schedulers",
+    "optimizer_spec",
     "param_groups_weight_decay",
 ]
+
+#: The optimizer classes that keep x_bar (``average=True``), ``last_scale`` and ``statistics()``:
+#: what ``O2NCMonitor`` and ``AveragedIterate`` look for among a Trainer's optimizers.
+AVERAGING_OPTIMIZERS: tuple[type[Optimizer], ...] = (ExponentiatedO2NC, RandomScaling)
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """How the factory builds one named optimizer."""
+    """How the factory builds one named optimizer.
+
+    Attributes:
+        name: the factory name (``build_optimizer(model, name)``, ``O2NCModule(optimizer=name)``).
+        build: ``build(groups, lr=, beta=, mu=, weight_decay=, **options)``.
+        takes: the names of the hyper-parameter table this optimizer takes.
+        extra_options: options outside the table (AdamW's ``amsgrad``).
+        fixed: options the name fixes (``sgdm`` is ``o2nc`` with ``scaling="none"``); giving
+            another value is an error.
+        averages_by_default: ``O2NCModule``'s ``average=None`` turns x_bar on.
+        keeps_statistics: the optimizer keeps ``last_scale`` and ``statistics()`` without
+            ``average=True`` (plain AdamW keeps them only when wrapped for x_bar).
+    """
 
     name: str
     build: Callable[..., Optimizer]
-    schedulable: tuple[str, ...]
-    options: tuple[str, ...]
+    takes: tuple[str, ...]
+    extra_options: tuple[str, ...] = ()
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    averages_by_default: bool = True
+    keeps_statistics: bool = True
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keyword options of :func:`build_optimizer` besides lr, beta, mu and weight_decay."""
+        return tuple(n for n in self.takes if n not in _COMMON) + self.extra_options
+
+    @property
+    def schedulable(self) -> tuple[str, ...]:
+        """The fields a schedule may drive: the table's schedulable names this optimizer takes."""
+        return tuple(n for n in SCHEDULABLE if n in self.takes)
 
 
 def _build_o2nc(groups: list[dict[str, Any]], **kwargs: Any) -> Optimizer:
     return ExponentiatedO2NC(groups, **kwargs)
 
 
-def _build_sgdm(groups: list[dict[str, Any]], **kwargs: Any) -> Optimizer:
-    if kwargs.setdefault("scaling", "none") != "none":
-        raise ValueError(
-            f"Invalid scaling for 'sgdm': {kwargs['scaling']!r}; sgdm is O2NC with scaling='none' "
-            "(use name='o2nc' for random scaling)"
-        )
-    return ExponentiatedO2NC(groups, **kwargs)
+def _adamw_arguments(
+    lr: float, beta: float, mu: float, weight_decay: float, beta2: float, eps: float, name: str
+) -> dict[str, Any]:
+    """AdamW's arguments in the table's names; AdamW has no mu."""
+    if mu != 0:
+        raise ValueError(f"Invalid mu for {name!r}: {mu!r}; AdamW has no mu, leave it at 0")
+    checked = validate_hyperparameters(
+        lr=lr, beta=beta, weight_decay=weight_decay, beta2=beta2, eps=eps
+    )
+    return {
+        "lr": checked["lr"],
+        "betas": (checked["beta"], checked["beta2"]),
+        "eps": checked["eps"],
+        "weight_decay": checked["weight_decay"],
+    }
 
 
 def _build_adamw(
@@ -68,27 +122,64 @@ def _build_adamw(
     beta: float,
     mu: float,
     weight_decay: float,
+    beta2: float = HYPERPARAMETERS["beta2"].default,
+    eps: float = HYPERPARAMETERS["eps"].default,
+    scaling: str = "none",
+    seed: int | None = None,
+    average: bool = False,
+    average_beta: float | None = None,
     **kwargs: Any,
 ) -> Optimizer:
-    if mu != 0:
-        raise ValueError(f"Invalid mu for 'adamw': {mu!r}; AdamW has no mu, leave it at 0")
-    validate_hyperparameters(lr=lr, beta=beta, weight_decay=weight_decay)
-    return torch.optim.AdamW(
-        groups, lr=lr, betas=(beta, 0.999), weight_decay=weight_decay, **kwargs
+    arguments = _adamw_arguments(lr, beta, mu, weight_decay, beta2, eps, "adamw")
+    base = torch.optim.AdamW(groups, **arguments, **kwargs)
+    if not average:
+        return base
+    return RandomScaling(base, scaling=scaling, seed=seed, average=True, average_beta=average_beta)
+
+
+def _build_o2nc_adamw(
+    groups: list[dict[str, Any]],
+    *,
+    lr: float,
+    beta: float,
+    mu: float,
+    weight_decay: float,
+    beta2: float = HYPERPARAMETERS["beta2"].default,
+    eps: float = HYPERPARAMETERS["eps"].default,
+    **kwargs: Any,
+) -> Optimizer:
+    return O2NCAdamW(
+        groups, **_adamw_arguments(lr, beta, mu, weight_decay, beta2, eps, "o2nc_adamw"), **kwargs
     )
 
 
 #: The hyper-parameters every builder takes as keywords (AdamW reads them in its own way).
 _COMMON = ("lr", "beta", "mu", "weight_decay")
-#: Every other entry of the hyper-parameter table is an option of ExponentiatedO2NC.
-_O2NC_OPTIONS = tuple(name for name in HYPERPARAMETERS if name not in _COMMON)
+#: The table's names that Exponentiated O2NC (and so SGDM) takes: all but AdamW's own.
+_O2NC_TAKES = tuple(name for name in HYPERPARAMETERS if name not in ("beta2", "eps"))
+#: The table's names that AdamW takes, with and without random scaling around it.
+_ADAMW_TAKES = tuple(name for name in HYPERPARAMETERS if name not in ("mu", "skip_nonfinite"))
+_UNIFORM = MappingProxyType({"scaling": "uniform"})
+_NO_SCALING = MappingProxyType({"scaling": "none"})
+
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
-        OptimizerSpec("o2nc", _build_o2nc, SCHEDULABLE, _O2NC_OPTIONS),
-        OptimizerSpec("sgdm", _build_sgdm, SCHEDULABLE, _O2NC_OPTIONS),
+        OptimizerSpec("o2nc", _build_o2nc, _O2NC_TAKES),
+        OptimizerSpec("sgdm", _build_o2nc, _O2NC_TAKES, fixed=_NO_SCALING),
         OptimizerSpec(
-            "adamw", _build_adamw, ("lr", "weight_decay"), ("eps", "amsgrad", "foreach", "maximize")
+            "adamw",
+            _build_adamw,
+            _ADAMW_TAKES,
+            ("amsgrad",),
+            fixed=_NO_SCALING,
+            averages_by_default=False,
+            keeps_statistics=False,
+        ),
+        OptimizerSpec("o2nc_adamw", _build_o2nc_adamw, _ADAMW_TAKES, ("amsgrad",)),
+        OptimizerSpec("o2nc_uniform", _build_o2nc, _O2NC_TAKES, fixed=_UNIFORM),
+        OptimizerSpec(
+            "o2nc_adamw_uniform", _build_o2nc_adamw, _ADAMW_TAKES, ("amsgrad",), fixed=_UNIFORM
         ),
     )
 }
@@ -135,26 +226,38 @@ def build_optimizer(
     Args:
         model_or_params: an ``nn.Module`` (its trainable parameters, grouped for weight decay) or an
             iterable of tensors / param-group dicts (used as given).
-        name: ``"o2nc"``, ``"sgdm"`` or ``"adamw"``.
-        lr: eta. beta: the momentum. mu: the implicit decay (``zeta = beta / (1 + lr * mu)``).
-        weight_decay: L2 decay (added to the gradient for o2nc/sgdm, decoupled for adamw).
+        name: a name of :data:`OPTIMIZERS`: ``"o2nc"``, ``"sgdm"``, ``"adamw"``, ``"o2nc_adamw"``,
+            ``"o2nc_uniform"`` or ``"o2nc_adamw_uniform"``.
+        lr: eta (AdamW: its lr). beta: the momentum (AdamW: ``betas[0]``).
+        mu: the implicit decay of O2NC and SGDM (``zeta = beta / (1 + lr * mu)``); 0 for AdamW.
+        weight_decay: added to the gradient as L2 for o2nc/sgdm, decoupled for the AdamW names.
         decay_bias_and_norm: ``False`` exempts biases and normalization weights from weight decay
             (timm's ``param_groups_weight_decay``); only applies when a module is given.
-        **optimizer_kwargs: the optimizer's own options (o2nc/sgdm: scaling, seed, average,
-            average_beta, skip_nonfinite, foreach, maximize; adamw: eps, amsgrad, foreach, maximize).
+        **optimizer_kwargs: the optimizer's own options (:attr:`OptimizerSpec.options`):
+            o2nc/sgdm: scaling, seed, average, average_beta, skip_nonfinite, foreach, maximize;
+            the AdamW names: beta2, eps, scaling, seed, average, average_beta, foreach, maximize,
+            amsgrad. An option the name fixes (``scaling`` of sgdm, adamw and the ``_uniform``
+            names) may be left out or given its fixed value.
 
     Example (``configure_optimizers``)::
 
-        optimizer = build_optimizer(self, "o2nc", lr=0.05, average=True)
-        return [optimizer], build_schedulers(optimizer, {"lr": "cosine"},
+        optimizer = build_optimizer(self, "o2nc_adamw", lr=1e-3, weight_decay=0.1, average=True)
+        return [optimizer], build_schedulers(optimizer, {"lr": "cosine"}, name="o2nc_adamw",
                                              total_steps=self.trainer.estimated_stepping_batches)
     """
-    spec = _spec(name)
+    spec = optimizer_spec(name)
     unknown = sorted(set(optimizer_kwargs) - set(spec.options))
     if unknown:
         raise ValueError(
             f"Unknown option(s) for {name!r}: {', '.join(unknown)}; valid: {', '.join(spec.options)}"
         )
+    for option, value in spec.fixed.items():
+        given = optimizer_kwargs.setdefault(option, value)
+        if given != value:
+            raise ValueError(
+                f"Invalid {option} for {name!r}: {given!r}; {name!r} means {option}={value!r}"
+                f"{_fixed_hint(spec, option, given)}"
+            )
     if isinstance(model_or_params, nn.Module):
         if decay_bias_and_norm:
             groups = [{"params": [p for p in model_or_params.parameters() if p.requires_grad]}]
@@ -171,6 +274,16 @@ def build_optimizer(
     )
 
 
+def _fixed_hint(spec: OptimizerSpec, option: str, given: Any) -> str:
+    """A name of the same optimizer family that takes ``option=given``, to suggest instead."""
+    others = [
+        other.name
+        for other in OPTIMIZERS.values()
+        if other.takes == spec.takes and other.fixed.get(option, given) == given
+    ]
+    return f" (use name={others[0]!r} for {option}={given!r})" if others else ""
+
+
 def build_schedulers(
     optimizer: Optimizer,
     schedules: Mapping[str, Any] | None,
@@ -183,7 +296,8 @@ def build_schedulers(
     Args:
         optimizer: what :func:`build_optimizer` returned.
         schedules: ``{field: spec}`` for the fields the optimizer ``name`` may schedule (o2nc:
-            ``lr``/``beta``/``mu``/``weight_decay``); a spec is a
+            ``lr``/``beta``/``mu``/``weight_decay``; the AdamW names: ``lr``/``beta``/``beta2``/
+            ``weight_decay``, where ``beta`` drives ``betas[0]``); a spec is a
             :func:`~lightning_o2nc.optim.schedules.make_schedule` mapping (or shape name) plus an
             optional ``interval: step | epoch`` (default ``step``). ``None`` or empty: no configs.
         total_steps: horizon of per-step schedules (Lightning: ``trainer.estimated_stepping_batches``).
@@ -194,7 +308,7 @@ def build_schedulers(
         ``[{"scheduler", "interval", "frequency": 1, "name"}, ...]``, so ``configure_optimizers``
         returns ``[optimizer], build_schedulers(...)`` whatever the schedules are.
     """
-    spec = _spec(name)
+    spec = optimizer_spec(name)
     per_interval: dict[str, dict[str, Any]] = {}
     for field, schedule_spec in (schedules or {}).items():
         if field not in spec.schedulable:
@@ -222,7 +336,8 @@ def build_schedulers(
     ]
 
 
-def _spec(name: str) -> OptimizerSpec:
+def optimizer_spec(name: str) -> OptimizerSpec:
+    """The registry's entry for ``name``; a ``ValueError`` listing the valid names otherwise."""
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer name {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name]

@@ -90,10 +90,13 @@ def o2nc(
     foreach: bool = False,
     flat: FlatBuffers | None = None,
     update_scale: float | None = None,
+    grad_weight: float = 1.0,
 ) -> float:
     """One O2NC step on lists of tensors, in place (functional API, like ``torch.optim.sgd.sgd``).
 
-    ``Delta <- zeta (Delta - eta g)`` (g with weight decay and sign applied), ``x <- x + s Delta``
+    ``Delta <- zeta (Delta - eta g)`` with ``g = w (+/-) grad + weight_decay x`` (w is
+    ``grad_weight``, uniform scaling's importance weight, which multiplies the loss gradient only),
+    ``x <- x + s Delta``
     and, when ``deviations`` (u) are given, ``u <- u + (s / deviation_scale) Delta``. With
     ``all_finite`` (a 0-d bool tensor) the step is applied only where it holds, decided on the device.
     ``flat``, when the lists are views that tile flat buffers exactly, lets the multi-tensor kernel
@@ -118,12 +121,13 @@ def o2nc(
     else:
         discount = 1.0
     step = zeta * lr / new_scale
+    grad_step = step * grad_weight
     move: float | Tensor = scale * new_scale
     if all_finite is not None:
         move = where(all_finite, move, 0.0)
     coefficients = Coefficients(
         discount=discount,
-        grad=step if maximize else -step,
+        grad=grad_step if maximize else -grad_step,
         decay=-step * weight_decay,
         move=move,
         deviation=None if deviations is None else move / deviation_scale,

@@ -7,10 +7,20 @@ it in the optimizer.
 
 - :data:`HYPERPARAMETERS`: ``{name: Hyperparameter}`` in signature order.
 - :data:`GROUP_HYPERPARAMETERS`: the names a param group may set for itself (``lr``, ``beta``,
-  ``mu``, ``weight_decay``, ``foreach``, ``maximize``, as in torch); :data:`OPTIMIZER_OPTIONS`:
-  the names that apply to the whole optimizer (``scaling``, ``seed``, ``average``,
-  ``average_beta``, ``skip_nonfinite``), refused inside a param group.
-- :data:`SCHEDULABLE`: the names a schedule may drive (``lr``, ``beta``, ``mu``, ``weight_decay``).
+  ``mu``, ``weight_decay``, ``beta2``, ``eps``, ``foreach``, ``maximize``, as in torch);
+  :data:`OPTIMIZER_OPTIONS`: the names that apply to the whole optimizer (``scaling``, ``seed``,
+  ``average``, ``average_beta``, ``skip_nonfinite``), refused inside a param group.
+- :data:`SCHEDULABLE`: the names a schedule may drive (``lr``, ``beta``, ``mu``, ``weight_decay``,
+  ``beta2``).
+- :data:`GROUP_SLOTS`: where a name lives in a torch param group that has no key of its own for
+  it: AdamW's ``beta`` is ``betas[0]`` and ``beta2`` is ``betas[1]``. :func:`holds`,
+  :func:`group_value` and :func:`set_group_value` read and write a group through it, so the
+  scheduler and the monitor speak the table's names to every optimizer.
+
+The table names every knob once, whichever optimizer takes it: ``beta`` is the momentum of
+Exponentiated O2NC and SGDM and AdamW's β1 (``betas[0]``); ``beta2`` and ``eps`` are AdamW's
+(the ``adamw`` and ``o2nc_adamw`` factory names); ``mu`` and ``skip_nonfinite`` are O2NC's. Which
+names each optimizer takes is the factory's registry (``factory.OPTIMIZERS``).
 - :data:`SCHEDULE_ARGUMENT_ALIASES`: schedule arguments that stand for another one
   (``warmup_fraction`` of ``warmup_cosine``); the shapes' own arguments are the fields of their
   classes, listed with the aliases in ``schedules.SCHEDULE_ARGUMENTS``.
@@ -34,12 +44,16 @@ from .scaling import SCALINGS
 
 __all__ = [
     "GROUP_HYPERPARAMETERS",
+    "GROUP_SLOTS",
     "HYPERPARAMETERS",
     "INTERVALS",
     "OPTIMIZER_OPTIONS",
     "SCHEDULABLE",
     "SCHEDULE_ARGUMENT_ALIASES",
     "Hyperparameter",
+    "group_value",
+    "holds",
+    "set_group_value",
     "validate_hyperparameters",
 ]
 
@@ -55,7 +69,7 @@ def _real(name: str, value: Any) -> float:
 
 @dataclass(frozen=True)
 class Hyperparameter:
-    """One hyper-parameter of :class:`~lightning_o2nc.optim.o2nc.ExponentiatedO2NC`.
+    """One hyper-parameter of the optimizers the factory builds (ExponentiatedO2NC, AdamW, ...).
 
     Attributes:
         name: the keyword argument (and param-group key).
@@ -132,7 +146,8 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter(
             "lr",
             0.05,
-            "eta > 0: the online learner's step size; it scales each gradient as it enters Delta",
+            "eta > 0: the step size (O2NC: the online learner's, scaling each gradient as it "
+            "enters Delta; AdamW: its lr)",
             per_group=True,
             schedulable=True,
             valid=lambda v: math.isfinite(v) and v > 0,
@@ -143,7 +158,8 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter(
             "beta",
             0.9,
-            "0 <= beta < 1: the momentum, and x_bar's discount unless average_beta is given",
+            "0 <= beta < 1: the momentum (AdamW: beta1, betas[0]), and x_bar's discount unless "
+            "average_beta is given",
             per_group=True,
             schedulable=True,
             valid=_unit_interval,
@@ -152,7 +168,7 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter(
             "mu",
             0.0,
-            "mu >= 0: implicit decay of the update, zeta = beta / (1 + lr * mu)",
+            "mu >= 0: implicit decay of the update, zeta = beta / (1 + lr * mu) (O2NC and SGDM)",
             per_group=True,
             schedulable=True,
             valid=_finite_at_least_zero,
@@ -161,16 +177,35 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter(
             "weight_decay",
             0.0,
-            "L2 penalty >= 0 added to the gradient, as torch SGD does",
+            "weight decay >= 0: O2NC and SGDM add it to the gradient as L2 (torch SGD); AdamW "
+            "decouples it (torch AdamW)",
             per_group=True,
             schedulable=True,
             valid=_finite_at_least_zero,
             expected="a finite number >= 0",
         ),
         Hyperparameter(
+            "beta2",
+            0.999,
+            "0 <= beta2 < 1: AdamW's second-moment discount (betas[1])",
+            per_group=True,
+            schedulable=True,
+            valid=_unit_interval,
+            expected="0 <= beta2 < 1",
+        ),
+        Hyperparameter(
+            "eps",
+            1e-8,
+            "eps >= 0: AdamW's term added to the denominator",
+            per_group=True,
+            valid=_finite_at_least_zero,
+            expected="a finite number >= 0",
+        ),
+        Hyperparameter(
             "scaling",
             "exponential",
-            "the random scalar s: exponential (Exp(1), the paper), uniform (U(0,2)) or none (s = 1)",
+            "the random scalar s: exponential (Exp(1), the paper), uniform (U(0,2), the next "
+            "gradient weighted by 2 - s) or none (s = 1)",
             valid=lambda v: v in SCALINGS,
             expected="one of " + ", ".join(SCALINGS),
             numeric=False,
@@ -193,7 +228,8 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter(
             "average_beta",
             None,
-            "discount of x_bar and V (0 <= average_beta < 1); None: beta. Never changes the trajectory",
+            "discount of x_bar and V (0 <= average_beta < 1); None: beta (AdamW: betas[0]). Never "
+            "changes the trajectory",
             valid=_unit_interval,
             expected="None or 0 <= average_beta < 1",
         ),
@@ -224,6 +260,52 @@ GROUP_HYPERPARAMETERS: tuple[str, ...] = tuple(n for n, h in HYPERPARAMETERS.ite
 OPTIMIZER_OPTIONS: tuple[str, ...] = tuple(n for n, h in HYPERPARAMETERS.items() if not h.per_group)
 SCHEDULABLE: tuple[str, ...] = tuple(n for n, h in HYPERPARAMETERS.items() if h.schedulable)
 INTERVALS: tuple[str, ...] = ("step", "epoch")
+
+#: ``{name: (group key, index)}``: a name that a param group without a key of its own keeps in
+#: a tuple, as torch's Adam family keeps ``betas = (beta1, beta2)``.
+GROUP_SLOTS: dict[str, tuple[str, int]] = {"beta": ("betas", 0), "beta2": ("betas", 1)}
+
+
+def holds(group: dict[str, Any], name: str) -> bool:
+    """Whether the param group ``group`` has the hyper-parameter ``name`` (own key or slot)."""
+    if name in group:
+        return True
+    slot = GROUP_SLOTS.get(name)
+    return slot is not None and slot[0] in group
+
+
+def group_value(group: dict[str, Any], name: str) -> Any:
+    """The group's value of ``name``: its own key, else its slot (``beta`` -> ``betas[0]``).
+
+    Raises:
+        KeyError: the group has neither.
+    """
+    if name in group:
+        return group[name]
+    slot = GROUP_SLOTS.get(name)
+    if slot is None or slot[0] not in group:
+        raise KeyError(name)
+    return group[slot[0]][slot[1]]
+
+
+def set_group_value(group: dict[str, Any], name: str, value: Any) -> None:
+    """Write ``value`` as the group's ``name``: into its own key, else into its slot.
+
+    A slot's tuple is rebuilt with the same type (torch keeps ``betas`` a tuple of floats, and a
+    tuple of tensors for ``capturable`` Adam: the slot then gets a tensor of the same kind).
+    """
+    if name in group or name not in GROUP_SLOTS or GROUP_SLOTS[name][0] not in group:
+        group[name] = value
+        return
+    key, index = GROUP_SLOTS[name]
+    values = list(group[key])
+    old = values[index]
+    if hasattr(old, "fill_"):  # a tensor: update in place, as capturable/compiled steps expect
+        old.fill_(value)
+        return
+    values[index] = value
+    group[key] = tuple(values)
+
 
 #: ``{shape: {alias: (argument it sets, how)}}``: arguments a schedule accepts besides its fields.
 SCHEDULE_ARGUMENT_ALIASES: dict[str, dict[str, tuple[str, str]]] = {

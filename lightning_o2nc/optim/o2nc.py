@@ -68,7 +68,7 @@ from .functional import (
     where,
 )
 from .hyperparameters import OPTIMIZER_OPTIONS, validate_hyperparameters
-from .scaling import RandomScaling
+from .scaling import ScaleSampler
 
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
 
@@ -158,7 +158,7 @@ class ExponentiatedO2NC(Optimizer):
         params = list(params)
         if not params:
             raise ValueError("Invalid params: ExponentiatedO2NC got an empty parameter list")
-        self._scaling = RandomScaling(scaling, seed)
+        self._scaling = ScaleSampler(scaling, seed)
         self.average = bool(average)
         self.average_beta = numbers.pop("average_beta")
         self.skip_nonfinite = bool(skip_nonfinite)
@@ -216,7 +216,7 @@ class ExponentiatedO2NC(Optimizer):
             _init_group_scalars(group)
         if options is not None:  # a copy (deepcopy, pickle, torch.save of the whole object)
             kind, seed = options["scaling"]["kind"], options["scaling"]["seed"]
-            self._scaling = RandomScaling(kind, seed)
+            self._scaling = ScaleSampler(kind, seed)
             self.average, self.skip_nonfinite = options["average"], options["skip_nonfinite"]
             self.average_beta = options["average_beta"]
             self._load_options(options)
@@ -311,6 +311,7 @@ class ExponentiatedO2NC(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        weight = self._scaling.weight  # this step's importance weight, set by the last draw
         scale = self._scaling.draw()
         all_finite = None
         if self.skip_nonfinite:
@@ -319,7 +320,7 @@ class ExponentiatedO2NC(Optimizer):
         for index, group in enumerate(self.param_groups):
             tensors = self._init_group(index, group)
             if tensors is not None:
-                self._step_group(index, tensors, scale, all_finite)
+                self._step_group(index, tensors, scale, weight, all_finite)
         if all_finite is not None:
             self.skipped_steps.add_((~all_finite).to(torch.int64))
         return loss
@@ -384,7 +385,9 @@ class ExponentiatedO2NC(Optimizer):
             self._cache.pop(index, None)
         return buffers
 
-    def _step_group(self, index: int, t: _GroupTensors, scale: float, all_finite: Any) -> None:
+    def _step_group(
+        self, index: int, t: _GroupTensors, scale: float, weight: float, all_finite: Any
+    ) -> None:
         group = self.param_groups[index]
         eta, beta, mu = group["lr"], group["beta"], group["mu"]
         if isinstance(eta, Tensor) or isinstance(beta, Tensor) or isinstance(mu, Tensor):
@@ -398,7 +401,7 @@ class ExponentiatedO2NC(Optimizer):
             t.params, t.grads, t.deltas, t.deviations, lr=eta, beta=beta, mu=mu,
             weight_decay=group["weight_decay"], maximize=group["maximize"], scale=scale,
             deviation_scale=k, all_finite=all_finite, foreach=foreach, flat=t.flat,
-            update_scale=update_scale,
+            update_scale=update_scale, grad_weight=weight,
         )  # fmt: skip
         if t.idle_deltas and group["update_scale"] != update_scale:  # they keep their Δ
             for delta in t.idle_deltas:

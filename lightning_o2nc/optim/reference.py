@@ -9,7 +9,7 @@ to know what the optimizer computes. Per step n and param group (hyper-parameter
 .. math::
 
     \zeta_n = \beta_n / (1 + \eta_n \mu_n), \quad
-    g_n \leftarrow \pm g_n + \lambda x_{n-1}, \quad
+    g_n \leftarrow \pm w_n g_n + \lambda x_{n-1}, \quad
     \Delta_n = \zeta_n (\Delta_{n-1} - \eta_n g_n), \quad
     x_n = x_{n-1} + s_n \Delta_n
 
@@ -17,7 +17,10 @@ to know what the optimizer computes. Per step n and param group (hyper-parameter
     w_k = \prod_{j > k} \bar\beta_j, \quad
     V_n = \frac{\sum_k w_k \lVert x_k - \bar x_n \rVert^2}{\sum_k w_k}
 
-with :math:`\bar\beta = ` ``average_beta`` when given, else :math:`\beta_n`. A param group given no
+with :math:`\bar\beta = ` ``average_beta`` when given, else :math:`\beta_n`, and the importance
+weight :math:`w_n = 2 - s_{n-1}` under uniform scaling (:math:`w_1 = 1`; always 1 under Exp(1)),
+which multiplies the loss gradient only, not the L2 term :math:`\lambda x` (as it does when
+``RandomScaling`` weights ``.grad`` before torch SGD adds its weight decay). A param group given no
 gradient at a step is not stepped: its iterate, Δ and weights do not change.
 
 :class:`ReferenceSGDMomentum` is torch SGD's placement of the step size, for comparison: the momentum
@@ -62,9 +65,13 @@ class ReferenceO2NC:
         self.average_beta = average_beta
         self.history: list[dict[str, Any]] = []  # per step: iterates, gradients, hyper-parameters
 
-    def step(self, grads: list[Tensor | None], s: float) -> None:
+    def step(self, grads: list[Tensor | None], s: float, weight: float = 1.0) -> None:
         """One step with gradients ``grads`` (at the current weights) and scalar ``s``; a weight
-        whose gradient is ``None`` sits the step out, its Δ unchanged (as in torch.optim)."""
+        whose gradient is ``None`` sits the step out, its Δ unchanged (as in torch.optim).
+
+        ``weight`` is the importance weight w of this step's gradient: ``2 - s`` of the previous
+        step under uniform scaling (1 at the first step), 1 under Exp(1). It multiplies the loss
+        gradient only, not the L2 term."""
         grads = [None if g is None else g.to(torch.float64) for g in grads]
         effective: list[Tensor | None] = [None] * len(grads)
         for group in self.groups:
@@ -74,7 +81,7 @@ class ReferenceO2NC:
                 if grads[i] is None:
                     continue
                 g = -grads[i] if group.get("maximize", False) else grads[i]
-                g = g + wd * self.weights[i]
+                g = weight * g + wd * self.weights[i]
                 effective[i] = g
                 self.deltas[i] = zeta * (self.deltas[i] - eta * g)
                 self.weights[i] = self.weights[i] + s * self.deltas[i]

@@ -5,8 +5,15 @@ Lemma 3.1 of Zhang & Cutkosky (2024) integrates the loss along the segment trave
 whole model: per-coordinate or per-rank scalars would break it. This module owns that scalar:
 
 - ``"exponential"``: s ~ Exp(1), the paper's choice;
-- ``"uniform"``: s ~ U(0, 2), mean 1, an ablation;
+- ``"uniform"``: s ~ U(0, 2), mean 1, with the authors' importance weight (below);
 - ``"none"``: s = 1, plain SGD with momentum.
+
+For a scalar S with density p, ``E[F(x + S Delta)] - F(x) = E[<∇F(x + S Delta), Delta> P(S > s)/p(s)]``.
+The factor ``P(S > s)/p(s)`` is 1 for Exp(1) and ``2 - s`` for U(0, 2), so uniform scaling carries an
+importance weight: the gradient of the *next* step (taken at ``x + s Delta``) is multiplied by
+``w = 2 - s`` before it enters the update (Zhang & Cutkosky's code: ``use_importance_sampling``).
+:attr:`ScaleSampler.weight` is that pending weight: 1 before the first step, always 1 for
+``"exponential"`` and ``"none"``. It is part of the saved state.
 
 The scalar comes from a private Mersenne Twister (Python's :class:`random.Random`), so it is a host
 float drawn without any tensor round trip: applying it to the weights never reads the device, and
@@ -43,8 +50,8 @@ def agreed_initial_seed() -> int:
     return seed
 
 
-class RandomScaling:
-    """Draws the per-step scalar s and keeps the generator state for checkpoints.
+class ScaleSampler:
+    """Draws the per-step scalar s, keeps the pending importance weight and the generator state.
 
     Args:
         kind: one of ``"exponential"``, ``"uniform"``, ``"none"``.
@@ -61,6 +68,8 @@ class RandomScaling:
         self.generator = random.Random()
         self._seeded = False
         self.last = 1.0
+        #: the importance weight w for the next step's gradient (``2 - s`` after a uniform draw)
+        self.weight = 1.0
 
     def _ensure_seeded(self) -> None:
         if self._seeded:
@@ -70,7 +79,11 @@ class RandomScaling:
         self._seeded = True
 
     def draw(self) -> float:
-        """Return the next scalar s as a host float (1.0 for ``"none"``, without touching the RNG)."""
+        """Return the next scalar s as a host float (1.0 for ``"none"``, without touching the RNG).
+
+        Read :attr:`weight` *before* drawing: it belongs to this step's gradient; the draw sets the
+        weight of the next one.
+        """
         if self.kind == "none":
             s = 1.0
         else:
@@ -80,6 +93,7 @@ class RandomScaling:
                 s = self.generator.expovariate(1.0)
             else:
                 s = self.generator.uniform(0.0, 2.0)
+                self.weight = 2.0 - s
         self.last = s
         return s
 
@@ -96,6 +110,7 @@ class RandomScaling:
             "seed": self.seed,
             "generator_state": _plain_state(self.generator.getstate()) if self._seeded else None,
             "last": self.last,
+            "weight": self.weight,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -105,6 +120,19 @@ class RandomScaling:
                 f"but this optimizer uses scaling={self.kind!r}"
             )
         self.last = float(state["last"])
+        if "weight" in state:
+            self.weight = float(state["weight"])
+        else:  # saved before the importance weight existed
+            self.weight = 2.0 - self.last if self.kind == "uniform" else 1.0
+            if self.kind == "uniform":
+                warnings.warn(
+                    "This checkpoint was saved by an older lightning-o2nc, whose scaling='uniform' "
+                    "drew s ~ U(0, 2) without an importance weight. The meaning of 'uniform' changed: "
+                    "from now on the next gradient is weighted by 2 - s (the authors' method), so "
+                    "the resumed run is not the run that was saved",
+                    UserWarning,
+                    stacklevel=3,
+                )
         saved = state["generator_state"]
         if saved is None:  # saved before the first draw: seed as usual later
             self._seeded = False

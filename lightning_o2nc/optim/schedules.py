@@ -1,4 +1,4 @@
-"""Schedules for any param-group hyper-parameter: eta (``lr``), ``beta`` and ``mu``.
+"""Schedules for any param-group hyper-parameter: eta (``lr``), ``beta``, ``mu``, ``beta2``, ...
 
 A schedule is a multiplier f(t) of each group's base value, t = 0, 1, 2, ... counting scheduler
 steps (like :class:`torch.optim.lr_scheduler.LambdaLR`), so per-group values keep their ratios:
@@ -13,7 +13,11 @@ steps (like :class:`torch.optim.lr_scheduler.LambdaLR`), so per-group values kee
 
 :class:`HyperparameterScheduler` applies one schedule per field and subclasses torch's
 ``LRScheduler``, so Lightning accepts it as an ``lr_scheduler``; torch's own LR schedulers keep
-working for ``lr`` beside it.
+working for ``lr`` beside it. It speaks the hyper-parameter table's names to every optimizer: on
+torch's Adam family, whose groups keep ``betas = (beta1, beta2)``, ``beta`` drives ``betas[0]``
+and ``beta2`` drives ``betas[1]`` (:data:`~.hyperparameters.GROUP_SLOTS`), as torch's
+``OneCycleLR`` cycles ``betas[0]`` for Adam. On a wrapper that shares its base's ``param_groups``
+(``RandomScaling``, ``O2NCAdamW``) it drives the base.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ from typing import Any, ClassVar
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from .hyperparameters import HYPERPARAMETERS, SCHEDULE_ARGUMENT_ALIASES
+from .hyperparameters import (
+    HYPERPARAMETERS,
+    SCHEDULE_ARGUMENT_ALIASES,
+    group_value,
+    holds,
+    set_group_value,
+)
 
 __all__ = [
     "SCHEDULE_ARGUMENTS",
@@ -280,14 +290,22 @@ def make_schedule(
         raise ValueError(f"Invalid {shape!r} schedule {dict(spec)!r}: {error}") from None
 
 
+def _number(value: Any) -> Any:
+    """A tensor group value (torch's capturable Adam keeps tensors) as a float, read once here."""
+    return float(value) if hasattr(value, "item") else value
+
+
 class HyperparameterScheduler(LRScheduler):
     """Drive param-group fields (``lr``, ``beta``, ``mu``, ...) by schedules, one step at a time.
 
     At scheduler step t every group gets ``group[field] = base[field] * schedule(t)``, where the base
     value is the group's value when the scheduler was created (kept as ``group["initial_<field>"]``).
+    A field the group keeps in a tuple is written there: ``beta`` into ``betas[0]`` and ``beta2``
+    into ``betas[1]`` of an AdamW group (``initial_beta`` is then AdamW's first ``betas[0]``).
 
     Args:
-        optimizer: any torch optimizer whose groups hold the scheduled fields.
+        optimizer: any torch optimizer whose groups hold the scheduled fields (a wrapper sharing
+            its base's ``param_groups``, such as ``RandomScaling``, drives the base).
         schedules: ``{field: Schedule or spec}``; specs go through :func:`make_schedule`.
         total_steps: horizon passed to :func:`make_schedule` for specs that need one.
         last_epoch: torch's resume convention; leave at -1.
@@ -311,12 +329,12 @@ class HyperparameterScheduler(LRScheduler):
         }
         for index, group in enumerate(optimizer.param_groups):
             for field in self.schedules:
-                if field not in group:
+                if not holds(group, field):
                     raise ValueError(
                         f"Invalid schedule field {field!r}: param group {index} has no such key "
                         f"(it has {', '.join(k for k in group if k != 'params')})"
                     )
-                group.setdefault(f"initial_{field}", group[field])
+                group.setdefault(f"initial_{field}", _number(group_value(group, field)))
         self.base_values = {
             field: [group[f"initial_{field}"] for group in optimizer.param_groups]
             for field in self.schedules
@@ -338,7 +356,7 @@ class HyperparameterScheduler(LRScheduler):
                 value = base * factor
                 if field in HYPERPARAMETERS:
                     HYPERPARAMETERS[field].check_scheduled(value, where)
-                group[field] = value
+                set_group_value(group, field, value)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def get_lr(self) -> list[float]:

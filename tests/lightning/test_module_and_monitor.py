@@ -67,8 +67,12 @@ def test_o2nc_callbacks_are_on_by_default_and_can_be_turned_off(make_model):
 def test_bad_module_arguments_say_what_to_do():
     with pytest.raises(ValueError, match="input_shape and num_classes"):
         O2NCModule("mlp").configure_model()  # no Trainer and no data module to build it from
-    with pytest.raises(ValueError, match="average"):
-        O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, optimizer="adamw", average=True)
+    with pytest.raises(ValueError, match="Invalid beta2 for optimizer 'o2nc': 0.99; o2nc has no"):
+        O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, optimizer="o2nc", beta2=0.99)
+    with pytest.raises(ValueError, match="AdamW has no mu"):
+        O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, optimizer="o2nc_adamw", mu=0.1)
+    with pytest.raises(ValueError, match="'adamw' means scaling='none'.*o2nc_adamw"):
+        O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, optimizer="adamw", scaling="uniform")
     with pytest.raises(ValueError, match="cross_entropy"):
         O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, loss="hinge")
 
