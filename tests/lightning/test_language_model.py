@@ -112,6 +112,7 @@ def _prepare(folder: str, url: str, digest: str) -> str:
     return (Path(folder) / "input.txt").read_text()
 
 
+@pytest.mark.slow
 def test_several_processes_prepare_one_folder_at_once(tmp_path):
     url, digest = _source(tmp_path)
     folder = str(tmp_path / "shared")
@@ -142,6 +143,7 @@ def test_embeddings_are_tied_and_bad_sizes_are_refused():
         model(torch.zeros(1, 5, dtype=torch.long))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("optimizer", "options"),
     [
@@ -158,7 +160,6 @@ def test_a_short_fit_lowers_the_validation_loss(tmp_path, optimizer, options):
     )
     model = CharLanguageModule(optimizer=optimizer, **TINY_GPT, **options)
     trainer = Trainer(max_epochs=3, num_sanity_val_steps=0, **QUIET_CPU)
-    first = None
     trainer.validate(model, datamodule=data, verbose=False)
     first = float(trainer.callback_metrics["val/loss"])
     trainer.fit(model, datamodule=data)
@@ -169,6 +170,7 @@ def test_a_short_fit_lowers_the_validation_loss(tmp_path, optimizer, options):
     assert model.hparams.vocabulary == data.vocabulary
 
 
+@pytest.mark.slow
 def test_checkpoint_keeps_the_vocabulary_and_samples_from_a_prompt(tmp_path):
     data = CharTextDataModule(
         str(_text_folder(tmp_path)), block_size=8, batch_size=4, batches_per_epoch=2, val_batches=1
@@ -201,6 +203,7 @@ def _tiny_shakespeare_config(tmp_path: Path, name: str) -> dict:
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["shakespeare_char_adamw", "shakespeare_char_o2nc_adamw", "shakespeare_char_o2nc"]
 )
@@ -212,6 +215,7 @@ def test_shipped_shakespeare_configs_build_a_language_model_run(tmp_path, name):
     assert "val/loss" in trainer.callback_metrics
 
 
+@pytest.mark.slow
 def test_o2nc_train_fits_a_language_model_from_a_config_file(tmp_path):
     config = _tiny_shakespeare_config(tmp_path, "shakespeare_char_adamw")
     config["trainer"].update({"logger": False})
