@@ -228,3 +228,16 @@ def test_o2nc_train_fits_a_language_model_from_a_config_file(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "max_steps=6" in done.stderr + done.stdout
+
+
+def test_sweep_paths_into_a_language_model_config_follow_its_module():
+    from sweeps.errors import SweepConfigError
+    from sweeps.paths import check_path
+
+    config = {"model": {"lr": 1e-3}, "data": {"class_path": "lightning_o2nc.CharTextDataModule"}}
+    check_path(config, "model.n_embd", key="space.model.n_embd")
+    check_path(config, "model.beta2", key="space.model.beta2")
+    with pytest.raises(SweepConfigError, match="backbone"):
+        check_path(config, "model.backbone", key="space.model.backbone")
+    classification = {"model": {}, "data": {"class_path": "lightning_o2nc.DigitsDataModule"}}
+    check_path(classification, "model.backbone", key="space.model.backbone")
