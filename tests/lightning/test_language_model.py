@@ -241,3 +241,18 @@ def test_sweep_paths_into_a_language_model_config_follow_its_module():
         check_path(config, "model.backbone", key="space.model.backbone")
     classification = {"model": {}, "data": {"class_path": "lightning_o2nc.DigitsDataModule"}}
     check_path(classification, "model.backbone", key="space.model.backbone")
+
+
+@pytest.mark.slow
+def test_a_pytorch_lightning_trainer_fits_the_language_model(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+    from lightning_o2nc.pytorch_lightning import CharLanguageModule as PLCharLanguageModule
+
+    data = CharTextDataModule(
+        str(_text_folder(tmp_path)), block_size=8, batch_size=4, batches_per_epoch=3, val_batches=1
+    )
+    model = PLCharLanguageModule(optimizer="o2nc_adamw", lr=1e-3, seed=0, average=True, **TINY_GPT)
+    assert isinstance(model, pl.LightningModule)
+    trainer = pl.Trainer(max_epochs=1, **QUIET_CPU)
+    trainer.fit(model, datamodule=data)
+    assert {"val/loss", "val/loss_avg"} <= set(trainer.callback_metrics)
