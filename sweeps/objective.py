@@ -329,17 +329,27 @@ def check_trial_config(sweep: SweepConfig, stop: StopRequest | None = None) -> N
 
     Run once before any trial exists, so that a value no constructor, optimizer, schedule or
     data module accepts (``model.backbone: nope``) is refused before the study records anything.
-    Multi-device trials are checked on one device (a DDP launch would only add start-up time).
+    A conditional dimension is checked in every branch (one sample each), since a branch that no
+    optimizer accepts would fail every trial that takes it. Multi-device trials are checked on
+    one device (a DDP launch would only add start-up time).
 
     Raises:
         SweepConfigError: one line naming the train config and what was wrong with it.
         TrialInterrupted: when a stop was requested meanwhile.
     """
+    stop = stop or StopRequest()
+    grid = sweep.sampler.name == "grid"
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sweep.seed))
+    for fixed in sweep.space.branch_probes(grid=grid):
+        if fixed:
+            probe.enqueue_trial(fixed)
+        _check_one(sweep, sweep.space.suggest(probe.ask(), grid=grid), stop)
+
+
+def _check_one(sweep: SweepConfig, assignment: Mapping[str, Any], stop: StopRequest) -> None:
+    """Fit one batch of the train config with ``assignment`` (see :func:`check_trial_config`)."""
     from lightning_o2nc.lightning.cli import build_run
 
-    stop = stop or StopRequest()
-    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sweep.seed))
-    assignment = sweep.space.suggest(probe.ask(), grid=sweep.sampler.name == "grid")
     config = sweep.trial_config(assignment)
     overrides: dict[str, Any] = {
         "fast_dev_run": 1,
@@ -365,17 +375,21 @@ def check_trial_config(sweep: SweepConfig, stop: StopRequest | None = None) -> N
     except SystemExit as error:
         lines = [line for line in parser_errors.getvalue().splitlines() if "error:" in line]
         reason = lines[-1].split("error:", 1)[1].strip() if lines else f"exit status {error.code}"
-        raise SweepConfigError(_refusal(sweep, reason)) from error
+        raise SweepConfigError(_refusal(sweep, reason, assignment)) from error
     except Exception as error:
         # A ValueError says what is wrong by itself; other errors need their kind to make sense.
         reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-        raise SweepConfigError(_refusal(sweep, reason)) from error
+        raise SweepConfigError(_refusal(sweep, reason, assignment)) from error
     stop.raise_if_requested()
 
 
-def _refusal(sweep: SweepConfig, reason: str) -> str:
+def _refusal(sweep: SweepConfig, reason: str, assignment: Mapping[str, Any]) -> str:
     reason = " ".join(line.strip() for line in reason.splitlines() if line.strip())
-    return f"train config {sweep.train_config_path} with the sweep's overrides: {reason}"
+    branches = [
+        f"{path}: {assignment[path]}" for path in sweep.space.branch_paths() if path in assignment
+    ]
+    where = f" (space branch {', '.join(branches)})" if branches else ""
+    return f"train config {sweep.train_config_path} with the sweep's overrides{where}: {reason}"
 
 
 def _rank_processes(trainer: Any) -> list[Any]:

@@ -26,7 +26,7 @@ The dimension types live in :mod:`sweeps.dimensions` and :mod:`sweeps.conditiona
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ import optuna
 
 from .checks import Scalar
 from .conditional import ConditionalDimension
-from .dimensions import Dimension, parse_dimension
+from .dimensions import Dimension, ScheduleDimension, parse_dimension
 from .errors import SweepConfigError
 from .paths import split_path
 
@@ -81,16 +81,46 @@ class SearchSpace:
             assignment.update(dim.assign(trial, grid=grid))
         return assignment
 
+    def branch_paths(self) -> list[str]:
+        """The paths of the conditional dimensions (the choices that open branches)."""
+        return [dim.path for dim in self.dimensions if isinstance(dim, ConditionalDimension)]
+
+    def branch_probes(self, *, grid: bool = False) -> list[dict[str, Scalar]]:
+        """Fixed Optuna parameters that make a sample take each branch of each conditional
+        dimension once (``[{}]``, one free sample, for a space without one)."""
+        probes = [
+            {dim.path if grid else dim.name: choice}
+            for dim in self.dimensions
+            if isinstance(dim, ConditionalDimension)
+            for choice in (dim.grid_values() if grid else dim.branches)
+        ]
+        return probes or [{}]
+
     def grid_search_space(self) -> dict[str, list[Scalar]]:
         """The ``search_space`` argument of :class:`optuna.samplers.GridSampler`."""
         return {dim.path: dim.grid_values() for dim in self.dimensions}
 
     def find(self, *suffixes: str) -> Dimension | None:
-        """The first dimension whose path ends with one of ``suffixes`` (``"lr"``, ``"beta"``)."""
-        for dim in self.dimensions:
-            if split_path(dim.path)[-1] in suffixes:
+        """The first dimension whose path ends with one of ``suffixes`` (``"lr"``, ``"beta"``).
+
+        Schedules are not searched (``model.schedules.lr`` is not the lr); a conditional
+        dimension's branches are, in order (the report's beta-eta contour of a family sweep is
+        then the first family's).
+        """
+        for dim in _leaves(self.dimensions):
+            if split_path(dim.path)[-1] in suffixes and not isinstance(dim, ScheduleDimension):
                 return dim
         return None
+
+
+def _leaves(dimensions: Iterable[Dimension]) -> Iterator[Dimension]:
+    """The dimensions, with each conditional one replaced by its branches' dimensions."""
+    for dim in dimensions:
+        if isinstance(dim, ConditionalDimension):
+            for branch in dim.branches.values():
+                yield from _leaves(v for v in branch.values() if isinstance(v, Dimension))
+        else:
+            yield dim
 
 
 def parse_space(spec: Any) -> SearchSpace:

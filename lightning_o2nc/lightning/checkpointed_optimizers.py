@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
 
 from ..optim import ExponentiatedO2NC
+from ..optim.checkpoint_format import take_options
 from ..optim.random_scaling import RandomScaling
 
 __all__ = ["rebuild_optimizer", "rebuild_recipe"]
@@ -78,7 +79,8 @@ def rebuild_optimizer(
         )
         return None
     if issubclass(cls, ExponentiatedO2NC):
-        scaling = saved.get("o2nc", {}).get("scaling", {}).get("kind", entry.get("scaling"))
+        _, options = take_options(saved)
+        scaling = (options or {}).get("scaling", {}).get("kind", entry.get("scaling"))
         opt = cls(groups, lr=1.0, scaling=scaling or "exponential", average=True)
     else:
         options = {

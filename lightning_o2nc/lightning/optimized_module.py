@@ -50,13 +50,14 @@ _NOT_MODULE_ARGUMENTS = ("maximize",)
 
 def _hyperparameter_signature() -> inspect.Signature:
     """A module's optimizer arguments: the names, defaults and docs of the hyper-parameter table,
-    typed as ``ExponentiatedO2NC`` types them."""
+    typed as ``ExponentiatedO2NC`` types them (AdamW's own numbers, beta2 and eps, as floats)."""
     hints = typing.get_type_hints(ExponentiatedO2NC.__init__)
     parameters = []
     for name, fact in HYPERPARAMETERS.items():
         if name in _NOT_MODULE_ARGUMENTS:
             continue
-        default, annotation = fact.default, hints.get(name, Any)
+        default = fact.default
+        annotation = hints.get(name, float if fact.numeric else Any)  # beta2, eps: AdamW's
         if name in _MODULE_DEFAULTS:
             default, annotation = None, annotation | None
         parameters.append(

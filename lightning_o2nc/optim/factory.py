@@ -275,12 +275,11 @@ def build_optimizer(
 
 
 def _fixed_hint(spec: OptimizerSpec, option: str, given: Any) -> str:
-    """A name of the same optimizer family that takes ``option=given``, to suggest instead."""
-    others = [
-        other.name
-        for other in OPTIMIZERS.values()
-        if other.takes == spec.takes and other.fixed.get(option, given) == given
-    ]
+    """A name of the same optimizer family that takes ``option=given``, to suggest instead: one
+    that fixes it to ``given`` first (``o2nc_uniform``), else one that leaves it free."""
+    family = [other for other in OPTIMIZERS.values() if other.takes == spec.takes]
+    others = [o.name for o in family if o.fixed.get(option) == given]
+    others += [o.name for o in family if option not in o.fixed]
     return f" (use name={others[0]!r} for {option}={given!r})" if others else ""
 
 

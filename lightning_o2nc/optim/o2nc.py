@@ -11,7 +11,10 @@ Per step n, with hyper-parameters read from each param group (so schedules are g
     x_n &= x_{n-1} + s_n \Delta_n \qquad \text{(s scales the move, never the buffer)}
 
 ``g_n`` is the gradient at the current weights plus ``weight_decay * x`` (torch SGD's L2 term), negated
-when ``maximize``. ``lightning_o2nc.optim.reference`` is the same update written out plainly.
+when ``maximize``. Under ``scaling="uniform"`` (s ~ U(0, 2)) the loss gradient is first multiplied by
+the importance weight ``w_n = 2 - s_{n-1}`` (``w_1 = 1``; the L2 term is not weighted), so that
+uniform scaling satisfies Lemma 3.1's identity as Exp(1) does (:mod:`~lightning_o2nc.optim.scaling`).
+``lightning_o2nc.optim.reference`` is the same update written out plainly.
 
 Time-varying hyper-parameters (the paper's online-mirror-descent form, and the authors' code): η_n
 multiplies the gradient of step n once, as it enters Δ, so ``Δ_n = -Σ_k η_k (Π_{j≥k} ζ_j) g_k``;
@@ -44,12 +47,13 @@ State layout (what ``state_dict()`` holds):
 - Both are views of one flat buffer per group, device and dtype (:mod:`~lightning_o2nc.optim.flat`):
   ``||u||^2`` for V and ``||Delta||^2`` for the statistics are one reduction each, and frozen
   parameters (``requires_grad=False``) get no buffer.
+- ``param_groups[0]["o2nc"]``: the scalar generator, the pending importance weight, the mode and
+  counters, as plain data (:mod:`~lightning_o2nc.optim.checkpoint_format`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -57,13 +61,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .checkpoint_format import STATE_KEY, put_options, take_options, warn_options_missing
 from .flat import GroupBuffers
 from .functional import (
     FlatBuffers,
     all_gradients_finite,
+    as_device_tensors,
     average_o2nc,
     averaged_iterates,
     o2nc,
+    sqrt_of,
     switch_weights_,
     where,
 )
@@ -72,7 +79,6 @@ from .scaling import ScaleSampler
 
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
 
-_STATE_KEY = "o2nc"
 _NUMBERS = ("lr", "beta", "mu", "weight_decay")
 
 
@@ -106,7 +112,9 @@ class ExponentiatedO2NC(Optimizer):
         beta: 0 <= β < 1, the momentum / discount factor.
         mu: μ >= 0, implicit decay of the update: ``zeta = beta / (1 + lr * mu)``.
         weight_decay: >= 0, L2 penalty added to the gradient (as torch SGD does).
-        scaling: ``"exponential"`` (s ~ Exp(1), the paper), ``"uniform"`` (s ~ U(0, 2), ablation) or
+        scaling: ``"exponential"`` (s ~ Exp(1), the paper), ``"uniform"`` (s ~ U(0, 2), and the
+            next step's loss gradient weighted by ``w = 2 - s``, the authors' importance weight:
+            ``Delta <- zeta (Delta - eta (w g + weight_decay x))``; the L2 term is not weighted) or
             ``"none"`` (s = 1: plain SGD with momentum).
         seed: seed of the scalar's own generator. ``None`` agrees on a seed across DDP ranks (rank 0's
             ``torch.initial_seed()``), so every rank draws the same s.
@@ -171,6 +179,7 @@ class ExponentiatedO2NC(Optimizer):
 
     # ----------------------------------------------------------------- construction and state
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group.pop(STATE_KEY, None)  # a group copied from a state dict: the options are ours
         for key in OPTIMIZER_OPTIONS:
             if key in param_group:
                 raise ValueError(
@@ -199,15 +208,18 @@ class ExponentiatedO2NC(Optimizer):
         self.training = bool(options["training"])
         self.tracks_statistics = bool(options.get("tracks_statistics", False))
         skipped = options.get("skipped_steps")
-        self._skipped_steps = None if skipped is None else skipped.to(self._device())
+        if skipped is None:
+            self._skipped_steps = None
+        else:  # an int from a state dict, a tensor from a copy
+            self._skipped_steps = torch.as_tensor(skipped, dtype=torch.int64).to(self._device())
 
     def __getstate__(self) -> dict[str, Any]:
         """torch keeps ``defaults``, ``state`` and ``param_groups``; copies also need the rest."""
-        return dict(super().__getstate__(), **{_STATE_KEY: self._options()})
+        return dict(super().__getstate__(), **{STATE_KEY: self._options()})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
-        options = state.pop(_STATE_KEY, None)
+        options = state.pop(STATE_KEY, None)
         super().__setstate__(state)
         self._buffers, self._cache = {}, {}  # load_state_dict and copies: new tensors
         for group in self.param_groups:
@@ -239,25 +251,22 @@ class ExponentiatedO2NC(Optimizer):
         return self._skipped_steps
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict plus a top-level ``"o2nc"`` entry: the scalar generator's state, the
-        train/eval mode, the skipped-step count and whether V is tracked.
+        """torch's state dict, with an ``"o2nc"`` entry in ``param_groups[0]``: the scalar
+        generator's state and the pending importance weight, the train/eval mode, the skipped-step
+        count and whether V is tracked, all as plain data (ints, floats, lists, ``None``).
 
-        The generator state lives at the top level because torch casts per-parameter state tensors to
-        the parameter's dtype on load, which would corrupt it.
+        Why there, and the older layout that still loads: :mod:`~lightning_o2nc.optim.checkpoint_format`.
         """
-        return dict(super().state_dict(), **{_STATE_KEY: self._options()})
+        options = self._options()
+        skipped = options["skipped_steps"]
+        options["skipped_steps"] = None if skipped is None else int(skipped)
+        return put_options(super().state_dict(), options)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        options = state_dict.pop(_STATE_KEY, None)
+        state_dict, options = take_options(state_dict)
         super().load_state_dict(state_dict)
         if options is None:
-            message = (
-                "This state dict has no 'o2nc' entry (it was saved by another optimizer or an older "
-                "version): the random-scaling generator is not restored, so the sequence of scalars s "
-                "will not repeat the original run."
-            )
-            warnings.warn(message, UserWarning, stacklevel=2)
+            warn_options_missing()
         else:
             self._load_options(options)
 
@@ -460,7 +469,7 @@ class ExponentiatedO2NC(Optimizer):
                 group_sq / weight**2 if has_weight else group_sq * math.nan
             )
             variance = variance + group["iterate_variance"]
-        stats = {"update_norm": _sqrt(update_sq), "grad_ema_norm": _sqrt(grad_ema_sq)}
+        stats = {"update_norm": sqrt_of(update_sq), "grad_ema_norm": sqrt_of(grad_ema_sq)}
         if self.average:
             if not self.tracks_statistics:
                 self.tracks_statistics = True
@@ -468,26 +477,7 @@ class ExponentiatedO2NC(Optimizer):
             stats["iterate_variance"] = variance
             stats["stationarity_certificate"] = stats["grad_ema_norm"] + c * variance
         dtype = torch.promote_types(self.param_groups[0]["params"][0].dtype, torch.float32)
-        return {"scale": self._scaling.last, **_as_tensors(stats, device, dtype)}
-
-
-def _sqrt(value: float | Tensor) -> float | Tensor:
-    return value.sqrt() if isinstance(value, Tensor) else math.sqrt(value)
-
-
-def _as_tensors(
-    values: dict[str, float | Tensor], device: torch.device, dtype: torch.dtype
-) -> dict[str, Tensor]:
-    """Host floats (the CPU's statistics) and 0-d tensors as 0-d tensors on ``device``.
-
-    One fill per float: on the CPU, measured against one tensor made from all of them and
-    unbound, it costs less per step of a monitor that reads every step."""
-    return {
-        name: value.to(device)
-        if isinstance(value, Tensor)
-        else torch.full((), value, dtype=dtype, device=device)
-        for name, value in values.items()
-    }
+        return {"scale": self._scaling.last, **as_device_tensors(stats, device, dtype)}
 
 
 def _init_group_scalars(group: dict[str, Any]) -> None:

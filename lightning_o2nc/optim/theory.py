@@ -12,6 +12,15 @@ by G:
 The constants (48, 24, 2) come from the proofs' worst cases: they give the order of magnitude
 and the way the three quantities move together, not tuned values. Use them to centre a search
 space, not as a final answer.
+
+The scalings do not change them. The analysis needs, for the step's scalar S with density p,
+
+    E[F(x + S Delta)] - F(x) = E[<grad F(x + S Delta), Delta> * P(S > s) / p(s)]
+
+(Lemma 3.1 for Exp(1), where P(S > s) / p(s) = 1). For S ~ U(0, 2) the factor is 2 - s, so the
+gradient taken at x + s Delta, the next step's, enters the update multiplied by w = 2 - s: this is
+``scaling="uniform"`` in ``ExponentiatedO2NC`` and ``RandomScaling``. Without the weight, uniform
+scaling would not carry the guarantee.
 """
 
 from __future__ import annotations

@@ -30,17 +30,15 @@ import torch
 from torch import Tensor
 
 from .flat import GroupBuffers
+from .functional import sqrt_of
 
 __all__ = [
     "EXTRA_KEYS",
-    "STATE_KEY",
     "WrapperBuffers",
     "base_momentum",
     "check_average_beta",
 ]
 
-#: The key of the wrapper's plain-data options in ``state_dict()["param_groups"][0]``.
-STATE_KEY = "o2nc"
 #: The wrapper's per-parameter entries in ``state_dict()["state"][i]``.
 EXTRA_KEYS = ("averaged_iterate", "gradient_ema", "training_weights")
 
@@ -226,7 +224,7 @@ class WrapperBuffers:
             variance = variance + sums["iterate_variance"]
         if not self.sums:
             update_sq = grad_ema_sq = math.nan
-        stats = {"update_norm": _sqrt(update_sq), "grad_ema_norm": _sqrt(grad_ema_sq)}
+        stats = {"update_norm": sqrt_of(update_sq), "grad_ema_norm": sqrt_of(grad_ema_sq)}
         if average:
             stats["iterate_variance"] = variance
             stats["stationarity_certificate"] = stats["grad_ema_norm"] + c * variance
@@ -290,7 +288,3 @@ def _sum_of_squares(tensors: list[Tensor]) -> Tensor | float:
         return 0.0
     norms = torch._foreach_norm(tensors)
     return torch.stack([n.to(norms[0].device, torch.float32) for n in norms]).square().sum()
-
-
-def _sqrt(value: float | Tensor) -> float | Tensor:
-    return value.sqrt() if isinstance(value, Tensor) else math.sqrt(value)

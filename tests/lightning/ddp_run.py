@@ -4,6 +4,7 @@ and synced metrics to OUT/rank{r}.pt.
 
     python tests/lightning/ddp_run.py OUT lightning.pytorch   # O2NCModule and our data module
     python tests/lightning/ddp_run.py OUT pytorch_lightning   # a user's pytorch_lightning module
+    python tests/lightning/ddp_run.py OUT lightning.pytorch o2nc_adamw  # O2NCModule's optimizer
 
 Both runs use lightning_o2nc's callbacks (O2NCModule adds them itself).
 """
@@ -39,12 +40,13 @@ class DumpRankState(Callback):
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "world_size": trainer.world_size,
             "last_scale": optimizer.last_scale,
+            "optimizer_class": type(optimizer).__name__,
             "trainer_class": f"{type(trainer).__module__}.{type(trainer).__name__}",
         }
         torch.save(state, self.out / f"rank{trainer.global_rank}.pt")
 
 
-def main(out: Path, package_name: str) -> None:
+def main(out: Path, package_name: str, optimizer: str = "o2nc") -> None:
     torch.set_num_threads(1)
     package = importlib.import_module(package_name)
     package.seed_everything(0)
@@ -56,7 +58,12 @@ def main(out: Path, package_name: str) -> None:
         callbacks += [O2NCMonitor(), AveragedIterate(bn_update_batches=2)]
     else:
         model = O2NCModule(
-            "small_cnn", input_shape=(1, 8, 8), num_classes=4, lr=0.05, bn_update_batches=2
+            "small_cnn",
+            input_shape=(1, 8, 8),
+            num_classes=4,
+            optimizer=optimizer,
+            lr=0.05 if optimizer == "o2nc" else 3e-3,
+            bn_update_batches=2,
         )
         data = SyntheticDataModule(num_samples=160, batch_size=8, seed=0)
     trainer = package.Trainer(
@@ -75,4 +82,4 @@ def main(out: Path, package_name: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "lightning.pytorch")
+    main(Path(sys.argv[1]), *sys.argv[2:4])

@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_o2nc import ExponentiatedO2NC
 
 
-class UserClassifier(pl.LightningModule):
-    """A small classifier with a BatchNorm layer, optimized by ExponentiatedO2NC with x_bar."""
+class UserNet(pl.LightningModule):
+    """A small classifier with a BatchNorm layer and no ``configure_optimizers``: a LightningCLI
+    config names its optimizer."""
 
-    def __init__(self, lr: float = 0.1, seed: int | None = 0):
+    def __init__(self):
         super().__init__()
-        self.save_hyperparameters()
         self.net = nn.Sequential(
             nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4)
         )
@@ -37,6 +37,14 @@ class UserClassifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         loss, accuracy = self._loss_and_accuracy(batch)
         self.log_dict({"val/loss": loss, "val/acc": accuracy}, sync_dist=True)
+
+
+class UserClassifier(UserNet):
+    """:class:`UserNet` optimized by ExponentiatedO2NC with x_bar."""
+
+    def __init__(self, lr: float = 0.1, seed: int | None = 0):
+        super().__init__()
+        self.save_hyperparameters()
 
     def configure_optimizers(self):
         return ExponentiatedO2NC(

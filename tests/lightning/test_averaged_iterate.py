@@ -104,7 +104,7 @@ def test_checkpoints_hold_training_weights_and_x_bar_and_test_from_a_checkpoint_
     for name, tensor in model.state_dict().items():
         assert torch.equal(saved["state_dict"][name], tensor), name
     optimizer_state = saved["optimizer_states"][0]
-    assert optimizer_state["o2nc"]["training"] is True
+    assert optimizer_state["param_groups"][0]["o2nc"]["training"] is True
     live = trainer.optimizers[0]
     for index, param in enumerate(p for g in live.param_groups for p in g["params"]):
         assert torch.equal(

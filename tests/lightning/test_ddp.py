@@ -10,12 +10,21 @@ SCRIPT = Path(__file__).with_name("ddp_run.py")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
-def test_two_process_gloo_ddp_ends_with_identical_weights_and_synced_metrics(tmp_path, package):
+@pytest.mark.parametrize(
+    ("package", "optimizer"),
+    [
+        ("lightning.pytorch", "o2nc"),
+        ("pytorch_lightning", "o2nc"),  # the user's module: ExponentiatedO2NC
+        ("lightning.pytorch", "o2nc_adamw"),  # RandomScaling: one s for both ranks, seed=None
+    ],
+)
+def test_two_process_gloo_ddp_ends_with_identical_weights_and_synced_metrics(
+    tmp_path, package, optimizer
+):
     env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), package],
+        [sys.executable, str(SCRIPT), str(tmp_path), package, optimizer],
         env=env,
         capture_output=True,
         text=True,
@@ -29,7 +38,9 @@ def test_two_process_gloo_ddp_ends_with_identical_weights_and_synced_metrics(tmp
         assert torch.equal(tensor, ranks[1]["weights"][name]), name
     for a, b in zip(ranks[0]["x_bar"], ranks[1]["x_bar"], strict=True):
         assert torch.equal(a, b)
-    assert ranks[0]["last_scale"] == ranks[1]["last_scale"]
+    assert ranks[0]["last_scale"] == ranks[1]["last_scale"] != 1.0
+    expected = {"o2nc": "ExponentiatedO2NC", "o2nc_adamw": "O2NCAdamW"}[optimizer]
+    assert ranks[0]["optimizer_class"] == ranks[1]["optimizer_class"] == expected
     # each rank validates a different half of the data; sync_dist makes the logged values agree
     for name in ("val/loss", "val/acc", "val/loss_avg", "val/acc_avg", "train/loss"):
         assert ranks[0]["metrics"][name] == ranks[1]["metrics"][name], name

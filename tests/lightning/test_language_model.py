@@ -208,7 +208,7 @@ def _tiny_shakespeare_config(tmp_path: Path, name: str) -> dict:
     "name", ["shakespeare_char_adamw", "shakespeare_char_o2nc_adamw", "shakespeare_char_o2nc"]
 )
 def test_shipped_shakespeare_configs_build_a_language_model_run(tmp_path, name):
-    trainer, model, data = build_run(_tiny_shakespeare_config(tmp_path, name))
+    trainer, model, data = build_run(_tiny_shakespeare_config(tmp_path, name), logger=False)
     assert isinstance(model, CharLanguageModule) and isinstance(data, CharTextDataModule)
     trainer.fit(model, datamodule=data)
     assert trainer.global_step == 6

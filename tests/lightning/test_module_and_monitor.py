@@ -72,7 +72,9 @@ def test_bad_module_arguments_say_what_to_do():
     with pytest.raises(ValueError, match="AdamW has no mu"):
         O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, optimizer="o2nc_adamw", mu=0.1)
     with pytest.raises(ValueError, match="'adamw' means scaling='none'.*o2nc_adamw"):
-        O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, optimizer="adamw", scaling="uniform")
+        O2NCModule(
+            "mlp", input_shape=(1, 8, 8), num_classes=4, optimizer="adamw", scaling="uniform"
+        )
     with pytest.raises(ValueError, match="cross_entropy"):
         O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, loss="hinge")
 

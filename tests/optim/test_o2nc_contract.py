@@ -407,7 +407,7 @@ def test_parameters_without_gradients_are_left_alone():
 def test_a_state_dict_taken_before_the_first_step_seeds_nothing_and_resumes_the_same_stream():
     opt = ExponentiatedO2NC([torch.zeros(1, requires_grad=True)], lr=0.1, seed=4)
     state = opt.state_dict()  # must not seed (with seed=None that could wait for other ranks)
-    assert state["o2nc"]["scaling"]["generator_state"] is None
+    assert state["param_groups"][0]["o2nc"]["scaling"]["generator_state"] is None
     clone = ExponentiatedO2NC([torch.zeros(1, requires_grad=True)], lr=0.1, seed=4)
     clone.load_state_dict(state)
     assert draw_scales(clone, 5) == draw_scales(opt, 5)

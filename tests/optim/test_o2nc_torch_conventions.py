@@ -221,7 +221,7 @@ def test_v_is_tracked_only_once_read_and_reported_as_nan_before():
     assert math.isfinite(first["update_norm"].item())
     train(weights, opt, 2, seed=2)
     assert opt.statistics()["iterate_variance"].item() > 0
-    assert opt.state_dict()["o2nc"]["tracks_statistics"] is True
+    assert opt.state_dict()["param_groups"][0]["o2nc"]["tracks_statistics"] is True
 
 
 def test_the_statistics_norms_equal_the_norms_of_the_state_buffers():
@@ -410,7 +410,7 @@ def test_a_checkpoint_with_an_older_torch_generator_state_loads_with_a_warning()
     weights, opt = make()
     train(weights, opt, 2, seed=1)
     state = opt.state_dict()
-    state["o2nc"]["scaling"]["generator_state"] = torch.Generator().get_state()
+    state["param_groups"][0]["o2nc"]["scaling"]["generator_state"] = torch.Generator().get_state()
     twin_weights, twin = make()
     with pytest.warns(UserWarning, match="older lightning-o2nc.*starts afresh"):
         twin.load_state_dict(state)
