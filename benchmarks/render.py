@@ -72,6 +72,12 @@ SECTIONS = [
         "benchmarks.tuned_report:targets",
     ),
     Section(
+        "transformer_evidence",
+        "Transformer (character-level GPT)",
+        "benchmarks.transformer_report:to_markdown",
+        "python -m benchmarks.transformer_evidence",
+    ),
+    Section(
         "eta_sensitivity",
         "η-sensitivity and stability limits",
         "benchmarks.eta_sensitivity:to_markdown",

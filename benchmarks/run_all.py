@@ -62,6 +62,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     "tuned_parity": Benchmark("benchmarks.tuned_parity", (), ("--quick",), "--out"),
     "eta_sensitivity": Benchmark("benchmarks.eta_sensitivity", (), ("--quick",), "--out"),
+    "transformer_evidence": Benchmark("benchmarks.transformer_evidence", (), ("--quick",), "--out"),
     "sweep_scaling": Benchmark(
         "benchmarks.sweep_scaling", (), ("--quick",), "--output", output_is_file=True
     ),

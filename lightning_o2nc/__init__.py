@@ -23,6 +23,10 @@ __version__ = "0.1.0"
 
 _LIGHTNING_EXPORTS = (
     "O2NCModule",
+    "CharLanguageModule",
+    "CharTextDataModule",
+    "GPT",
+    "GPTConfig",
     "ClassificationDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",

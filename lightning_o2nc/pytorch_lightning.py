@@ -5,7 +5,7 @@
 
 It holds the names of :mod:`lightning_o2nc.lightning`. The callbacks and data modules are the
 very same classes (each derives from both packages' base class, so either Trainer accepts it);
-``O2NCModule`` and ``O2NCLightningCLI`` are the same bodies put on ``pytorch_lightning``'s base
+``O2NCModule``, ``CharLanguageModule`` and ``O2NCLightningCLI`` are the same bodies put on ``pytorch_lightning``'s base
 classes by :func:`~lightning_o2nc.lightning.packages.for_package`.
 """
 
@@ -15,6 +15,7 @@ from .lightning.cli import O2NCLightningCLI as _O2NCLightningCLI
 from .lightning.packages import for_package
 
 O2NCModule = for_package(_lightning.O2NCModule, "pytorch_lightning")
+CharLanguageModule = for_package(_lightning.CharLanguageModule, "pytorch_lightning")
 O2NCLightningCLI = for_package(_O2NCLightningCLI, "pytorch_lightning")
 
 __all__ = [*_lightning.__all__, "O2NCLightningCLI"]

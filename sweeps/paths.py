@@ -20,7 +20,9 @@ from .errors import SweepConfigError
 
 __all__ = ["check_path", "flatten_paths", "get_path", "set_path", "split_path"]
 
-#: The LightningModule used when a train config's ``model`` section has no ``class_path``.
+#: The LightningModule used when a train config's ``model`` section has no ``class_path`` and
+#: its data module is a classification one (a text data module trains a language model: the
+#: CLI's :func:`~lightning_o2nc.lightning.tasks.task_classes` decides).
 DEFAULT_MODEL_CLASS = "lightning_o2nc.O2NCModule"
 
 _MISSING = object()
@@ -86,6 +88,17 @@ def _import_class(class_path: str) -> type | None:
         return None
 
 
+def _task_model_class(config: Mapping[str, Any]) -> type | None:
+    """The LightningModule that ``o2nc-train`` builds for ``config`` (it follows the data module)."""
+    from lightning_o2nc.lightning.tasks import task_classes
+
+    data = config.get("data")
+    data_class_path = data.get("class_path") if isinstance(data, Mapping) else None
+    return (
+        task_classes(data_class_path)[0] if data_class_path else _import_class(DEFAULT_MODEL_CLASS)
+    )
+
+
 def _constructor_arguments(cls: type | None) -> set[str] | None:
     """The arguments LightningCLI accepts for ``cls``, read by jsonargparse as LightningCLI reads them.
 
@@ -124,7 +137,7 @@ def _section_arguments(config: Mapping[str, Any], keys: list[str]) -> tuple[int,
             names = _constructor_arguments(_import_class(str(node["class_path"])))
             return None if names is None else (2, names)
         if section == "model":
-            names = _constructor_arguments(_import_class(DEFAULT_MODEL_CLASS))
+            names = _constructor_arguments(_task_model_class(config))
             return None if names is None else (1, names)
     return None
 

@@ -1,4 +1,4 @@
-"""Lightning layer: LightningModule, backbones, data modules, callbacks and the CLI."""
+"""Lightning layer: LightningModules, backbones, data modules, callbacks and the CLI."""
 
 from .averaged_iterate import AveragedIterate
 from .backbones import MLP, SmallCNN, build_backbone, resnet18_cifar
@@ -8,18 +8,25 @@ from .data import (
     EpochSeededSampler,
     SyntheticDataModule,
 )
+from .gpt import GPT, GPTConfig
 from .image_datasets import CIFAR10DataModule, FashionMNISTDataModule
+from .language_module import CharLanguageModule
 from .module import O2NCModule
 from .monitor import O2NCMonitor
+from .text_data import CharTextDataModule
 
 __all__ = [
+    "GPT",
     "MLP",
     "AveragedIterate",
     "CIFAR10DataModule",
+    "CharLanguageModule",
+    "CharTextDataModule",
     "ClassificationDataModule",
     "DigitsDataModule",
     "EpochSeededSampler",
     "FashionMNISTDataModule",
+    "GPTConfig",
     "O2NCModule",
     "O2NCMonitor",
     "SmallCNN",

@@ -4,6 +4,11 @@
     o2nc-train test --config configs/train/digits_o2nc.yaml --ckpt_path runs/.../last.ckpt
     o2nc-train fit --config ... --trainer.strategy=ddp --trainer.devices=4
 
+The task follows the data module (``data.class_path``): a :class:`~.text_data.CharTextDataModule`
+(or a subclass) trains :class:`~.language_module.CharLanguageModule`, every other data module
+:class:`O2NCModule`. Either way the model's options sit directly under ``model:`` (``model.lr``,
+``model.schedules``, ...), so train configs and sweep paths look the same for both tasks.
+
 Defaults: a TensorBoardLogger under ``runs/`` (HParams dashboard filled at the end of fit), a
 RichProgressBar (without the logger's ``v_num``), and a ModelCheckpoint that also keeps
 ``last.ckpt``. ``data.input_shape`` and ``data.num_classes`` are linked into the model.
@@ -39,10 +44,10 @@ from typing_extensions import override
 
 from .data import ClassificationDataModule
 from .errors import RunConfigError, exit_with_one_line, wants_traceback
-from .module import O2NCModule
 from .packages import for_package, lightning_class, lightning_package, twins
 from .parsed_configs import ParsedConfigs
 from .run_folders import latest_resumable_version, logger_run_folder
+from .tasks import data_class_path, task_classes
 
 PROGRAM = "o2nc-train"
 # a bad Trainer value (devices, strategy, ...), as raised by either Lightning package
@@ -270,6 +275,8 @@ class O2NCLightningCLI:
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        if not issubclass(self.datamodule_class, ClassificationDataModule):
+            return  # a language model reads its vocabulary from the data module's setup
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
@@ -342,14 +349,15 @@ def _usage(subcommand: str) -> str:
 
 def _cli(**kwargs: Any) -> O2NCLightningCLI:
     """The CLI under the Lightning package of ``$O2NC_LIGHTNING_PACKAGE`` (``lightning.pytorch``
-    by default, or ``pytorch_lightning``)."""
+    by default, or ``pytorch_lightning``), for the task of the config's data module."""
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
     kwargs.setdefault("parser_kwargs", {name: {"usage": _usage(name)} for name in SUBCOMMANDS})
     silence_unactionable_output()
     package = lightning_package()
+    model_class, datamodule_class = task_classes(data_class_path(kwargs.get("args")))
     return for_package(O2NCLightningCLI, package)(
-        for_package(O2NCModule, package),
-        ClassificationDataModule,
+        for_package(model_class, package),
+        datamodule_class,
         subclass_mode_data=True,
         trainer_defaults=trainer_defaults(package),
         # O2NCModule configures its optimizer: no --optimizer / --lr_scheduler groups
@@ -364,7 +372,7 @@ def build_run(
     logger: Logger | bool | None = None,
     trainer_overrides: Mapping[str, Any] | None = None,
     save_config: bool = True,
-) -> tuple[Trainer, LightningModule, ClassificationDataModule]:
+) -> tuple[Trainer, LightningModule, Any]:
     """Builds (without running) the Trainer, model and data module of a train config.
 
     Args:

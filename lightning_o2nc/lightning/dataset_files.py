@@ -20,7 +20,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["gunzip_to", "idx_file_is_complete", "link_to", "private_folder", "publish"]
+__all__ = [
+    "gunzip_to",
+    "idx_file_is_complete",
+    "link_to",
+    "private_folder",
+    "publish",
+    "write_bytes_to",
+]
 
 # idx (MNIST) type codes and their item sizes in bytes: http://yann.lecun.com/exdb/mnist/
 _IDX_ITEM_SIZES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
@@ -83,6 +90,13 @@ def gunzip_to(source: Path, target: Path, is_complete: Callable[[Path], bool]) -
     with _temporary_beside(target) as temporary:
         with gzip.open(source, "rb") as src, open(temporary, "wb") as dst:
             shutil.copyfileobj(src, dst)
+        return publish(temporary, target, is_complete)
+
+
+def write_bytes_to(data: bytes, target: Path, is_complete: Callable[[Path], bool]) -> bool:
+    """Write ``data`` as ``target``; see :func:`publish` for the return value."""
+    with _temporary_beside(target) as temporary:
+        temporary.write_bytes(data)
         return publish(temporary, target, is_complete)
 
 

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tbparse import SummaryReader
 
 from lightning_o2nc import ExponentiatedO2NC
-from lightning_o2nc.lightning import SyntheticDataModule
+from lightning_o2nc.lightning import CharLanguageModule, CharTextDataModule, SyntheticDataModule
 from lightning_o2nc.lightning.cli import build_run, main
 from tests.train_configs import cpu_trainer
 
@@ -57,11 +57,13 @@ def test_every_train_config_builds_a_run(path):
     _, model, datamodule = build_run(
         config, logger=False, trainer_overrides={"enable_progress_bar": False}
     )
+    assert path.stem.endswith(f"_{model.hparams.optimizer}")  # the file names its optimizer
+    if isinstance(datamodule, CharTextDataModule):  # the task follows the data module
+        assert isinstance(model, CharLanguageModule)
+        return
     assert model.hparams.num_classes == datamodule.num_classes == 10
     assert tuple(model.hparams.input_shape) == datamodule.input_shape
     assert model.hparams.average is True
-    # the optimizer is the name the file ends with: digits_o2nc_adamw.yaml -> o2nc_adamw
-    assert path.stem.endswith(f"_{model.hparams.optimizer}")
 
 
 def test_cifar_configs_follow_the_papers_recipe():
