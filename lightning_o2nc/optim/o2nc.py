@@ -37,18 +37,8 @@ Monitoring (all on the device, read only when asked, see :meth:`ExponentiatedO2N
   the weights, ``x - x_bar = k u`` (one buffer u per parameter, one scalar k per group), updated in
   the step's own pass over each tensor (see :func:`~lightning_o2nc.optim.functional.average_o2nc`).
 
-State layout (what ``state_dict()`` holds):
-
-- ``state[p]["momentum_buffer"]`` is D with ``Delta = P D``, where ``P = group["update_scale"]``
-  carries the discounts ``zeta`` of the steps since P last restarted at 1: the step then only
-  adds to D (``D += -(zeta eta / P) g``) instead of scaling it as well, one pass over Δ fewer.
-  P is folded into D when it would fall below 2^-10 (every ~66 steps at ζ = 0.9).
-- ``state[p]["iterate_deviation"]`` is u with ``x - x_bar = k u``, ``k = group["deviation_scale"]``.
-- Both are views of one flat buffer per group, device and dtype (:mod:`~lightning_o2nc.optim.flat`):
-  ``||u||^2`` for V and ``||Delta||^2`` for the statistics are one reduction each, and frozen
-  parameters (``requires_grad=False``) get no buffer.
-- ``param_groups[0]["o2nc"]``: the scalar generator, the pending importance weight, the mode and
-  counters, as plain data (:mod:`~lightning_o2nc.optim.checkpoint_format`).
+The state this step updates (Δ kept as ``Delta = P D``, x_bar as ``x - x_bar = k u``, the per-group
+sums), its state dicts and copies: :mod:`~lightning_o2nc.optim.o2nc_state`.
 """
 
 from __future__ import annotations
@@ -59,14 +49,12 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from .checkpoint_format import STATE_KEY, put_options, take_options, warn_options_missing
+from .checkpoint_format import STATE_KEY
 from .flat import GroupBuffers
 from .functional import (
     FlatBuffers,
     all_gradients_finite,
-    as_device_tensors,
     average_o2nc,
     averaged_iterates,
     o2nc,
@@ -75,16 +63,9 @@ from .functional import (
     where,
 )
 from .hyperparameters import OPTIMIZER_OPTIONS, validate_hyperparameters
+from .o2nc_state import O2NCState, init_group_scalars
 from .scaling import ScaleSampler
-from .sharded import (
-    as_dtensor_like,
-    finite_everywhere,
-    global_sums,
-    load_shards,
-    local_tensor,
-    mesh_of,
-    save_global_sums,
-)
+from .sharded import as_dtensor_like, finite_everywhere, global_sums, local_tensor, mesh_of
 
 __all__ = ["ExponentiatedO2NC", "o2nc", "validate_hyperparameters"]
 
@@ -109,7 +90,7 @@ class _GroupTensors(NamedTuple):
     foreach_default: bool
 
 
-class ExponentiatedO2NC(Optimizer):
+class ExponentiatedO2NC(O2NCState):
     """Exponentiated O2NC (online-to-non-convex conversion with exponential random scaling).
 
     Args:
@@ -187,7 +168,7 @@ class ExponentiatedO2NC(Optimizer):
         self._mesh = None  # the device mesh of DTensor parameters (FSDP2), see .sharded
         super().__init__(params, dict(numbers, foreach=foreach, maximize=maximize))
 
-    # ----------------------------------------------------------------- construction and state
+    # ----------------------------------------------------------------- construction
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         param_group.pop(STATE_KEY, None)  # a group copied from a state dict: the options are ours
         for key in OPTIMIZER_OPTIONS:
@@ -199,56 +180,8 @@ class ExponentiatedO2NC(Optimizer):
         given = {k: param_group[k] for k in _NUMBERS if k in param_group}
         param_group.update(validate_hyperparameters(**given))
         super().add_param_group(param_group)
-        _init_group_scalars(self.param_groups[-1])
+        init_group_scalars(self.param_groups[-1])
         self._mesh = mesh_of(p for group in self.param_groups for p in group["params"])
-
-    def _options(self) -> dict[str, Any]:
-        """What is not per parameter: the scalar generator, the mode, counters and options."""
-        return {
-            "scaling": self._scaling.state_dict(),
-            "training": self.training,
-            "skipped_steps": None if self._skipped_steps is None else self._skipped_steps.clone(),
-            "tracks_statistics": self.tracks_statistics,
-            "average": self.average,
-            "average_beta": self.average_beta,
-            "skip_nonfinite": self.skip_nonfinite,
-        }
-
-    def _load_options(self, options: dict[str, Any]) -> None:
-        self._scaling.load_state_dict(options["scaling"])
-        self.training = bool(options["training"])
-        self.tracks_statistics = bool(options.get("tracks_statistics", False))
-        skipped = options.get("skipped_steps")
-        if skipped is None:
-            self._skipped_steps = None
-        else:  # an int from a state dict, a tensor from a copy
-            self._skipped_steps = torch.as_tensor(skipped, dtype=torch.int64).to(self._device())
-
-    def __getstate__(self) -> dict[str, Any]:
-        """torch keeps ``defaults``, ``state`` and ``param_groups``; copies also need the rest."""
-        return dict(super().__getstate__(), **{STATE_KEY: self._options()})
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        options = state.pop(STATE_KEY, None)
-        super().__setstate__(state)
-        self._buffers, self._cache = {}, {}  # load_state_dict and copies: new tensors
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            _init_group_scalars(group)
-        self._mesh = mesh_of(p for group in self.param_groups for p in group["params"])
-        if options is not None:  # a copy (deepcopy, pickle, torch.save of the whole object)
-            kind, seed = options["scaling"]["kind"], options["scaling"]["seed"]
-            self._scaling = ScaleSampler(kind, seed)
-            self.average, self.skip_nonfinite = options["average"], options["skip_nonfinite"]
-            self.average_beta = options["average_beta"]
-            self._load_options(options)
-
-    @property
-    def scaling(self) -> str:
-        """The scaling kind: ``"exponential"``, ``"uniform"`` or ``"none"``."""
-        return self._scaling.kind
 
     @property
     def device_mesh(self) -> Any:
@@ -257,74 +190,15 @@ class ExponentiatedO2NC(Optimizer):
         return self._mesh
 
     @property
-    def last_scale(self) -> float:
-        """The scalar s drawn at the last step (1.0 before the first step)."""
-        return self._scaling.last
-
-    @property
     def skipped_steps(self) -> Tensor:
         """Steps skipped for non-finite gradients, a 0-d int64 tensor on the parameters' device."""
         if self._skipped_steps is None:
             self._skipped_steps = torch.zeros((), dtype=torch.int64, device=self._device())
         return self._skipped_steps
 
-    def state_dict(self) -> dict[str, Any]:
-        """torch's state dict, with an ``"o2nc"`` entry in ``param_groups[0]``: the scalar
-        generator's state and the pending importance weight, the train/eval mode, the skipped-step
-        count and whether V is tracked, all as plain data (ints, floats, lists, ``None``).
-
-        Why there, and the older layout that still loads: :mod:`~lightning_o2nc.optim.checkpoint_format`.
-
-        With DTensor parameters each rank keeps V as its partial sum: the state dict holds the
-        global V, added over the mesh here (so, as ``get_optimizer_state_dict``, it is called on
-        every rank), and on load the first shard keeps it while the others restart from 0.
-        """
-        options = self._options()
-        skipped = options["skipped_steps"]
-        options["skipped_steps"] = None if skipped is None else int(skipped)
-        state_dict = put_options(super().state_dict(), options)
-        for group in state_dict["param_groups"]:  # one type whatever skip_nonfinite made them:
-            for key in _GROUP_SCALARS:  # a distributed checkpoint loads only into the same type
-                if isinstance(group[key], Tensor):
-                    group[key] = group[key].item()
-        if self._mesh is not None and self.average and self.tracks_statistics:
-            save_global_sums(state_dict["param_groups"], self.param_groups, "iterate_variance")
-        return state_dict
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict, options = take_options(state_dict)
-        super().load_state_dict(state_dict)
-        if self._mesh is not None:
-            load_shards(self.param_groups, self.state, "iterate_variance")
-        if options is None:
-            warn_options_missing()
-        else:
-            self._load_options(options)
-
-    # ----------------------------------------------------------------- train / eval (x_bar swap)
-    def eval(self) -> None:
-        """Put the averaged iterate x_bar (the theory's certified output) into the weights.
-
-        The training weights are kept in the optimizer state (``state[p]["training_weights"]``,
-        so a checkpoint taken in eval mode is complete) until :meth:`train` restores them exactly.
-        """
-        if not self.average:
-            raise RuntimeError(
-                "ExponentiatedO2NC.eval() needs the averaged iterate: construct the optimizer with "
-                "average=True"
-            )
-        if self.training:
-            self._switch_weights()
-            self.training = False
-
-    def train(self) -> None:
-        """Swap the training weights back in after :meth:`eval` (bit for bit)."""
-        if not self.training:
-            self._switch_weights()
-            self.training = True
-
-    def _switch_weights(self) -> None:
-        switch_weights_(self.param_groups, self.state, to_average=self.training)
+    # ----------------------------------------------------------------- x_bar
+    def _switch_weights(self, to_average: bool) -> None:
+        switch_weights_(self.param_groups, self.state, to_average=to_average)
 
     def averaged_iterate(self) -> list[Tensor]:
         """x_bar for every parameter of every group, in order, as new tensors.
@@ -341,16 +215,7 @@ class ExponentiatedO2NC(Optimizer):
         Args:
             closure: re-evaluates the model and returns the loss (optional).
         """
-        if not self.training:
-            raise RuntimeError(
-                "ExponentiatedO2NC.step() was called in eval mode, while the weights hold the "
-                "averaged iterate x_bar: call optimizer.train() before training steps"
-            )
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
+        loss = self._closure_loss(closure)
         weight = self._scaling.weight  # this step's importance weight, set by the last draw
         scale = self._scaling.draw()
         all_finite = None
@@ -474,9 +339,6 @@ class ExponentiatedO2NC(Optimizer):
                 deviation_scale=k, average_weight_sum=weight_sum, iterate_variance=variance
             )
 
-    def _device(self) -> torch.device:
-        return local_tensor(self.param_groups[0]["params"][0]).device
-
     # ----------------------------------------------------------------- statistics
     def statistics(self, c: float = 1.0) -> dict[str, Any]:
         """Monitoring quantities as 0-d tensors on the parameters' device (no host sync).
@@ -524,27 +386,4 @@ class ExponentiatedO2NC(Optimizer):
                 variance = math.nan
             stats["iterate_variance"] = variance
             stats["stationarity_certificate"] = stats["grad_ema_norm"] + c * variance
-        dtype = torch.promote_types(self.param_groups[0]["params"][0].dtype, torch.float32)
-        return {"scale": self._scaling.last, **as_device_tensors(stats, device, dtype)}
-
-
-def _init_group_scalars(group: dict[str, Any]) -> None:
-    """Per-group running sums kept in the group, so they travel with ``state_dict()``.
-
-    ``update_scale`` is P (``Delta = P D``, D the stored buffer; 1 in older checkpoints, whose
-    buffers hold Δ), ``update_weight_sum`` is W (for ``m_hat = -Delta / W``),
-    ``average_weight_sum`` is A (for x_bar's newest weight 1/A), ``deviation_scale`` is k
-    (``x - x_bar = k u``) and ``iterate_variance`` is this group's V.
-    """
-    for key, start in _GROUP_SCALARS.items():
-        group.setdefault(key, start)
-
-
-#: The per-group running sums of :func:`_init_group_scalars` and their starting values.
-_GROUP_SCALARS = {
-    "update_scale": 1.0,
-    "update_weight_sum": 0.0,
-    "average_weight_sum": 0.0,
-    "deviation_scale": 1.0,
-    "iterate_variance": 0.0,
-}
+        return self._reported(stats)

@@ -35,10 +35,10 @@ import torch
 from torch import Tensor
 from torch.optim import AdamW, Optimizer
 
-from .checkpoint_format import STATE_KEY, put_options, take_options, warn_options_missing
-from .functional import as_device_tensors
+from .checkpoint_format import STATE_KEY, put_options, take_options
+from .scaled_optimizer import ScaledOptimizer
 from .scaling import ScaleSampler
-from .sharded import local_tensor, mesh_of
+from .sharded import mesh_of
 from .wrapper_state import (
     EXTRA_KEYS,
     WrapperBuffers,
@@ -49,7 +49,7 @@ from .wrapper_state import (
 __all__ = ["O2NCAdamW", "RandomScaling"]
 
 
-class RandomScaling(Optimizer):
+class RandomScaling(ScaledOptimizer):
     """Random scaling (and, for uniform scaling, importance weighting) around a built optimizer.
 
     Args:
@@ -106,7 +106,7 @@ class RandomScaling(Optimizer):
                 f"{torch.typename(optimizer)}"
             )
         self.optimizer = optimizer
-        self._sampler = ScaleSampler(scaling, seed)
+        self._scaling = ScaleSampler(scaling, seed)
         self.average = bool(average)
         self.average_beta = check_average_beta(average_beta)
         if self.average and self.average_beta is None:
@@ -146,41 +146,18 @@ class RandomScaling(Optimizer):
 
     # ----------------------------------------------------------------- the public surface
     @property
-    def scaling(self) -> str:
-        """The scaling kind: ``"exponential"``, ``"uniform"`` or ``"none"``."""
-        return self._sampler.kind
-
-    @property
     def device_mesh(self) -> Any:
         """The device mesh of DTensor parameters (FSDP2), ``None`` for plain tensors. When set,
         :meth:`statistics` and :meth:`state_dict` reduce over it: call them on every rank."""
         return self._buffers.mesh
 
     @property
-    def last_scale(self) -> float:
-        """The scalar s drawn at the last step (1.0 before the first step)."""
-        return self._sampler.last
-
-    @property
     def importance_weight(self) -> float:
         """The weight the next step puts on the gradients (``2 - s`` after a uniform step, else 1)."""
-        return self._sampler.weight
+        return self._scaling.weight
 
-    def eval(self) -> None:
-        """Put x_bar into the weights; the training weights wait in the state until :meth:`train`."""
-        if not self.average:
-            raise RuntimeError(
-                "RandomScaling.eval() needs the averaged iterate: construct it with average=True"
-            )
-        if self.training:
-            self._buffers.switch_weights(self.param_groups, to_average=True)
-            self.training = False
-
-    def train(self) -> None:
-        """Swap the training weights back in after :meth:`eval` (bit for bit)."""
-        if not self.training:
-            self._buffers.switch_weights(self.param_groups, to_average=False)
-            self.training = True
+    def _switch_weights(self, to_average: bool) -> None:
+        self._buffers.switch_weights(self.param_groups, to_average=to_average)
 
     def averaged_iterate(self) -> list[Tensor]:
         """x_bar of every parameter of every group, in order, as new tensors (a parameter that has
@@ -196,17 +173,9 @@ class RandomScaling(Optimizer):
             closure: re-evaluates the model and returns the loss; called once, under
                 ``torch.enable_grad()``, before the gradients are weighted. The base steps without it.
         """
-        if not self.training:
-            raise RuntimeError(
-                "RandomScaling.step() was called in eval mode, while the weights hold the averaged "
-                "iterate x_bar: call optimizer.train() before training steps"
-            )
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        weight = self._sampler.weight
-        scale = self._sampler.draw()
+        loss = self._closure_loss(closure)
+        weight = self._scaling.weight
+        scale = self._scaling.draw()
         keep_previous = self.scaling != "none" or self.tracks_statistics
         groups = self._buffers.prepare(
             self.param_groups, self.average, self.tracks_statistics, keep_previous
@@ -258,11 +227,7 @@ class RandomScaling(Optimizer):
                 stats.update(iterate_variance=nan, stationarity_certificate=nan)
         else:
             stats = self._buffers.statistics(self.average, c, self._device())
-        dtype = torch.promote_types(self.param_groups[0]["params"][0].dtype, torch.float32)
-        return {"scale": self._sampler.last, **as_device_tensors(stats, self._device(), dtype)}
-
-    def _device(self) -> torch.device:
-        return local_tensor(self.param_groups[0]["params"][0]).device
+        return self._reported(stats)
 
     def _mesh(self) -> Any:
         """The device mesh of DTensor parameters (FSDP2), ``None`` for plain tensors; refuses
@@ -272,19 +237,12 @@ class RandomScaling(Optimizer):
     # ----------------------------------------------------------------- state
     def _options(self) -> dict[str, Any]:
         """What is not per parameter, as plain data (see :meth:`state_dict`)."""
-        return {
-            "scaling": self._sampler.state_dict(),
-            "training": self.training,
-            "tracks_statistics": self.tracks_statistics,
-            "average": self.average,
-            "average_beta": self.average_beta,
-            "groups": self._buffers.group_scalars(len(self.param_groups)),
-        }
+        options = super()._options()
+        options["groups"] = self._buffers.group_scalars(len(self.param_groups))
+        return options
 
     def _load_options(self, options: dict[str, Any]) -> None:
-        self._sampler.load_state_dict(options["scaling"])
-        self.training = bool(options["training"])
-        self.tracks_statistics = bool(options.get("tracks_statistics", False))
+        super()._load_options(options)
         self._buffers.load_group_scalars(options.get("groups", []))
 
     def state_dict(self) -> dict[str, Any]:
@@ -335,10 +293,7 @@ class RandomScaling(Optimizer):
         self._buffers.adopt(
             {params[i]: extra for i, extra in extras.items() if extra and i in params}
         )
-        if options is None:
-            warn_options_missing()
-        else:
-            self._load_options(options)
+        self._load_saved_options(options)
         if not self.tracks_statistics:  # the zeros state_dict() wrote in place of the EMA
             for extra in self._buffers.extra.values():
                 extra.pop("gradient_ema", None)
@@ -349,15 +304,12 @@ class RandomScaling(Optimizer):
             "optimizer": self.optimizer,
             "extra": dict(self._buffers.per_parameter()),
             "options": self._options(),
-            "kind": self.scaling,
-            "seed": self._sampler.seed,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.optimizer = state["optimizer"]
         options = state["options"]
-        self._sampler = ScaleSampler(state["kind"], state["seed"])
-        self.average, self.average_beta = options["average"], options["average_beta"]
+        self._restore_construction(options)
         self._buffers = WrapperBuffers(self._mesh())
         self._buffers.adopt(state["extra"])
         self._share_base()
