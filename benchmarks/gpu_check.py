@@ -82,12 +82,15 @@ def part_env() -> dict[str, Any]:
 
 
 def part_sync() -> dict[str, Any]:
-    """The host-sync tests of tests/optim (every option under CUDA's sync debug mode), on the GPU."""
-    test = str(
-        Path(__file__).resolve().parent.parent / "tests" / "optim" / "test_cuda_no_host_sync.py"
-    )
+    """On the GPU: the host-sync tests of tests/optim (every option under CUDA's sync debug mode),
+    and O2NC-AdamW fits under Lightning's 32-true, bf16-mixed and 16-mixed precisions."""
+    tests_dir = Path(__file__).resolve().parent.parent / "tests"
+    tests = [
+        str(tests_dir / "optim" / "test_cuda_no_host_sync.py"),
+        str(tests_dir / "lightning" / "test_wrapper_precision.py"),
+    ]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         capture_output=True,
         text=True,
     )

@@ -11,7 +11,7 @@
 #     python -m benchmarks.render                # -> benchmarks/RESULTS.md
 #
 # Parts (each a separate, time-limited process; a failure loses only that part's numbers):
-#   env (machine), sync (tests/optim's host-sync tests on the GPU), sharded (fully_shard on a
+#   env (machine), sync (tests/optim's host-sync tests and the O2NC-AdamW precision fits on the GPU), sharded (fully_shard on a
 #   mesh of 1 against the unsharded step, and a one-rank FSDPStrategy fit), step (CUDA step time vs SGD
 #   foreach/fused), train_plain (ResNet-18 on GPU-resident Fashion-MNIST), train_lightning (the same
 #   through a Lightning fit).
@@ -52,7 +52,7 @@ ls -la "$O2NC_FASHION_MNIST_DIR" 2>/dev/null || log "WARNING: no carried Fashion
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || log "nvidia-smi failed"
 
 part env 45
-part sync 45
+part sync 60
 part sharded 60
 part step 90
 part train_plain 100
