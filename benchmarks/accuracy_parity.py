@@ -68,7 +68,7 @@ class ParityConfig:
     epochs: int = 4
     limit_train_batches: int = 250  # 0: full epochs
     val_batches: int = 16
-    batch_size: int | None = None  # None: configs/train/<dataset>_sgdm.yaml
+    batch_size: int | None = None  # None: lightning_o2nc/configs/train/<dataset>_sgdm.yaml
     lr: float | None = None  # None: the train config's, as batch_size
     beta: float | None = None
     weight_decay: float | None = None

@@ -1,7 +1,7 @@
 """``o2nc-train``: LightningCLI for O2NCModule and the included data modules.
 
-    o2nc-train fit --config configs/train/digits_o2nc.yaml
-    o2nc-train test --config configs/train/digits_o2nc.yaml --ckpt_path runs/.../last.ckpt
+    o2nc-train fit --config lightning_o2nc/configs/train/digits_o2nc.yaml
+    o2nc-train test --config lightning_o2nc/configs/train/digits_o2nc.yaml --ckpt_path runs/.../last.ckpt
     o2nc-train fit --config ... --trainer.strategy=ddp --trainer.devices=4
 
 Defaults: a TensorBoardLogger under ``runs/`` (HParams dashboard filled at the end of fit), a
@@ -369,7 +369,7 @@ def build_run(
 
     Args:
         config: A LightningCLI config as a dict (``seed_everything``, ``trainer``, ``model``,
-            ``data``), e.g. ``yaml.safe_load`` of a file in ``configs/train/``.
+            ``data``), e.g. ``yaml.safe_load`` of a file in ``lightning_o2nc/configs/train/``.
         extra_callbacks: Callback objects added to the config's callbacks (e.g. a pruning callback).
         logger: A logger object (or ``False``) that replaces the config's logger.
         trainer_overrides: Trainer keyword arguments that replace the config's values.

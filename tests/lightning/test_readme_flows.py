@@ -59,7 +59,7 @@ def _o2nc_train(scratch: Path, argv: list[str], *extra: str) -> subprocess.Compl
 
 def _scratch(path: Path) -> Path:
     path.mkdir()
-    shutil.copytree(ROOT / "configs", path / "configs")
+    shutil.copytree(ROOT / "lightning_o2nc" / "configs", path / "lightning_o2nc" / "configs")
     return path
 
 

@@ -10,10 +10,10 @@ import pytest
 from optuna.trial import TrialState
 from tbparse import SummaryReader
 
-from sweeps.config import load_sweep_config
-from sweeps.run import run_sweep
-from sweeps.storage import open_storage
-from sweeps.study import open_study
+from lightning_o2nc.sweeps.config import load_sweep_config
+from lightning_o2nc.sweeps.run import run_sweep
+from lightning_o2nc.sweeps.storage import open_storage
+from lightning_o2nc.sweeps.study import open_study
 
 pytestmark = pytest.mark.slow
 

@@ -87,7 +87,7 @@ def run_sweep(
 
     Every worker of a shared study calls this with the same storage and study name; a worker
     started on a finished study runs nothing and rewrites the report. SIGINT and SIGTERM stop
-    it at the next safe point (see :mod:`sweeps.signals`): the running trial is recorded as
+    it at the next safe point (see :mod:`lightning_o2nc.sweeps.signals`): the running trial is recorded as
     failed and queued again, the report is written for what finished, and the outcome says
     ``interrupted``.
 

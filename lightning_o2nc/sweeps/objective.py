@@ -4,8 +4,8 @@ No training loop lives here: :func:`lightning_o2nc.lightning.cli.build_run` buil
 module and data module from the config, and ``trainer.fit`` trains them. This module adds what a
 sweep needs around that: a TensorBoard run per trial, per-epoch reports for the pruner, a stop
 on a non-finite loss, the HParams entry, a stop at the next batch when the worker is asked to
-stop (see :mod:`sweeps.signals`), and no training for a configuration the study already holds
-(see :mod:`sweeps.distinct`). :func:`check_trial_config` runs one batch of the train config
+stop (see :mod:`lightning_o2nc.sweeps.signals`), and no training for a configuration the study already holds
+(see :mod:`lightning_o2nc.sweeps.distinct`). :func:`check_trial_config` runs one batch of the train config
 before any trial exists, so a bad override is refused with one line.
 """
 

@@ -3,7 +3,7 @@
 The package never trains anything itself: each trial is the train config plus the trial's values,
 built by ``lightning_o2nc.lightning.cli.build_run`` and fitted by Lightning.
 
-Names are re-exported lazily: ``import sweeps.storage`` (a storage benchmark's worker, the gRPC
+Names are re-exported lazily: ``import lightning_o2nc.sweeps.storage`` (a storage benchmark's worker, the gRPC
 proxy, a signal arriving during start-up) then costs optuna alone, not torch and Lightning.
 """
 

@@ -1,6 +1,6 @@
 """``o2nc-sweep``: run or continue a sweep, or write the report of an existing study.
 
-    o2nc-sweep --config configs/sweeps/digits.yaml [--storage URL] [--study-name NAME]
+    o2nc-sweep --config lightning_o2nc/configs/sweeps/digits.yaml [--storage URL] [--study-name NAME]
                [--n-trials N] [--timeout S] [--logdir DIR] [--no-progress]
     o2nc-sweep report --storage URL --study-name NAME [--logdir DIR]
     o2nc-sweep serve --storage postgresql://... [--host 127.0.0.1] [--port 13000]
@@ -13,7 +13,7 @@ keeps a password out of the process list (``O2NC_SWEEP_STORAGE_CLASS`` for ``--s
 
 A bad sweep file, train config or storage is refused before any trial with one line,
 ``o2nc-sweep: error: ...``, and exit status 2 (``O2NC_TRACEBACK=1`` adds the traceback). SIGINT and
-SIGTERM stop the sweep at a safe point with exit status 130 or 143 (see :mod:`sweeps.signals`).
+SIGTERM stop the sweep at a safe point with exit status 130 or 143 (see :mod:`lightning_o2nc.sweeps.signals`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def _run_parser() -> argparse.ArgumentParser:
         "`o2nc-sweep report --help` for the report command, `o2nc-sweep serve --help` for the "
         "gRPC storage proxy.",
     )
-    parser.add_argument("--config", required=True, help="sweep definition (configs/sweeps/*.yaml)")
+    parser.add_argument(
+        "--config", required=True, help="sweep definition (lightning_o2nc/configs/sweeps/*.yaml)"
+    )
     parser.add_argument(
         "--storage",
         help="database URL (sqlite:///f.db, postgresql://user@host/db, mysql://...), or a file "

@@ -6,7 +6,7 @@ trial that then exits without its results. So a worker never lets that happen:
 
 - :class:`StopRequest` installs handlers that only record the signal. The sweep reads the flag at
   its safe points: before a trial starts, between trials (an Optuna callback) and, inside a
-  trial, after every training and validation batch (:class:`sweeps.callbacks.StopAtNextBatch`).
+  trial, after every training and validation batch (:class:`lightning_o2nc.sweeps.callbacks.StopAtNextBatch`).
   The interrupted trial is recorded as failed, its parameters are queued again, and the command
   exits with ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
 - A second signal exits at once (``os._exit``), after killing the trial's DDP rank processes.

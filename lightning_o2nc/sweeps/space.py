@@ -15,7 +15,7 @@ Each entry of a sweep's ``space`` maps a dotted config path to a dimension::
           warmup_cosine: {warmup_fraction: {type: float, low: 0.0, high: 0.3}, min_factor: 0.0}
       trainer.max_epochs: {type: int, low: 5, high: 20}
 
-The dimension types live in :mod:`sweeps.dimensions`; a :class:`SearchSpace` is their ordered
+The dimension types live in :mod:`lightning_o2nc.sweeps.dimensions`; a :class:`SearchSpace` is their ordered
 tuple, sampled in the order the YAML lists them.
 """
 

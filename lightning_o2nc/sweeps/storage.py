@@ -53,7 +53,7 @@ class StorageSpec:
 
     ``storage_class`` (``JournalFileBackend`` for a journal file, as in Optuna's CLI) applies when
     neither ``--storage-class`` nor ``$O2NC_SWEEP_STORAGE_CLASS`` is given; ``journal_lock``
-    (``symlink`` or ``open``) is the journal file's lock (see sweeps.storage).
+    (``symlink`` or ``open``) is the journal file's lock (see lightning_o2nc.sweeps.storage).
     """
 
     heartbeat_interval: int = 60

@@ -1,4 +1,4 @@
-"""The sweep definition file (``configs/sweeps/*.yaml``), loaded and validated before any trial runs.
+"""The sweep definition file (``lightning_o2nc/configs/sweeps/*.yaml``), loaded and validated before any trial runs.
 
 Layout::
 
@@ -9,7 +9,7 @@ Layout::
     seed: 0                           # the sampler's seed
     overrides: {trainer.max_epochs: 6}
     objective: {metric: val/acc, direction: maximize, weights: averaged}
-    space: {...}                      # see sweeps.space
+    space: {...}                      # see lightning_o2nc.sweeps.space
     sampler: {name: tpe, options: {}} # tpe | cmaes | gp | random | grid
     pruner: {name: median, options: {}}  # median | hyperband | none
     storage: {heartbeat_interval: 60, grace_period: 180, max_retry: 3}  # + storage_class, journal_lock
