@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/o2nc-sweep --config lightning_o2nc/configs/sweeps/digits.yaml --logdir runs/demo
+	$(BIN)/o2nc-sweep --config digits --logdir runs/demo
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --timeout 600 tests

@@ -1,9 +1,13 @@
 """``o2nc-sweep``: run or continue a sweep, or write the report of an existing study.
 
-    o2nc-sweep --config lightning_o2nc/configs/sweeps/digits.yaml [--storage URL] [--study-name NAME]
+    o2nc-sweep --config digits [--storage URL] [--study-name NAME]
                [--n-trials N] [--timeout S] [--logdir DIR] [--no-progress]
     o2nc-sweep report --storage URL --study-name NAME [--logdir DIR]
     o2nc-sweep serve --storage postgresql://... [--host 127.0.0.1] [--port 13000]
+    o2nc-sweep configs        # the shipped sweep and train configs, by name
+    o2nc-sweep --version
+
+``--config`` takes a path or the name of a shipped config (an existing path wins).
 
 Run the first form on several machines with one ``--storage`` (PostgreSQL or MySQL, a journal
 file on a shared file system with ``--storage-class JournalFileBackend``, or ``grpc://HOST:PORT``
@@ -39,11 +43,14 @@ def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="o2nc-sweep",
         description="Optuna sweep over O2NC hyper-parameters (beta, eta, mu and their schedules). "
-        "`o2nc-sweep report --help` for the report command, `o2nc-sweep serve --help` for the "
-        "gRPC storage proxy.",
+        "`o2nc-sweep configs` lists the shipped configs, `o2nc-sweep report --help` is the report "
+        "command, `o2nc-sweep serve --help` the gRPC storage proxy.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument(
-        "--config", required=True, help="sweep definition (lightning_o2nc/configs/sweeps/*.yaml)"
+        "--config",
+        required=True,
+        help="sweep definition: a YAML path or a shipped config's name (`o2nc-sweep configs`)",
     )
     parser.add_argument(
         "--storage",
@@ -67,6 +74,12 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no live progress display")
     parser.add_argument("--no-plots", action="store_true", help="report without plots")
     return parser
+
+
+def _version() -> str:
+    from lightning_o2nc import __version__
+
+    return f"o2nc-sweep (lightning-o2nc) {__version__}"
 
 
 def _add_storage_class(parser: argparse.ArgumentParser) -> None:
@@ -136,9 +149,22 @@ def _print_summary(console: Console, report, study, logdir: Path) -> None:
         f"logdir:      {logdir / study_name}  (one TensorBoard run per trial)", highlight=False
     )
     console.print(f"report:      {report.markdown}", highlight=False)
+    if "plots" in report.skipped:
+        console.print(f"plots:       {report.skipped['plots']}", highlight=False)
     console.print(f"tensorboard: {tensorboard_command(logdir, study_name)}", highlight=False)
     if best is not None and retrain_command(best):
         console.print(f"retrain:     {retrain_command(best)}", highlight=False)
+
+
+def _configs(argv: Sequence[str]) -> int:
+    from lightning_o2nc.shipped_configs import listing
+
+    argparse.ArgumentParser(
+        prog="o2nc-sweep configs",
+        description="List the shipped sweep and train configs that --config accepts by name.",
+    ).parse_args(argv)
+    print(listing())
+    return 0
 
 
 def _run(argv: Sequence[str], console: Console, stop: StopRequest) -> int:
@@ -182,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = StopRequest(immediate=True)
     try:
         with stop.installed():
+            if argv and argv[0] == "configs":
+                return _configs(argv[1:])
             if argv and argv[0] == "report":
                 return _report(argv[1:], console)
             if argv and argv[0] == "serve":

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from lightning_o2nc.shipped_configs import resolve_config, shipped_configs
+
 from .checks import check_keys, mapping, positive_int
 from .errors import SweepConfigError
 from .paths import check_path, get_path, set_path
@@ -226,8 +228,12 @@ def _resolve_train_config(value: Any, source: Path) -> Path:
     for option in options:
         if option.is_file():
             return option.resolve()
+    shipped = shipped_configs("train")
+    if value.removesuffix(".yaml") in shipped:  # a shipped train config's name
+        return shipped[value.removesuffix(".yaml")]
     raise SweepConfigError(
-        f"train_config: {value!r} not found (looked at {', '.join(str(o) for o in options)})"
+        f"train_config: {value!r} not found (looked at {', '.join(str(o) for o in options)}) "
+        f"and not a shipped train config ({', '.join(shipped)})"
     )
 
 
@@ -243,10 +249,21 @@ def load_sweep_config(
     Every problem that can be found without running a trial is found here: unknown keys, bad
     bounds, unknown samplers or pruners, and paths that do not exist in the train config.
 
+    Args:
+        path: the sweep file, or the name of a shipped sweep config (``digits``; an existing
+            path wins). Its ``train_config`` is a path (relative to the sweep file or the
+            working directory) or a shipped train config's name.
+        study_name: replaces the file's ``study_name``.
+        n_trials: replaces the file's ``n_trials``.
+        timeout: stop starting trials after this many seconds.
+
     Raises:
         SweepConfigError: naming the offending key.
     """
-    source = Path(path).resolve()
+    try:
+        source = Path(resolve_config(str(path), "sweep")).resolve()
+    except ValueError as error:
+        raise SweepConfigError(str(error)) from None
     spec = load_yaml(source)
     check_keys(spec, _TOP_LEVEL, "")
     if "space" not in spec:

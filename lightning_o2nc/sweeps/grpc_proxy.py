@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.storages import BaseStorage
 
+from lightning_o2nc.extras import MissingExtra, require
+
 from .storage import (
     GRPC_SCHEME,
     STORAGE_ENV,
@@ -76,8 +78,7 @@ def open_grpc_proxy(url: str, timeout: float = 20.0) -> BaseStorage:
             proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
     except ImportError as error:
         raise StorageError(
-            f"the gRPC storage proxy needs grpcio and protobuf: pip install "
-            f"'lightning-o2nc[grpc]' ({error})"
+            str(MissingExtra("the gRPC storage proxy", "grpc", error.name or "grpc"))
         ) from None
     try:
         proxy.wait_server_ready(timeout=timeout)
@@ -118,6 +119,10 @@ def serve(
     Raises:
         StorageError: for a storage the proxy cannot serve, or an address it cannot bind.
     """
+    try:
+        require("grpc", "o2nc-sweep serve", "grpc")
+    except MissingExtra as error:
+        raise StorageError(str(error)) from None
     from optuna.storages._grpc.server import make_server
 
     if "://" not in url or storage_kind(url) != "rdb":

@@ -6,6 +6,8 @@ study's storage; the storage URL appears only with its password replaced by ``**
 
 from __future__ import annotations
 
+import csv
+import json
 import shlex
 import warnings
 from collections.abc import Callable
@@ -15,6 +17,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from lightning_o2nc.extras import MissingExtra, require
 
 from .errors import FAIL_REASON
 from .paths import flatten_paths
@@ -81,10 +85,39 @@ def _plots(study: optuna.Study, meta: dict[str, Any]) -> dict[str, Callable[[Any
     return plots
 
 
+def _write_csv(trials: list[FrozenTrial], path: Path) -> None:
+    """One row per trial: the columns of Optuna's ``trials_dataframe``, without pandas."""
+    params = list(dict.fromkeys(name for t in trials for name in t.params))
+    attrs = list(dict.fromkeys(name for t in trials for name in t.user_attrs))
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(
+            ["number", "value", "state", "datetime_start", "duration"]
+            + [f"params_{name}" for name in params]
+            + [f"user_attrs_{name}" for name in attrs]
+        )
+        for t in trials:
+            duration = (
+                t.datetime_complete - t.datetime_start
+                if t.datetime_complete and t.datetime_start
+                else ""
+            )
+            writer.writerow(
+                [t.number, "" if t.value is None else t.value, t.state.name, t.datetime_start or ""]
+                + [duration]
+                + [t.params.get(name, "") for name in params]
+                + [_csv_cell(t.user_attrs.get(name, "")) for name in attrs]
+            )
+
+
+def _csv_cell(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
 def _write_plots(
     study: optuna.Study, meta: dict[str, Any], directory: Path, report: Report
 ) -> None:
-    import matplotlib
+    (matplotlib,) = require("report", "the sweep report's plots", "matplotlib", "plotly")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,7 +140,9 @@ def _write_plots(
                 figure.set_size_inches(max(figure.get_size_inches()[0], 7), 5)
                 figure.tight_layout()
                 path = directory / f"{name}.png"
-                figure.savefig(path, dpi=110)
+                # bbox "tight": the learning curves' legend sits outside the axes, and
+                # tight_layout alone leaves it cut off at the figure's edge
+                figure.savefig(path, dpi=110, bbox_inches="tight")
                 plt.close(figure)
                 report.plots[name] = path
             except Exception as error:  # optuna refuses plots the study cannot support yet
@@ -151,19 +186,19 @@ def write_report(
     directory.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
 
-    csv = directory / "trials.csv"
-    frame = study.trials_dataframe(
-        attrs=("number", "value", "state", "params", "user_attrs", "datetime_start", "duration")
-    )
-    frame.to_csv(csv, index=False)
+    csv_path = directory / "trials.csv"
+    _write_csv(trials, csv_path)
 
-    report = Report(directory, directory / "report.md", csv, None)
+    report = Report(directory, directory / "report.md", csv_path, None)
     try:
         report.best = study.best_trial
     except ValueError:
         report.best = None
     if plots:
-        _write_plots(study, meta, directory, report)
+        try:
+            _write_plots(study, meta, directory, report)
+        except MissingExtra as error:  # the core install: report.md and trials.csv only
+            report.skipped["plots"] = str(error)
 
     report.markdown.write_text(_markdown(study, trials, meta, root, storage_url, report))
     return report

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
 
+from lightning_o2nc.extras import MissingExtra, require
+
 from .checks import check_keys, mapping
 from .errors import SweepConfigError
 
@@ -26,11 +28,9 @@ Recipe = tuple[Callable[..., Any], dict[str, Any]]
 
 def _cmaes(space: SearchSpace, seed: int | None) -> Recipe:
     try:
-        import cmaes  # noqa: F401
-    except ImportError:
-        raise SweepConfigError(
-            "sampler.name: `cmaes` needs the cmaes package (pip install cmaes)"
-        ) from None
+        require("cmaes", "sampler.name: cmaes")
+    except MissingExtra as error:
+        raise SweepConfigError(str(error)) from None
     samplers = optuna.samplers
     independent = samplers.TPESampler(seed=seed, multivariate=True)
     return samplers.CmaEsSampler, {

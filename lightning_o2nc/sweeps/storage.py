@@ -25,6 +25,8 @@ from urllib.parse import unquote
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
+from lightning_o2nc.extras import MissingExtra
+
 from .checks import check_keys, mapping, positive_int
 from .errors import SweepConfigError
 
@@ -466,7 +468,11 @@ def _open_rdb(url: str, spec: StorageSpec, heartbeat: bool) -> RDBStorage:
                     time.sleep(0.5 * (attempt + 1))
             raise AssertionError("unreachable")
     except ImportError as error:
-        driver = {"postgresql": "psycopg2-binary", "mysql": "PyMySQL"}.get(dialect, "a driver")
+        if dialect == "postgresql":
+            feature = f"the storage {redact(url, url)!r}"
+            missing = MissingExtra(feature, "postgres", error.name or "psycopg2")
+            raise StorageError(str(missing)) from None
+        driver = {"mysql": "PyMySQL"}.get(dialect, "a driver")
         raise StorageError(
             f"no database driver for {redact(url, url)!r}: install {driver} "
             f"({redact(str(error), url)})"
