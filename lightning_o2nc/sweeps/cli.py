@@ -152,8 +152,8 @@ def _print_summary(console: Console, report, study, logdir: Path) -> None:
     if "plots" in report.skipped:
         console.print(f"plots:       {report.skipped['plots']}", highlight=False)
     console.print(f"tensorboard: {tensorboard_command(logdir, study_name)}", highlight=False)
-    if best is not None and retrain_command(best):
-        console.print(f"retrain:     {retrain_command(best)}", highlight=False)
+    if best is not None and retrain_command(report):
+        console.print(f"retrain:     {retrain_command(report)}", highlight=False)
 
 
 def _configs(argv: Sequence[str]) -> int:

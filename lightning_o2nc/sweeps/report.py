@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_o2nc.extras import MissingExtra, require
@@ -39,6 +40,8 @@ class Report:
     plots: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     best: FrozenTrial | None = None
+    #: the best trial's config, set to checkpoint and to log into a folder of its own
+    retrain: Path | None = None
 
 
 def tensorboard_command(logdir: Path, study_name: str) -> str:
@@ -46,10 +49,40 @@ def tensorboard_command(logdir: Path, study_name: str) -> str:
     return f"tensorboard --logdir {shlex.quote(str(Path(logdir) / study_name))}"
 
 
-def retrain_command(trial: FrozenTrial) -> str | None:
-    """The command that retrains ``trial`` from the exact config it ran with."""
-    config = trial.user_attrs.get("config")
-    return f"o2nc-train fit --config {shlex.quote(config)}" if config else None
+def retrain_command(report: Report) -> str | None:
+    """The command that retrains the best trial (:func:`write_retrain_config`)."""
+    return f"o2nc-train fit --config {shlex.quote(str(report.retrain))}" if report.retrain else None
+
+
+def write_retrain_config(trial: FrozenTrial, directory: Path) -> Path | None:
+    """``retrain_trial_<n>.yaml`` in ``directory``: the config ``trial`` ran with, but with
+    checkpoints on and its TensorBoard logger under ``directory/../retrain/trial_<n>``.
+
+    Trials run without checkpoints (a sweep compares curves) and log beside the other trials;
+    a retrained best trial is the run a user keeps, so it gets ``last.ckpt`` and a folder of
+    its own. ``None`` when the trial recorded no config.
+    """
+    source = trial.user_attrs.get("config")
+    if not source or not Path(source).is_file():
+        return None
+    config = yaml.safe_load(Path(source).read_text()) or {}
+    trainer = config.setdefault("trainer", {})
+    trainer["enable_checkpointing"] = True
+    logs = {"save_dir": str(directory.parent / "retrain"), "name": f"trial_{trial.number}"}
+    logger = trainer.get("logger")
+    if isinstance(logger, dict) and "class_path" in logger:
+        logger.setdefault("init_args", {}).update(logs)
+    else:
+        trainer["logger"] = {
+            "class_path": "TensorBoardLogger",
+            "init_args": {**logs, "default_hp_metric": False},
+        }
+    path = directory / f"retrain_trial_{trial.number}.yaml"
+    path.write_text(
+        f"# Retrains trial {trial.number} of the sweep (from {source}):\n"
+        f"#   o2nc-train fit --config {path}\n" + yaml.safe_dump(config, sort_keys=False)
+    )
+    return path
 
 
 def _epochs(trial: FrozenTrial) -> int:
@@ -117,7 +150,7 @@ def _csv_cell(value: Any) -> Any:
 def _write_plots(
     study: optuna.Study, meta: dict[str, Any], directory: Path, report: Report
 ) -> None:
-    (matplotlib,) = require("report", "the sweep report's plots", "matplotlib", "plotly")
+    matplotlib, _ = require("report", "the sweep report's plots", "matplotlib", "plotly")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -194,6 +227,8 @@ def write_report(
         report.best = study.best_trial
     except ValueError:
         report.best = None
+    if report.best is not None:
+        report.retrain = write_retrain_config(report.best, directory)
     if plots:
         try:
             _write_plots(study, meta, directory, report)
@@ -273,7 +308,7 @@ def _markdown(
         lines.append("")
         if best.user_attrs.get("tensorboard_run"):
             lines.append(f"- TensorBoard run: `{best.user_attrs['tensorboard_run']}`")
-        command = retrain_command(best)
+        command = retrain_command(report)
         if command:
             lines.append(f"- retrain it: `{command}`")
     lines.append("")

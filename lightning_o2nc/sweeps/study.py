@@ -13,6 +13,7 @@ from .config import SweepConfig
 from .errors import FAIL_REASON, SweepConfigError
 from .paths import get_path
 from .samplers import build_pruner, build_sampler
+from .space_changes import check_space_unchanged
 
 __all__ = [
     "STUDY_ATTR",
@@ -54,7 +55,9 @@ def open_study(
     """Create the study, or continue it when one with this name already exists in ``storage``.
 
     Raises:
-        SweepConfigError: when an existing study optimises in the other direction.
+        SweepConfigError: when an existing study optimises in the other direction or another
+            metric, or its search space changed in a way Optuna cannot continue
+            (:func:`.space_changes.check_space_unchanged`).
     """
     max_epochs = get_path(sweep.base_config, "trainer.max_epochs", default=None)
     study = optuna.create_study(
@@ -78,6 +81,7 @@ def open_study(
             f"{previous.get('metric')!r}, not {sweep.objective.monitor!r} "
             "(choose another --study-name)"
         )
+    check_space_unchanged(study, sweep.space, grid=sweep.sampler.name == "grid")
     study.set_user_attr(STUDY_ATTR, study_metadata(sweep, logdir))
     return study
 
