@@ -4,8 +4,8 @@ The core install (``pip install lightning-o2nc``) carries what training, the CLI
 TensorBoard need. A feature outside it imports its modules through :func:`require`, which turns
 an ``ImportError`` into :class:`MissingExtra`: one line that says which extra to install, e.g.
 
-    the sweep report's plots need the [report] extra (no module named 'matplotlib'):
-    pip install 'lightning-o2nc[report]'
+    the sweep report's plots: the [report] extra is not installed (no module named
+    'matplotlib'); pip install 'lightning-o2nc[report]'
 
 This module imports nothing beyond the standard library, so every layer may use it.
 """
@@ -32,7 +32,7 @@ class MissingExtra(ImportError):
 
     def __init__(self, feature: str, extra: str, missing: str) -> None:
         super().__init__(
-            f"{feature} needs the [{extra}] extra (no module named {missing!r}): "
+            f"{feature}: the [{extra}] extra is not installed (no module named {missing!r}); "
             f"pip install 'lightning-o2nc[{extra}]'"
         )
         self.extra = extra
