@@ -357,7 +357,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--seconds", type=float, default=5.0, help="run time of each cell")
     parser.add_argument("--storages", nargs="+", choices=STORAGES, default=list(STORAGES))
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="for the JSON")
-    parser.add_argument("--plot", type=Path, default=RESULTS_DIR / f"{NAME}.png")
+    parser.add_argument(
+        "--plot", type=Path, help=f"default: <output-dir>/{NAME}.png (never the committed one)"
+    )
     parser.add_argument(
         "--no-heartbeat",
         action="store_true",
@@ -368,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.worker:
         _worker()
         return None
+    args.plot = args.plot or args.output_dir / f"{NAME}.png"
     if min(args.workers) < 1 or args.seconds <= 0:
         parser.error("--workers must be positive and --seconds > 0")
     result = measure(
