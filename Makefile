@@ -1,10 +1,11 @@
-# lightning-o2nc: every target creates .venv on first use and installs the project into it (editable).
+# lightning-o2nc: every target creates .venv on first use and installs the project into it (editable)
+# with the extras it needs: [dev] (tests, the extras they use, the wheel tools), [docs] for `make docs`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-min bench bench-quick lint format clean
+.PHONY: demo test test-min bench bench-quick docs wheel lint format clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,22 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --quick
 
+# docs: the site from docs/ and the docstrings, strictly (a warning is an error), into site/
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "docs: site/index.html"
+
+# wheel: build the sdist and wheel, check them, and run the shipped configs from the wheel in a
+# fresh venv outside the repository (.ci/wheel_check.sh says what it runs)
+wheel: $(STAMP)
+	.ci/wheel_check.sh $(abspath $(BIN))/python
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -56,4 +73,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) runs .pytest_cache site dist build
