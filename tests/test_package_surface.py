@@ -154,3 +154,18 @@ def test_a_missing_cmaes_or_postgres_extra_is_one_line_naming_it(tmp_path):
     assert postgres.stderr.count("\n") == 1 and "hunter2" not in postgres.stderr
     assert "the [postgres] extra is not installed" in postgres.stderr
     assert "pip install 'lightning-o2nc[postgres]'" in postgres.stderr
+
+
+@pytest.mark.slow
+def test_o2nc_train_help_is_plain_text_with_lr_beta_and_mu_first(tmp_path):
+    run = _python(
+        "from lightning_o2nc.lightning.cli import main; main(['fit', '--help'])", tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert "``" not in run.stdout and ":class:`" not in run.stdout
+    model_options = [
+        line.split()[0]
+        for line in run.stdout.splitlines()
+        if line.startswith("  --model.") and not line.startswith("  --model.help")
+    ]
+    assert model_options[:3] == ["--model.lr", "--model.beta", "--model.mu"], model_options[:5]
