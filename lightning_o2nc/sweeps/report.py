@@ -147,6 +147,29 @@ def _csv_cell(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
+#: Legend entries per column: a 5-inch figure holds about this many at the small font size.
+_LEGEND_ROWS = 16
+
+
+def _fit_legends(figure: Any) -> None:
+    """Optuna's learning-curve legend has one entry per trial in one column, taller than the
+    figure from ~20 trials on: spread it over columns beside the axes, in a small font."""
+    for axes in figure.axes:
+        legend = axes.get_legend()
+        if legend is None or len(legend.get_texts()) <= _LEGEND_ROWS:
+            continue
+        handles, labels = axes.get_legend_handles_labels()
+        axes.legend(
+            handles,
+            labels,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+            ncol=-(-len(labels) // _LEGEND_ROWS),
+            fontsize="small",
+        )
+
+
 def _write_plots(
     study: optuna.Study, meta: dict[str, Any], directory: Path, report: Report
 ) -> None:
@@ -171,6 +194,7 @@ def _write_plots(
             try:
                 figure = _figure_of(plot(mpl_vis))
                 figure.set_size_inches(max(figure.get_size_inches()[0], 7), 5)
+                _fit_legends(figure)
                 figure.tight_layout()
                 path = directory / f"{name}.png"
                 # bbox "tight": the learning curves' legend sits outside the axes, and
