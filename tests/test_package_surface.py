@@ -16,6 +16,7 @@ import yaml
 import lightning_o2nc
 from lightning_o2nc.shipped_configs import CONFIG_DIR, listing, resolve_config, shipped_configs
 from lightning_o2nc.sweeps.config import SweepConfigError, load_sweep_config
+from lightning_o2nc.sweeps.objective import check_trial_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,3 +170,28 @@ def test_o2nc_train_help_is_plain_text_with_lr_beta_and_mu_first(tmp_path):
         if line.startswith("  --model.") and not line.startswith("  --model.help")
     ]
     assert model_options[:3] == ["--model.lr", "--model.beta", "--model.mu"], model_options[:5]
+
+
+@pytest.mark.slow
+def test_a_config_printed_by_o2nc_train_is_a_valid_sweep_train_config(tmp_path, monkeypatch):
+    printed = _python(
+        "from lightning_o2nc.lightning.cli import main; "
+        "main(['fit', '--config', 'digits_o2nc', '--print_config'])",
+        tmp_path,
+    )
+    assert printed.returncode == 0, printed.stderr
+    config = yaml.safe_load(printed.stdout)
+    assert config["ckpt_path"] is None  # fit's own argument, in every printed config
+    (tmp_path / "mine.yaml").write_text(printed.stdout)
+    spec = yaml.safe_load((CONFIG_DIR / "sweeps" / "digits.yaml").read_text())
+    spec["train_config"] = str(tmp_path / "mine.yaml")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep_config("sweep.yaml")
+    assert sweep.train_config_path == tmp_path / "mine.yaml"
+    check_trial_config(sweep)  # what o2nc-sweep runs before any trial: one batch, built as a trial
+
+    config["ckpt_path"] = "last"
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SweepConfigError, match="ckpt_path: 'last' belongs to `o2nc-train fit`"):
+        check_trial_config(load_sweep_config("sweep.yaml"))

@@ -361,6 +361,10 @@ def _cli(**kwargs: Any) -> O2NCLightningCLI:
     )
 
 
+#: Keys ``o2nc-train fit --print_config`` writes that are arguments of ``fit``, not of the run.
+_FIT_ONLY_KEYS = ("ckpt_path", "weights_only")
+
+
 def build_run(
     config: Mapping[str, Any],
     extra_callbacks: Iterable[Callback] = (),
@@ -387,11 +391,24 @@ def build_run(
     Returns:
         ``(trainer, model, datamodule)``; run it with ``trainer.fit(model, datamodule=datamodule)``.
 
+    A config printed by ``o2nc-train fit --print_config`` works as it is: its ``fit``-only keys
+    (``ckpt_path``, ``weights_only``) are dropped while they are null; a set ``ckpt_path`` is an
+    error, since a built run starts from its config's weights.
+
     Raises:
         RunConfigError: A value of the config is invalid (the message names it and its path).
     """
+    config = dict(config)
+    for key in _FIT_ONLY_KEYS:
+        if config.get(key) is not None:
+            raise RunConfigError(
+                f"{key}: {config[key]!r} belongs to `o2nc-train fit`, not to a run built from a "
+                "config (a sweep trial starts from scratch); remove it",
+                key,
+            )
+        config.pop(key, None)
     cli = _cli(
-        args=copy.deepcopy(dict(config)),
+        args=copy.deepcopy(config),
         run=False,
         extra_callbacks=extra_callbacks,
         logger=logger,
