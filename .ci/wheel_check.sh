@@ -19,7 +19,7 @@ TOOLS=${1:-$REPO/.venv/bin/python}
 PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/o2nc-wheel.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-step() { printf '\n== wheel: %s\n' "$*"; }
+step() { printf '\n== wheel: %s (%s s)\n' "$*" "$SECONDS"; }
 
 step "build sdist and wheel"
 "$TOOLS" -m build --outdir "$WORK/dist" "$REPO" > "$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
@@ -98,4 +98,4 @@ step "with the [report] extra: the report draws its plots"
 test -s runs/wheel-check/report/history.png
 test -s runs/wheel-check/report/report.html
 echo
-echo "wheel check passed: $(basename "$WHEEL")"
+echo "wheel check passed: $(basename "$WHEEL") in $SECONDS s"
