@@ -38,7 +38,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import Logger
 from typing_extensions import override
 
-from .cli_arguments import plain_help, with_config_names_resolved
+from .cli_arguments import PlainHelpFormatter, with_config_names_resolved
 from .data import ClassificationDataModule
 from .errors import RunConfigError, exit_with_one_line, wants_traceback
 from .module import O2NCModule
@@ -140,7 +140,6 @@ class O2NCLightningCLI:
             self.parser = _PARSERS[key]
             return
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
-        plain_help(self.parser)
         if self._reuse_parser:
             _PARSERS[key] = self.parser
 
@@ -148,6 +147,7 @@ class O2NCLightningCLI:
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # parse errors are raised (and printed as one line by main) instead of usage + exit
         kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("formatter_class", PlainHelpFormatter)  # plain text, lr/beta/mu first
         return super().init_parser(**kwargs)
 
     @override
@@ -435,14 +435,17 @@ def main(args: list[str] | None = None) -> None:
     Args:
         args: Command-line arguments; ``None`` reads ``sys.argv``.
     """
-    args = list(sys.argv[1:] if args is None else args)
-    if args == ["--version"]:
-        from lightning_o2nc import __version__
+    given = list(sys.argv[1:] if args is None else args)
+    if given == ["--version"]:
+        from .. import __version__
 
         print(f"{PROGRAM} (lightning-o2nc) {__version__}")
         return
     try:
-        _cli(args=with_config_names_resolved(args))
+        resolved = with_config_names_resolved(given)
+        if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+            sys.argv[1:] = resolved
+        _cli(args=None if args is None else resolved)
     except RunConfigError as error:
         if wants_traceback():
             raise

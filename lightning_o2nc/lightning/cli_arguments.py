@@ -2,20 +2,24 @@
 
 - :func:`with_config_names_resolved` turns ``--config digits_o2nc`` into the shipped file's path
   before LightningCLI parses (:mod:`lightning_o2nc.shipped_configs`).
-- :func:`plain_help` strips the docstrings' RST markup from ``--help`` and lists lr, beta and mu
-  first among the model's options.
+- :class:`PlainHelpFormatter` prints ``--help`` without the docstrings' RST markup, with lr,
+  beta and mu first among the model's options.
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from typing import Any
+from argparse import Action
+from collections.abc import Iterable
+
+from jsonargparse import DefaultHelpFormatter
 
 from lightning_o2nc.shipped_configs import resolve_config
 
 from .errors import RunConfigError
 
-__all__ = ["plain_help", "with_config_names_resolved"]
+__all__ = ["PlainHelpFormatter", "with_config_names_resolved"]
 
 
 def with_config_names_resolved(args: list[str]) -> list[str]:
@@ -43,31 +47,39 @@ def with_config_names_resolved(args: list[str]) -> list[str]:
 
 
 #: ``--help`` lists these model options first: the algorithm's three hyper-parameters.
-_FIRST_IN_HELP = ("model.lr", "model.beta", "model.mu")
+FIRST_IN_HELP = ("model.lr", "model.beta", "model.mu")
 #: Sphinx roles and RST literals in docstrings: ``x`` and :class:`~a.b.X` print as x and X.
 _RST_MARKUP = re.compile(r"(?::[a-z]+:`~?([^`]+)`|``([^`]+)``)")
 
 
-def plain_help(parser: Any) -> None:
-    """``--help`` as plain text, with lr, beta and mu first among the model's options.
+def _plain(text: str | None) -> str | None:
+    return _RST_MARKUP.sub(lambda m: m.group(1) or m.group(2), text) if text else text
+
+
+class PlainHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help formatter, printing plain text with lr, beta and mu first.
 
     The help strings come from docstrings written for the documentation site, whose RST markup
-    reads as noise in a terminal. argparse prints a group's options in the order of its
-    ``_group_actions``, so a stable sort moves the three to the front (after ``--model CONFIG``).
+    (double backticks, ``:class:`` roles) reads as noise in a terminal. Only argparse's public
+    formatter methods are overridden: each action is formatted from a copy whose ``help`` is
+    plain, and a group's actions are formatted in a stable order that moves ``--model.lr``,
+    ``--model.beta`` and ``--model.mu`` to the front (after ``--model CONFIG``).
     """
 
-    def plain(text: str | None) -> str | None:
-        return _RST_MARKUP.sub(lambda m: m.group(1) or m.group(2), text) if text else text
+    def start_section(self, heading: str | None) -> None:
+        super().start_section(_plain(heading))
 
-    subcommands = getattr(parser, "_subcommands_action", None)
-    for subparser in getattr(subcommands, "_name_parser_map", {}).values():
-        plain_help(subparser)
-    for action in parser._actions:
-        action.help = plain(action.help)
-    for group in parser._action_groups:
-        group.title, group.description = plain(group.title), plain(group.description)
-        rank = {dest: i for i, dest in enumerate(_FIRST_IN_HELP)}
-        if any(action.dest in rank for action in group._group_actions):
-            group._group_actions.sort(
-                key=lambda a: -1 if a.dest == "model" else rank.get(a.dest, len(rank))
-            )
+    def add_text(self, text: str | None) -> None:
+        super().add_text(_plain(text))
+
+    def add_arguments(self, actions: Iterable[Action]) -> None:
+        rank = {dest: i for i, dest in enumerate(FIRST_IN_HELP)}
+        super().add_arguments(
+            sorted(actions, key=lambda a: -1 if a.dest == "model" else rank.get(a.dest, len(rank)))
+        )
+
+    def add_argument(self, action: Action) -> None:
+        if action.help:
+            action = copy.copy(action)
+            action.help = _plain(action.help)
+        super().add_argument(action)
