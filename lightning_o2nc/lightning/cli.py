@@ -38,7 +38,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import Logger
 from typing_extensions import override
 
-from .cli_arguments import PlainHelpFormatter, with_config_names_resolved
+from .cli_arguments import PlainHelpFormatter, with_config_names_resolved, without_fit_only_keys
 from .data import ClassificationDataModule
 from .errors import RunConfigError, exit_with_one_line, wants_traceback
 from .module import O2NCModule
@@ -361,10 +361,6 @@ def _cli(**kwargs: Any) -> O2NCLightningCLI:
     )
 
 
-#: Keys ``o2nc-train fit --print_config`` writes that are arguments of ``fit``, not of the run.
-_FIT_ONLY_KEYS = ("ckpt_path", "weights_only")
-
-
 def build_run(
     config: Mapping[str, Any],
     extra_callbacks: Iterable[Callback] = (),
@@ -398,17 +394,8 @@ def build_run(
     Raises:
         RunConfigError: A value of the config is invalid (the message names it and its path).
     """
-    config = dict(config)
-    for key in _FIT_ONLY_KEYS:
-        if config.get(key) is not None:
-            raise RunConfigError(
-                f"{key}: {config[key]!r} belongs to `o2nc-train fit`, not to a run built from a "
-                "config (a sweep trial starts from scratch); remove it",
-                key,
-            )
-        config.pop(key, None)
     cli = _cli(
-        args=copy.deepcopy(config),
+        args=copy.deepcopy(without_fit_only_keys(config)),
         run=False,
         extra_callbacks=extra_callbacks,
         logger=logger,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import re
 from argparse import Action
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from jsonargparse import DefaultHelpFormatter
 
@@ -19,7 +20,12 @@ from lightning_o2nc.shipped_configs import resolve_config
 
 from .errors import RunConfigError
 
-__all__ = ["PlainHelpFormatter", "with_config_names_resolved"]
+__all__ = [
+    "FIT_ONLY_KEYS",
+    "PlainHelpFormatter",
+    "with_config_names_resolved",
+    "without_fit_only_keys",
+]
 
 
 def with_config_names_resolved(args: list[str]) -> list[str]:
@@ -44,6 +50,28 @@ def with_config_names_resolved(args: list[str]) -> list[str]:
         expect_config = arg in ("--config", "-c")
         resolved.append(arg)
     return resolved
+
+
+#: Keys ``o2nc-train fit --print_config`` writes that are arguments of ``fit``, not of the run.
+FIT_ONLY_KEYS = ("ckpt_path", "weights_only")
+
+
+def without_fit_only_keys(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without :data:`FIT_ONLY_KEYS` that are null, so that a printed config builds.
+
+    Raises:
+        RunConfigError: one of them is set (a run built from a config starts from its weights).
+    """
+    config = dict(config)
+    for key in FIT_ONLY_KEYS:
+        if config.get(key) is not None:
+            raise RunConfigError(
+                f"{key}: {config[key]!r} belongs to `o2nc-train fit`, not to a run built from a "
+                "config (a sweep trial starts from scratch); remove it",
+                key,
+            )
+        config.pop(key, None)
+    return config
 
 
 #: ``--help`` lists these model options first: the algorithm's three hyper-parameters.
