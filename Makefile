@@ -1,10 +1,11 @@
-# lightning-o2nc: every target creates .venv on first use and installs the project into it (editable).
+# lightning-o2nc: every target creates .venv on first use and installs the project into it (editable)
+# with the extras it needs: [dev] (tests, the extras they use, the wheel tools), [docs] for `make docs`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-min bench bench-quick data-shakespeare lint format clean
+.PHONY: demo test test-min bench bench-quick data-shakespeare docs wheel lint format clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/o2nc-sweep --config configs/sweeps/digits.yaml --logdir runs/demo
+	$(BIN)/o2nc-sweep --config digits --logdir runs/demo
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --timeout 600 tests
@@ -53,6 +54,22 @@ bench-quick: $(STAMP)
 data-shakespeare: $(STAMP)
 	$(BIN)/python -m lightning_o2nc.lightning.text_sources shakespeare --to data/shakespeare
 
+# docs: the site from docs/ and the docstrings, strictly (a warning is an error), into site/
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "docs: site/index.html"
+
+# wheel: build the sdist and wheel, check them, and run the shipped configs from the wheel in a
+# fresh venv outside the repository (.ci/wheel_check.sh says what it runs)
+wheel: $(STAMP)
+	.ci/wheel_check.sh $(abspath $(BIN))/python
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -62,4 +79,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) runs .pytest_cache site dist build

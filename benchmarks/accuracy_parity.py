@@ -6,7 +6,7 @@ random scaling differs:
 
 - **SGDM**: ``optimizer="sgdm"`` (ExponentiatedO2NC with ``scaling="none"``, i.e. torch SGD);
 - **O2NC (exponential)**: ``optimizer="o2nc"``, s ~ Exp(1), the paper's method;
-- **O2NC (uniform)**: s ~ U(0, 2), the ablation;
+- **O2NC (uniform)**: s ~ U(0, 2) with the authors' importance weight 2 − s on the next gradient (figures measured before that weight was added are marked so in RESULTS.md);
 - **O2NC at x_bar**: the exponential runs (built with ``average=True``, which does not change the
   training trajectory) evaluated at the averaged iterate by the ``AveragedIterate`` callback, with
   BatchNorm statistics recomputed at x_bar.
@@ -68,7 +68,7 @@ class ParityConfig:
     epochs: int = 4
     limit_train_batches: int = 250  # 0: full epochs
     val_batches: int = 16
-    batch_size: int | None = None  # None: configs/train/<dataset>_sgdm.yaml
+    batch_size: int | None = None  # None: lightning_o2nc/configs/train/<dataset>_sgdm.yaml
     lr: float | None = None  # None: the train config's, as batch_size
     beta: float | None = None
     weight_decay: float | None = None

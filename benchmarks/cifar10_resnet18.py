@@ -1,6 +1,6 @@
 """The paper's experiment: CIFAR-10 with the CIFAR ResNet-18, SGDM against O2NC at equal (eta, beta).
 
-The recipe is the project's train configs ``configs/train/cifar10_resnet18_{sgdm,o2nc}.yaml``
+The recipe is the project's train configs ``lightning_o2nc/configs/train/cifar10_resnet18_{sgdm,o2nc}.yaml``
 (batch 128, eta 0.1, beta 0.9, weight decay 5e-4 on every parameter, cosine schedule, 200 epochs,
 crop+flip; SGDM is ExponentiatedO2NC with ``scaling="none"``, i.e. torch SGD), built through
 ``lightning_o2nc.lightning.cli.build_run``, so this script and ``o2nc-train`` train the same thing.
@@ -37,8 +37,8 @@ from .results import RESULTS_DIR
 RESULTS_JSON = RESULTS_DIR / "cifar10_resnet18.json"
 COMMAND = "python -m benchmarks.cifar10_resnet18 --data-root DATA --seeds 0 1 2"
 CONFIGS = {
-    "sgdm": REPO_ROOT / "configs" / "train" / "cifar10_resnet18_sgdm.yaml",
-    "o2nc": REPO_ROOT / "configs" / "train" / "cifar10_resnet18_o2nc.yaml",
+    "sgdm": REPO_ROOT / "lightning_o2nc" / "configs" / "train" / "cifar10_resnet18_sgdm.yaml",
+    "o2nc": REPO_ROOT / "lightning_o2nc" / "configs" / "train" / "cifar10_resnet18_o2nc.yaml",
 }
 ARM_LABELS = {"sgdm": "SGDM", "o2nc": "O2NC (exponential)"}
 

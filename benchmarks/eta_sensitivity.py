@@ -1,7 +1,7 @@
 """Accuracy against η for SGDM and O2NC, and where each stops training: the η-sensitivity grid.
 
-For each dataset, the train config as its sweep file fixes it (``configs/sweeps/digits.yaml``:
-the MLP, 12 epochs; ``configs/sweeps/tuned_fashion_mnist.yaml``: SmallCNN(width=8), ``--fashion-epochs`` of its
+For each dataset, the train config as its sweep file fixes it (``lightning_o2nc/configs/sweeps/digits.yaml``:
+the MLP, 12 epochs; ``lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml``: SmallCNN(width=8), ``--fashion-epochs`` of its
 30-batch epochs, one by default: a 2-core budget), with β = 0.9, μ = 0 and the config's own η schedule, trains every arm
 (``model.scaling`` none / exponential / uniform) at every η of a log-spaced grid, with ``--seeds``.
 Only η and the scaling change.
@@ -36,8 +36,8 @@ from .results import RESULTS_DIR, write_result
 from .tuned_parity import ARMS, parse_settings
 
 SWEEP_FILES = {
-    "digits": "configs/sweeps/digits.yaml",
-    "fashion_mnist": "configs/sweeps/tuned_fashion_mnist.yaml",
+    "digits": "lightning_o2nc/configs/sweeps/digits.yaml",
+    "fashion_mnist": "lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml",
 }
 BLOWUP_FACTOR = 3.0
 LOOKBACK = 5
@@ -68,7 +68,7 @@ class SensitivityConfig:
 
 def grid_config(config: dict[str, Any], dataset: str, arm: str, eta: float, seed: int) -> dict:
     """The trial config of one grid point: the sweep file's train config and overrides, plus ours."""
-    from sweeps.config import load_sweep_config
+    from lightning_o2nc.sweeps.config import load_sweep_config
 
     sweep = load_sweep_config(REPO_ROOT / SWEEP_FILES[dataset])
     values = {

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import traceback
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import RESULTS_PATH, machine_markdown, markdown_table
-from .results import RESULTS_DIR, read_result
+from .results import RESULTS_DIR, UNIFORM_SCALING, read_result
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,17 @@ def _figures(result: dict[str, Any], results_dir: Path, output: Path) -> list[st
     ]
 
 
+def _unweighted_uniform_note(result: dict[str, Any]) -> str:
+    """A warning for a result whose uniform arm ran before uniform scaling had its weight."""
+    if result.get("uniform_scaling") == UNIFORM_SCALING or "uniform" not in json.dumps(result):
+        return ""
+    return (
+        "> **Measured before uniform scaling gained the authors' importance weight.** The "
+        "uniform (U(0, 2)) figures below are of the unweighted variant, which nobody proposed; "
+        '`scaling="uniform"` now multiplies the next gradient by 2 − s. The rerun replaces them.'
+    )
+
+
 def render_section(
     section: Section, results_dir: Path, output: Path
 ) -> tuple[str, list[tuple[str, str, str, str]]]:
@@ -181,7 +193,7 @@ def render_section(
     meta = f"Command: `{result['command'].strip('`')}`" if result.get("command") else ""
     if result.get("seconds") is not None:
         meta += f" ({result['seconds'] / 60:.1f} min)"
-    parts = [body, meta, *_figures(result, results_dir, output)]
+    parts = [_unweighted_uniform_note(result), body, meta, *_figures(result, results_dir, output)]
     return "\n\n".join(part for part in parts if part), rows
 
 

@@ -117,7 +117,7 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any]) 
     """One ``--flag`` per field of a benchmark's config (``defaults``: ``asdict`` of its defaults).
 
     Lists take one or more integers; booleans read 1/true/yes; a None default (a training
-    hyper-parameter taken from configs/train) is a float, except ``batch_size``, an integer.
+    hyper-parameter taken from lightning_o2nc/configs/train) is a float, except ``batch_size``, an integer.
     """
     for name, value in defaults.items():
         flag = "--" + name.replace("_", "-")

@@ -26,8 +26,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
+#: What ``scaling="uniform"`` meant when a result was written: since issue 19, U(0, 2) with the
+#: authors' importance weight 2 - s on the next gradient. Results without this entry predate it.
+UNIFORM_SCALING = "importance-weighted"
+
+
 def write_result(name: str, result: dict[str, Any], folder: Path = RESULTS_DIR) -> Path:
-    """Write ``result`` as ``<folder>/<name>.json`` (atomically, NaN/inf as null)."""
+    """Write ``result`` as ``<folder>/<name>.json`` (atomically, NaN/inf as null), recording what
+    uniform scaling meant (:data:`UNIFORM_SCALING`)."""
+    result = {**result, "uniform_scaling": UNIFORM_SCALING}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     partial = path.with_suffix(".partial")

@@ -1,10 +1,10 @@
 """Trials per second each sweep storage sustains, with 1 to 16 worker processes on one study.
 
-Storages, each opened exactly as an ``o2nc-sweep`` worker opens it (``sweeps.storage``):
+Storages, each opened exactly as an ``o2nc-sweep`` worker opens it (``lightning_o2nc.sweeps.storage``):
 
 - ``sqlite``: one SQLite file (the embedded default);
 - ``journal``: one journal file, ``--storage-class JournalFileBackend`` (symlink lock);
-- ``postgresql``: a throw-away PostgreSQL server on loopback (``sweeps.local_postgres``);
+- ``postgresql``: a throw-away PostgreSQL server on loopback (``lightning_o2nc.sweeps.local_postgres``);
 - ``grpc``: the same PostgreSQL behind ``o2nc-sweep serve`` (Optuna's gRPC proxy).
 
 The objective is trivial (``x**2``, random sampler), so the figure is the storage's own cost per
@@ -50,7 +50,7 @@ LABELS = {
     "grpc": "PostgreSQL via gRPC proxy",
 }
 _PASSWORD = "o2nc-bench-pg"
-_SERVE = [sys.executable, "-m", "sweeps.cli", "serve"]
+_SERVE = [sys.executable, "-m", "lightning_o2nc.sweeps.cli", "serve"]
 
 
 # --- the worker process -------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def _worker() -> None:
 
     import optuna
 
-    from sweeps.storage import open_storage
+    from lightning_o2nc.sweeps.storage import open_storage
 
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -152,8 +152,8 @@ class WorkerPool:
 
 
 def _start_proxy(database: str, log: Path, stack: ExitStack) -> str:
-    from sweeps.grpc_proxy import open_grpc_proxy
-    from sweeps.local_postgres import free_port
+    from lightning_o2nc.sweeps.grpc_proxy import open_grpc_proxy
+    from lightning_o2nc.sweeps.local_postgres import free_port
 
     port = free_port()
     with log.open("w") as output:
@@ -178,8 +178,8 @@ def _storage_targets(
     storages: list[str], scratch: Path, stack: ExitStack
 ) -> dict[str, tuple[str, str | None]]:
     """``storage -> (url, storage_class)``; PostgreSQL ones are skipped without a server."""
-    from sweeps.local_postgres import PostgresUnavailable, local_postgres
-    from sweeps.storage import JOURNAL_CLASS
+    from lightning_o2nc.sweeps.local_postgres import PostgresUnavailable, local_postgres
+    from lightning_o2nc.sweeps.storage import JOURNAL_CLASS
 
     targets: dict[str, tuple[str, str | None]] = {}
     database = None
@@ -209,7 +209,7 @@ def measure(
     """Run every (storage, worker count) cell; the raw result."""
     import optuna
 
-    from sweeps.storage import open_storage
+    from lightning_o2nc.sweeps.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     load_before = os.getloadavg()[0]
@@ -357,7 +357,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--seconds", type=float, default=5.0, help="run time of each cell")
     parser.add_argument("--storages", nargs="+", choices=STORAGES, default=list(STORAGES))
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="for the JSON")
-    parser.add_argument("--plot", type=Path, default=RESULTS_DIR / f"{NAME}.png")
+    parser.add_argument(
+        "--plot", type=Path, help=f"default: <output-dir>/{NAME}.png (never the committed one)"
+    )
     parser.add_argument(
         "--no-heartbeat",
         action="store_true",
@@ -368,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.worker:
         _worker()
         return None
+    args.plot = args.plot or args.output_dir / f"{NAME}.png"
     if min(args.workers) < 1 or args.seconds <= 0:
         parser.error("--workers must be positive and --seconds > 0")
     result = measure(

@@ -4,7 +4,7 @@ Every arm runs as its own processes (one torch thread each) against a fresh SQLi
 every time comes from the study itself (``datetime_start`` / ``datetime_complete``), so process
 start-up and the report are excluded.
 
-- **Per-trial overhead**: ``o2nc-sweep`` on ``configs/sweeps/digits.yaml`` (random sampler, no
+- **Per-trial overhead**: ``o2nc-sweep`` on ``lightning_o2nc/configs/sweeps/digits.yaml`` (random sampler, no
   pruning, full monitoring and TensorBoard as the demo has them) against a bare hand-written
   Optuna + Lightning loop of the same size: the same MLP and digits split, batch 64, torch SGD,
   no logger, no checkpoint, no progress bar. The two arms alternate over several rounds; each
@@ -43,7 +43,7 @@ import yaml
 from .report import BENCH_DIR, REPO_ROOT, markdown_table, work_dir
 from .workloads import QUIET_TRAINER
 
-DEMO = REPO_ROOT / "configs" / "sweeps" / "digits.yaml"
+DEMO = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "digits.yaml"
 RESULTS_JSON = BENCH_DIR / "results" / "sweep_scaling.json"
 OVERHEAD_SIZE = {"quick": (3, 3, 1), "full": (8, 10, 3)}  # (trials, epochs, rounds)
 
@@ -114,7 +114,7 @@ def _sweep_file(
 
 def _sweep_command(sweep: Path) -> Callable[[Path], list[str]]:
     options = ["--config", str(sweep), "--no-progress", "--no-plots", "--logdir"]
-    return lambda logdir: [sys.executable, "-m", "sweeps.cli", *options, str(logdir)]
+    return lambda logdir: [sys.executable, "-m", "lightning_o2nc.sweeps.cli", *options, str(logdir)]
 
 
 def _bare_command(trials: int, epochs: int) -> Callable[[Path], list[str]]:
@@ -130,8 +130,8 @@ def _run_arm(
     """Start ``workers`` copies of ``command(logdir)`` together and read their study back."""
     import optuna
 
-    from sweeps.distinct import DUPLICATE_OF
-    from sweeps.study import is_finished_for_good
+    from lightning_o2nc.sweeps.distinct import DUPLICATE_OF
+    from lightning_o2nc.sweeps.study import is_finished_for_good
 
     logdir = _scratch() / label
     shutil.rmtree(logdir, ignore_errors=True)

@@ -99,7 +99,7 @@ class ThroughputConfig:
     dataset: str = "fashion_mnist"
     backbone: str = "small_cnn"
     width: int = 16
-    batch_size: int | None = None  # None: configs/train/<dataset>_sgdm.yaml
+    batch_size: int | None = None  # None: lightning_o2nc/configs/train/<dataset>_sgdm.yaml
     warmup_batches: int = 5
     batches: int = 60
     repeats: int = 5

@@ -2,7 +2,7 @@
 
 Kept apart from :mod:`benchmarks.throughput` so that rendering needs neither torch nor Lightning.
 The file holds ``config`` (:class:`benchmarks.throughput.ThroughputConfig` as a dict, the training
-hyper-parameters resolved from ``configs/train``) and either the raw ``samples_per_second`` and
+hyper-parameters resolved from ``lightning_o2nc/configs/train``) and either the raw ``samples_per_second`` and
 ``ratios`` (arm or ratio name -> one value per repetition) or, for a result converted from an
 older RESULTS.md, only their ``summary``.
 """

@@ -54,10 +54,10 @@ from .report import REPO_ROOT, machine_description, work_dir
 from .results import RESULTS_DIR, write_result
 from .tuned_parity import parse_settings
 
-SWEEP_FILE = REPO_ROOT / "configs" / "sweeps" / "shakespeare_char.yaml"
+SWEEP_FILE = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "shakespeare_char.yaml"
 TRAIN_CONFIGS = {
-    "adamw": "configs/train/shakespeare_char_adamw.yaml",
-    "sgd": "configs/train/shakespeare_char_o2nc.yaml",
+    "adamw": "lightning_o2nc/configs/train/shakespeare_char_adamw.yaml",
+    "sgd": "lightning_o2nc/configs/train/shakespeare_char_o2nc.yaml",
 }
 _SCHEDULE = {
     "type": "schedule",
@@ -139,7 +139,7 @@ class EvidenceConfig:
 def arm_sweep(config: EvidenceConfig, arm: str, n_trials: int) -> Any:
     """One arm's study definition, written as ``<logdir>/<study>/sweep.yaml`` and loaded from there
     (``o2nc-sweep --config`` that file continues the study)."""
-    from sweeps.config import load_sweep_config
+    from lightning_o2nc.sweeps.config import load_sweep_config
 
     spec = yaml.safe_load(SWEEP_FILE.read_text())
     choice = ARMS[arm]
@@ -163,7 +163,7 @@ def arm_sweep(config: EvidenceConfig, arm: str, n_trials: int) -> Any:
 def _counts(trials: list[Any]) -> dict[str, int]:
     import optuna
 
-    from sweeps.objective import FAIL_REASON
+    from lightning_o2nc.sweeps.objective import FAIL_REASON
 
     state = optuna.trial.TrialState
     failed = [t for t in trials if t.state == state.FAIL]
@@ -182,7 +182,7 @@ def tune(config: dict[str, Any], arm: str) -> dict[str, Any]:
     """Run (or continue) one arm's study until it holds the trial and completion counts."""
     import torch
 
-    from sweeps import run_sweep
+    from lightning_o2nc.sweeps import run_sweep
 
     torch.set_num_threads(1)
     cfg = EvidenceConfig(**config)

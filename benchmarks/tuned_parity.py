@@ -1,10 +1,10 @@
 """Does the random scale cost accuracy once every arm is tuned? An equal-budget tuned comparison.
 
-Protocol (Fashion-MNIST, the sweep file ``configs/sweeps/tuned_fashion_mnist.yaml``):
+Protocol (Fashion-MNIST, the sweep file ``lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml``):
 
 1. **Tuning.** For every arm (SGDM = ``scaling: none``, O2NC ``exponential``, O2NC ``uniform``)
    and every budget (``--epochs``, the longer at least 3x the shorter), one ``o2nc-sweep`` study
-   (:func:`sweeps.run_sweep`) with the file's search space (η log-uniform, β through a
+   (:func:`lightning_o2nc.sweeps.run_sweep`) with the file's search space (η log-uniform, β through a
    log-uniform 1 - β, μ zero-or-float, the η schedule's shape), sampler seed, trial count and
    pruner. Only ``model.scaling``, ``trainer.max_epochs`` and the study name differ between the
    studies. Studies live in SQLite files under the work folder: rerunning continues them.
@@ -40,7 +40,7 @@ from .jobs import run_jobs
 from .report import REPO_ROOT, work_dir
 from .results import RESULTS_DIR, write_result
 
-SWEEP_FILE = REPO_ROOT / "configs" / "sweeps" / "tuned_fashion_mnist.yaml"
+SWEEP_FILE = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "tuned_fashion_mnist.yaml"
 #: Arm name -> ``model.scaling``. SGDM is the same optimizer with s = 1 (torch SGD's update).
 ARMS = {"SGDM": "none", "O2NC (exponential)": "exponential", "O2NC (uniform)": "uniform"}
 BASELINE = "SGDM"
@@ -89,7 +89,7 @@ def arm_sweep(config: TunedConfig, arm: str, epochs: int) -> Any:
     It is written as ``<logdir>/<study>/sweep.yaml`` and loaded from there, so that
     ``o2nc-sweep --config`` that file reruns (or continues) exactly this study.
     """
-    from sweeps.config import load_sweep_config
+    from lightning_o2nc.sweeps.config import load_sweep_config
 
     spec = yaml.safe_load((REPO_ROOT / config.sweep_file).read_text())
     spec["train_config"] = str((REPO_ROOT / config.sweep_file).parent / spec["train_config"])
@@ -113,7 +113,7 @@ def tune(config: dict[str, Any], arm: str, epochs: int) -> dict[str, Any]:
     import optuna
     import torch
 
-    from sweeps import run_sweep
+    from lightning_o2nc.sweeps import run_sweep
 
     torch.set_num_threads(1)
     cfg = TunedConfig(**config)

@@ -73,7 +73,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{fixed.get('trainer.limit_train_batches', 'all')} batches, validation on "
         f"{fixed.get('trainer.limit_val_batches', 'all')} held-out batches, test on the first "
         f"{fixed.get('trainer.limit_test_batches', 'all')} test batches of 128; weight decay from "
-        "`configs/train/fashion_mnist_o2nc.yaml`. Each arm and budget is one `o2nc-sweep` study "
+        "`lightning_o2nc/configs/train/fashion_mnist_o2nc.yaml`. Each arm and budget is one `o2nc-sweep` study "
         f"of `{config['sweep_file']}` ({'/'.join(map(str, sorted(n_trials)))} trials, sampler "
         f"{sampler['name']} {sampler.get('options', {})} seed 0, pruner {pruner['name']} "
         f"{pruner.get('options', {})}, objective val/acc at x) over η (log-uniform), β (through a "

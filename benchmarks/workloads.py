@@ -81,17 +81,17 @@ def ensure_fashion_mnist(install: bool = True) -> str | None:
     return None if fashion_mnist_available() else HOW_TO_GET_FASHION_MNIST
 
 
-#: The hyper-parameters a benchmark takes from ``configs/train/<dataset>_sgdm.yaml`` when not given.
+#: The hyper-parameters a benchmark takes from ``lightning_o2nc/configs/train/<dataset>_sgdm.yaml`` when not given.
 TRAIN_HYPERPARAMETERS = ("lr", "beta", "weight_decay", "batch_size")
 
 
 def train_hyperparameters(dataset: str) -> dict[str, Any]:
-    """η, β, weight decay and batch size of ``configs/train/<dataset>_sgdm.yaml``."""
+    """η, β, weight decay and batch size of ``lightning_o2nc/configs/train/<dataset>_sgdm.yaml``."""
     import yaml
 
     from .report import REPO_ROOT
 
-    path = REPO_ROOT / "configs" / "train" / f"{dataset}_sgdm.yaml"
+    path = REPO_ROOT / "lightning_o2nc" / "configs" / "train" / f"{dataset}_sgdm.yaml"
     if not path.is_file():
         raise ValueError(f"no train config {path} for dataset {dataset!r}")
     config = yaml.safe_load(path.read_text())

@@ -1,7 +1,7 @@
 """``o2nc-train``: LightningCLI for O2NCModule and the included data modules.
 
-    o2nc-train fit --config configs/train/digits_o2nc.yaml
-    o2nc-train test --config configs/train/digits_o2nc.yaml --ckpt_path runs/.../last.ckpt
+    o2nc-train fit --config digits_o2nc
+    o2nc-train test --config digits_o2nc --ckpt_path runs/.../last.ckpt
     o2nc-train fit --config ... --trainer.strategy=ddp --trainer.devices=4
 
 The task follows the data module (``data.class_path``): a :class:`~.text_data.CharTextDataModule`
@@ -29,6 +29,7 @@ import functools
 import inspect
 import logging
 import re
+import sys
 import traceback
 import warnings
 from collections.abc import Iterable, Mapping
@@ -42,6 +43,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import Logger
 from typing_extensions import override
 
+from .cli_arguments import PlainHelpFormatter, with_config_names_resolved, without_fit_only_keys
 from .data import ClassificationDataModule
 from .errors import RunConfigError, exit_with_one_line, wants_traceback
 from .packages import for_package, lightning_class, lightning_package, twins
@@ -150,6 +152,7 @@ class O2NCLightningCLI:
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # parse errors are raised (and printed as one line by main) instead of usage + exit
         kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("formatter_class", PlainHelpFormatter)  # plain text, lr/beta/mu first
         return super().init_parser(**kwargs)
 
     @override
@@ -377,7 +380,7 @@ def build_run(
 
     Args:
         config: A LightningCLI config as a dict (``seed_everything``, ``trainer``, ``model``,
-            ``data``), e.g. ``yaml.safe_load`` of a file in ``configs/train/``.
+            ``data``), e.g. ``yaml.safe_load`` of a file in ``lightning_o2nc/configs/train/``.
         extra_callbacks: Callback objects added to the config's callbacks (e.g. a pruning callback).
         logger: A logger object (or ``False``) that replaces the config's logger.
         trainer_overrides: Trainer keyword arguments that replace the config's values.
@@ -392,11 +395,15 @@ def build_run(
     Returns:
         ``(trainer, model, datamodule)``; run it with ``trainer.fit(model, datamodule=datamodule)``.
 
+    A config printed by ``o2nc-train fit --print_config`` works as it is: its ``fit``-only keys
+    (``ckpt_path``, ``weights_only``) are dropped while they are null; a set ``ckpt_path`` is an
+    error, since a built run starts from its config's weights.
+
     Raises:
         RunConfigError: A value of the config is invalid (the message names it and its path).
     """
     cli = _cli(
-        args=copy.deepcopy(dict(config)),
+        args=copy.deepcopy(without_fit_only_keys(config)),
         run=False,
         extra_callbacks=extra_callbacks,
         logger=logger,
@@ -417,11 +424,23 @@ def main(args: list[str] | None = None) -> None:
     A bad value in the config or the flags (:class:`RunConfigError`, raised before any training
     step) is printed as one line and exits with status 2, unless ``O2NC_TRACEBACK=1``.
 
+    ``--config`` takes a path or the name of a shipped train config (``o2nc-sweep configs``
+    lists them; an existing path wins); ``--version`` prints the version.
+
     Args:
         args: Command-line arguments; ``None`` reads ``sys.argv``.
     """
+    given = list(sys.argv[1:] if args is None else args)
+    if given == ["--version"]:
+        from .. import __version__
+
+        print(f"{PROGRAM} (lightning-o2nc) {__version__}")
+        return
     try:
-        _cli(args=args)
+        resolved = with_config_names_resolved(given)
+        if args is None:  # LightningCLI reads sys.argv itself (and warns when given both)
+            sys.argv[1:] = resolved
+        _cli(args=None if args is None else resolved)
     except RunConfigError as error:
         if wants_traceback():
             raise

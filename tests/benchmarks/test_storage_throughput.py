@@ -14,9 +14,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.slow
 def test_the_storage_benchmark_measures_each_storage_and_worker_count(tmp_path, capsys):
-    plot = tmp_path / "storage_throughput.png"
+    committed = {p: p.read_bytes() for p in storage_throughput.RESULTS_DIR.iterdir()}
+    plot = tmp_path / "storage_throughput.png"  # the default beside the JSON (make bench-quick)
     argv = ["--workers", "1", "2", "--seconds", "0.3", "--storages", "sqlite", "journal"]
-    result = storage_throughput.main([*argv, "--output-dir", str(tmp_path), "--plot", str(plot)])
+    result = storage_throughput.main([*argv, "--output-dir", str(tmp_path)])
+    assert {p: p.read_bytes() for p in storage_throughput.RESULTS_DIR.iterdir()} == committed
 
     saved = json.loads((tmp_path / "storage_throughput.json").read_text())
     assert saved["rows"] == result["rows"]

@@ -197,7 +197,7 @@ def test_o2nc_train_fits_and_checkpoints_under_the_package_of_the_environment(
 
     monkeypatch.setenv(ENV_VAR, package_name)
     package = importlib.import_module(package_name)
-    config = yaml.safe_load(Path("configs/train/digits_o2nc.yaml").read_text())
+    config = yaml.safe_load(Path("lightning_o2nc/configs/train/digits_o2nc.yaml").read_text())
     config["trainer"].update(
         max_epochs=1,
         limit_train_batches=3,

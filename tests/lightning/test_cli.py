@@ -14,7 +14,7 @@ from lightning_o2nc.lightning import CharLanguageModule, CharTextDataModule, Syn
 from lightning_o2nc.lightning.cli import build_run, main
 from tests.train_configs import cpu_trainer
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
+CONFIGS = Path(__file__).resolve().parents[2] / "lightning_o2nc" / "configs" / "train"
 
 
 def _synthetic_config(tmp_path, **trainer):

@@ -220,7 +220,7 @@ def _lightning_layer_sources():
     return [
         *sorted((ROOT / "lightning_o2nc" / "lightning").glob("*.py")),
         ROOT / "lightning_o2nc" / "pytorch_lightning.py",
-        ROOT / "sweeps" / "callbacks.py",
+        ROOT / "lightning_o2nc" / "sweeps" / "callbacks.py",
     ]
 
 

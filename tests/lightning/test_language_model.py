@@ -194,7 +194,7 @@ def test_checkpoint_keeps_the_vocabulary_and_samples_from_a_prompt(tmp_path):
 
 
 def _tiny_shakespeare_config(tmp_path: Path, name: str) -> dict:
-    config = yaml.safe_load((REPO / "configs" / "train" / f"{name}.yaml").read_text())
+    config = yaml.safe_load((REPO / "lightning_o2nc" / "configs" / "train" / f"{name}.yaml").read_text())
     config["trainer"].update({"max_steps": 6, "log_every_n_steps": 2, **QUIET_CPU})
     config["model"].update(TINY_GPT)
     config["data"]["init_args"].update(
@@ -231,8 +231,8 @@ def test_o2nc_train_fits_a_language_model_from_a_config_file(tmp_path):
 
 
 def test_sweep_paths_into_a_language_model_config_follow_its_module():
-    from sweeps.errors import SweepConfigError
-    from sweeps.paths import check_path
+    from lightning_o2nc.sweeps.errors import SweepConfigError
+    from lightning_o2nc.sweeps.paths import check_path
 
     config = {"model": {"lr": 1e-3}, "data": {"class_path": "lightning_o2nc.CharTextDataModule"}}
     check_path(config, "model.n_embd", key="space.model.n_embd")

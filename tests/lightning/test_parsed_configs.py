@@ -16,10 +16,10 @@ import yaml
 import lightning_o2nc.lightning.cli as cli_module
 from lightning_o2nc.lightning.errors import RunConfigError
 from lightning_o2nc.lightning.parsed_configs import ParsedConfigs, config_shape
-from sweeps.config import load_sweep_config
+from lightning_o2nc.sweeps.config import load_sweep_config
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN_CONFIG = ROOT / "configs" / "train" / "digits_o2nc.yaml"
+TRAIN_CONFIG = ROOT / "lightning_o2nc" / "configs" / "train" / "digits_o2nc.yaml"
 
 
 def _cli(config: dict):
@@ -54,7 +54,7 @@ def parsed_configs(monkeypatch) -> ParsedConfigs:
 
 
 def test_the_demo_sweeps_trial_configs_parse_as_a_full_parse_does(parsed_configs):
-    sweep = load_sweep_config(ROOT / "configs" / "sweeps" / "digits.yaml")
+    sweep = load_sweep_config(ROOT / "lightning_o2nc" / "configs" / "sweeps" / "digits.yaml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     configs = [sweep.trial_config(sweep.space.suggest(study.ask())) for _ in range(12)]

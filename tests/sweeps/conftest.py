@@ -1,6 +1,6 @@
 """Fixtures for the sweep tests: tiny train configs, sweep files, and a throw-away PostgreSQL.
 
-The PostgreSQL cluster is real (:func:`sweeps.local_postgres.local_postgres`, shared with the
+The PostgreSQL cluster is real (:func:`lightning_o2nc.sweeps.local_postgres.local_postgres`, shared with the
 storage benchmark): ``initdb`` into a temporary directory, ``pg_ctl start`` on a free loopback
 port with password authentication, ``pg_ctl stop`` afterwards.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sweeps.local_postgres import PostgresUnavailable, local_postgres
+from lightning_o2nc.sweeps.local_postgres import PostgresUnavailable, local_postgres
 from tests.train_configs import cpu_trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def train_config(write_yaml) -> Path:
 
 def worker_command(*args: str) -> list[str]:
     """The ``o2nc-sweep`` command line run as a separate process with this interpreter."""
-    return [sys.executable, "-m", "sweeps.cli", *args]
+    return [sys.executable, "-m", "lightning_o2nc.sweeps.cli", *args]
 
 
 def worker_env() -> dict[str, str]:

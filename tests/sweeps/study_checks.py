@@ -11,7 +11,7 @@ def counted_trials(trials: Sequence[FrozenTrial], n_trials: int) -> list[FrozenT
     """The ``n_trials`` finished trials; every other trial must have stepped aside untrained.
 
     Two workers that start a trial at the same moment when one is missing both start one; the
-    later trial then steps aside (``sweeps.study.StudyFull``): failed, not trained, not counted.
+    later trial then steps aside (``lightning_o2nc.sweeps.study.StudyFull``): failed, not trained, not counted.
     """
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == n_trials, [(t.number, t.state.name) for t in trials]

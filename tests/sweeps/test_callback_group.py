@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from sweeps.callbacks import CallbackGroup, NonFiniteLossGuard
+from lightning_o2nc.sweeps.callbacks import CallbackGroup, NonFiniteLossGuard
 from tests.train_configs import QUIET_CPU
 
 

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import sqlalchemy.engine
 
-from sweeps.storage import open_storage
+from lightning_o2nc.sweeps.storage import open_storage
 
 pytestmark = pytest.mark.slow
 

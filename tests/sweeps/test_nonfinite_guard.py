@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from sweeps.callbacks import NonFiniteLossGuard
+from lightning_o2nc.sweeps.callbacks import NonFiniteLossGuard
 from tests.train_configs import QUIET_CPU
 
 

@@ -10,12 +10,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from sweeps.config import SweepConfigError, load_sweep_config
-from sweeps.distinct import VALUES
-from sweeps.run import run_sweep
-from sweeps.space import parse_space
-from sweeps.storage import open_storage
-from sweeps.study import UNIFORM_WEIGHTED_SINCE, OldUniformScalingWarning, open_study
+from lightning_o2nc.sweeps.config import SweepConfigError, load_sweep_config
+from lightning_o2nc.sweeps.distinct import VALUES
+from lightning_o2nc.sweeps.run import run_sweep
+from lightning_o2nc.sweeps.space import parse_space
+from lightning_o2nc.sweeps.storage import open_storage
+from lightning_o2nc.sweeps.study import UNIFORM_WEIGHTED_SINCE, OldUniformScalingWarning, open_study
 
 FAMILY = {
     "type": "conditional",

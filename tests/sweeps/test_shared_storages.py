@@ -21,10 +21,10 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from sweeps.cli import main
-from sweeps.grpc_proxy import open_grpc_proxy
-from sweeps.local_postgres import free_port
-from sweeps.storage import (
+from lightning_o2nc.sweeps.cli import main
+from lightning_o2nc.sweeps.grpc_proxy import open_grpc_proxy
+from lightning_o2nc.sweeps.local_postgres import free_port
+from lightning_o2nc.sweeps.storage import (
     JOURNAL_CLASS,
     STORAGE_CLASS_ENV,
     StorageError,
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Optuna's console script, run through its entry point: the script itself may live in another
 # venv than this interpreter (``make test-min``'s venv reuses the main one's packages).
 OPTUNA_CLI = [sys.executable, "-c", "import sys; from optuna.cli import main; sys.exit(main())"]
-SERVE = [sys.executable, "-m", "sweeps.cli", "serve"]
+SERVE = [sys.executable, "-m", "lightning_o2nc.sweeps.cli", "serve"]
 PIPED = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
 #: Generous: each process imports torch and Lightning, on 2 cores shared by the whole suite.
 PROCESS_TIMEOUT = 420
@@ -48,7 +48,7 @@ PROCESS_TIMEOUT = 420
 TRIVIAL_WORKER = """
 import json, os, sys, warnings
 import optuna
-from sweeps.storage import open_storage
+from lightning_o2nc.sweeps.storage import open_storage
 warnings.simplefilter("ignore")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 url, study_name, n_trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -92,7 +92,7 @@ def spawn(env):
 
 
 def _sweep_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sweeps.cli", *args, "--no-progress", "--no-plots"]
+    return [sys.executable, "-m", "lightning_o2nc.sweeps.cli", *args, "--no-progress", "--no-plots"]
 
 
 def _outputs(processes: list[subprocess.Popen]) -> list[str]:
@@ -312,7 +312,7 @@ def test_the_slurm_array_script_runs_its_worker_on_a_journal_file_outside_slurm(
 
 
 def test_the_slurm_example_sweep_file_is_valid():
-    from sweeps import load_sweep_config
+    from lightning_o2nc.sweeps import load_sweep_config
 
     sweep = load_sweep_config(REPO / "examples" / "slurm" / "cifar10_ddp.yaml")
     trainer = sweep.trial_config({})["trainer"]

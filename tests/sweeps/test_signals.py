@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeps.storage import open_storage
+from lightning_o2nc.sweeps.storage import open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -284,10 +284,10 @@ def test_a_trial_stopped_before_it_draws_values_fails_and_queues_nothing(
 ):
     """The window between Optuna creating a trial and the objective drawing its values: the trial
     is recorded as interrupted with nothing to try again, and the worker says so."""
-    from sweeps.config import load_sweep_config
-    from sweeps.objective import SweepObjective
-    from sweeps.run import _interruption_message
-    from sweeps.signals import StopRequest, TrialInterrupted
+    from lightning_o2nc.sweeps.config import load_sweep_config
+    from lightning_o2nc.sweeps.objective import SweepObjective
+    from lightning_o2nc.sweeps.run import _interruption_message
+    from lightning_o2nc.sweeps.signals import StopRequest, TrialInterrupted
 
     sweep = load_sweep_config(write_yaml("sweep.yaml", default_sweep(train_config)))
     stop = StopRequest()

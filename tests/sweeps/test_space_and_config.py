@@ -7,10 +7,10 @@ import math
 import optuna
 import pytest
 
-from sweeps.config import SweepConfigError, load_sweep_config
-from sweeps.paths import check_path, set_path
-from sweeps.samplers import build_pruner, build_sampler
-from sweeps.space import parse_space
+from lightning_o2nc.sweeps.config import SweepConfigError, load_sweep_config
+from lightning_o2nc.sweeps.paths import check_path, set_path
+from lightning_o2nc.sweeps.samplers import build_pruner, build_sampler
+from lightning_o2nc.sweeps.space import parse_space
 
 
 def _sample(space_spec, n=40, seed=0, grid=False):
@@ -269,7 +269,7 @@ def test_samplers_default_to_parallel_friendly_settings(write_yaml, train_config
 
 
 def test_pruners_are_built_from_their_names():
-    from sweeps.samplers import PrunerSpec
+    from lightning_o2nc.sweeps.samplers import PrunerSpec
 
     median = build_pruner(PrunerSpec.parse({"name": "median", "options": {"n_warmup_steps": 3}}))
     assert isinstance(median, optuna.pruners.MedianPruner) and median._n_warmup_steps == 3
@@ -284,7 +284,11 @@ def test_pruners_are_built_from_their_names():
 def test_shipped_sweep_configs_are_valid():
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parents[2] / "configs" / "sweeps").glob("*.yaml"))
+    configs = sorted(
+        (Path(__file__).resolve().parents[2] / "lightning_o2nc" / "configs" / "sweeps").glob(
+            "*.yaml"
+        )
+    )
     assert {p.stem for p in configs} >= {"digits", "fashion_mnist", "cifar10_resnet18"}
     for path in configs:
         sweep = load_sweep_config(path)
@@ -296,7 +300,7 @@ def test_shipped_sweep_configs_are_valid():
 
 def test_multi_process_trials_are_run_with_the_spawn_launcher_and_single_ones_untouched():
     # A relaunching strategy without a spawn twin is refused rather than left to hang.
-    from sweeps.config import spawn_strategy
+    from lightning_o2nc.sweeps.config import spawn_strategy
 
     assert spawn_strategy({"strategy": "ddp", "devices": 2}) == "ddp_spawn"
     assert spawn_strategy({"strategy": "ddp_find_unused_parameters_true"}) == (
@@ -326,7 +330,7 @@ def test_multi_process_trials_are_run_with_the_spawn_launcher_and_single_ones_un
     ],
 )
 def test_each_dimension_is_built_by_the_class_its_type_names(spec):
-    from sweeps.dimensions import DIMENSIONS
+    from lightning_o2nc.sweeps.dimensions import DIMENSIONS
 
     path = "model.schedules.lr" if spec["type"] == "schedule" else "model.x"
     (dimension,) = parse_space({path: spec}).dimensions
@@ -337,7 +341,7 @@ def test_each_dimension_is_built_by_the_class_its_type_names(spec):
 def test_the_sweep_file_names_exactly_the_samplers_and_pruners_that_are_built(
     write_yaml, train_config, default_sweep
 ):
-    from sweeps.samplers import PRUNERS, SAMPLERS, PrunerSpec
+    from lightning_o2nc.sweeps.samplers import PRUNERS, SAMPLERS, PrunerSpec
 
     for name in SAMPLERS:
         changes = {"sampler": {"name": name}}

@@ -12,10 +12,10 @@ import optuna
 import pytest
 from optuna.storages.journal import JournalFileOpenLock, JournalFileSymlinkLock
 
-from sweeps import SweepConfigError
-from sweeps.cli import main
-from sweeps.config import StorageSpec
-from sweeps.storage import (
+from lightning_o2nc.sweeps import SweepConfigError
+from lightning_o2nc.sweeps.cli import main
+from lightning_o2nc.sweeps.config import StorageSpec
+from lightning_o2nc.sweeps.storage import (
     JOURNAL_CLASS,
     STORAGE_CLASS_ENV,
     STORAGE_ENV,

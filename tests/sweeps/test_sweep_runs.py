@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import math
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 from tbparse import SummaryReader
 
-from sweeps.config import load_sweep_config
-from sweeps.run import run_sweep
-from sweeps.storage import open_storage
-from sweeps.study import open_study
+from lightning_o2nc.sweeps.config import load_sweep_config
+from lightning_o2nc.sweeps.report import retrain_command
+from lightning_o2nc.sweeps.run import run_sweep
+from lightning_o2nc.sweeps.storage import open_storage
+from lightning_o2nc.sweeps.study import open_study
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +57,7 @@ def test_each_trial_is_one_tensorboard_run_with_hparams_and_the_report_names_the
     text = report.markdown.read_text()
     assert f"Trial **{best.number}**" in text
     assert best.user_attrs["tensorboard_run"] in text
-    assert f"o2nc-train fit --config {best.user_attrs['config']}" in text
+    assert f"o2nc-train fit --config {report.retrain}" in text
     assert "tensorboard --logdir" in text
     for plot in ("history", "importances", "slices", "beta_eta_contour"):
         assert report.plots[plot].stat().st_size > 1000, plot
@@ -60,8 +65,6 @@ def test_each_trial_is_one_tensorboard_run_with_hparams_and_the_report_names_the
     assert len(report.csv.read_text().strip().splitlines()) == 1 + 2
 
     # The saved config retrains the best trial: it is the train config with the trial's values.
-    import yaml
-
     config = yaml.safe_load(Path(best.user_attrs["config"]).read_text())
     assert config["model"]["lr"] == best.params["model.lr"]
     assert config["trainer"]["max_epochs"] == 2
@@ -69,6 +72,32 @@ def test_each_trial_is_one_tensorboard_run_with_hparams_and_the_report_names_the
 
     _, model, _ = build_run(config, logger=False)
     assert model.hparams.lr == best.params["model.lr"]
+
+
+def test_the_printed_retrain_command_writes_a_checkpoint_into_a_folder_of_its_own(
+    tmp_path, write_yaml, train_config, default_sweep
+):
+    sweep = _sweep(write_yaml, train_config, default_sweep, n_trials=1)
+    outcome = run_sweep(sweep, logdir=tmp_path / "logs", progress=False, plots=False)
+    best = outcome.study.best_trial
+    retrain = outcome.report.retrain
+    assert retrain is not None and retrain.parent == outcome.report.directory
+    # the trial's own config stays as it ran: no checkpoints, the train config's logger
+    trial_config = yaml.safe_load(Path(best.user_attrs["config"]).read_text())
+    assert trial_config["trainer"]["enable_checkpointing"] is False
+    argv = shlex.split(retrain_command(outcome.report))
+    assert argv[:2] == ["o2nc-train", "fit"]
+    run = subprocess.run(
+        [sys.executable, "-m", "lightning_o2nc.lightning.cli", *argv[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    folder = tmp_path / "logs" / "tiny" / "retrain" / f"trial_{best.number}"
+    assert (folder / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert not list((tmp_path / "logs" / "tiny" / f"trial_{best.number}").rglob("*.ckpt"))
 
 
 def test_rerunning_the_same_sweep_continues_the_study(

@@ -10,7 +10,7 @@ from tbparse import SummaryReader
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from lightning_o2nc.lightning.packages import for_package
-from sweeps.objective import SweepTensorBoardLogger
+from lightning_o2nc.sweeps.objective import SweepTensorBoardLogger
 
 
 def _events(run) -> list:

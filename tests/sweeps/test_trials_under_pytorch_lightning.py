@@ -9,8 +9,8 @@ from tbparse import SummaryReader
 
 import lightning_o2nc.lightning.cli as cli
 from lightning_o2nc.lightning.packages import ENV_VAR
-from sweeps.config import load_sweep_config
-from sweeps.run import run_sweep
+from lightning_o2nc.sweeps.config import load_sweep_config
+from lightning_o2nc.sweeps.run import run_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ import pytest
 import sqlalchemy.engine
 from optuna.trial import TrialState
 
-from sweeps.config import load_sweep_config
-from sweeps.distinct import worker_seed
-from sweeps.run import run_sweep
-from sweeps.storage import open_storage
+from lightning_o2nc.sweeps.config import load_sweep_config
+from lightning_o2nc.sweeps.distinct import worker_seed
+from lightning_o2nc.sweeps.run import run_sweep
+from lightning_o2nc.sweeps.storage import open_storage
 from tests.sweeps.study_checks import counted_trials
 
 pytestmark = pytest.mark.slow
@@ -209,8 +209,8 @@ def test_a_trial_started_once_the_study_is_full_steps_aside_untrained(
 def test_of_two_trials_started_together_the_earlier_one_trains(
     tmp_path, write_yaml, tiny_train_config, default_sweep
 ):
-    from sweeps.objective import SweepObjective
-    from sweeps.study import StudyFull
+    from lightning_o2nc.sweeps.objective import SweepObjective
+    from lightning_o2nc.sweeps.study import StudyFull
 
     train = write_yaml("train.yaml", tiny_train_config(max_epochs=1))
     sweep = load_sweep_config(write_yaml("s.yaml", default_sweep(train, n_trials=1, pruner="none")))
