@@ -194,7 +194,9 @@ def test_checkpoint_keeps_the_vocabulary_and_samples_from_a_prompt(tmp_path):
 
 
 def _tiny_shakespeare_config(tmp_path: Path, name: str) -> dict:
-    config = yaml.safe_load((REPO / "lightning_o2nc" / "configs" / "train" / f"{name}.yaml").read_text())
+    config = yaml.safe_load(
+        (REPO / "lightning_o2nc" / "configs" / "train" / f"{name}.yaml").read_text()
+    )
     config["trainer"].update({"max_steps": 6, "log_every_n_steps": 2, **QUIET_CPU})
     config["model"].update(TINY_GPT)
     config["data"]["init_args"].update(
