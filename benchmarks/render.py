@@ -189,7 +189,8 @@ def render_section(
         ]
     except Exception as error:  # one broken renderer must not hide the other sections
         traceback.print_exc()
-        return f"**Could not render** `results/{section.name}.json`: `{error!r}`.", []
+        failure = f"**Could not render** `results/{section.name}.json`: `{error!r}`."
+        return "\n\n".join(p for p in (_unweighted_uniform_note(result), failure) if p), []
     meta = f"Command: `{result['command'].strip('`')}`" if result.get("command") else ""
     if result.get("seconds") is not None:
         meta += f" ({result['seconds'] / 60:.1f} min)"

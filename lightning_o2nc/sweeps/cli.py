@@ -163,7 +163,10 @@ def _configs(argv: Sequence[str]) -> int:
         prog="o2nc-sweep configs",
         description="List the shipped sweep and train configs that --config accepts by name.",
     ).parse_args(argv)
-    print(listing())
+    try:
+        print(listing(), flush=True)
+    except BrokenPipeError:  # `o2nc-sweep configs | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0
 
 

@@ -104,10 +104,23 @@ def test_write_result_replaces_its_own_file_and_keeps_the_others(tmp_path):
     write_result("one", {"value": 1.0}, tmp_path)
     write_result("two", {"value": 2.0}, tmp_path)
     write_result("one", {"value": math.nan, "list": [math.inf, 3.0]}, tmp_path)
-    assert read_result("one", tmp_path) == {"value": None, "list": [None, 3.0]}
-    assert read_result("two", tmp_path) == {"value": 2.0}
+    marker = {"uniform_scaling": "importance-weighted"}
+    assert read_result("one", tmp_path) == {"value": None, "list": [None, 3.0], **marker}
+    assert read_result("two", tmp_path) == {"value": 2.0, **marker}
     assert read_result("three", tmp_path) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]
+
+
+def test_a_section_whose_uniform_figures_predate_the_importance_weight_says_so(tmp_path):
+    old = {"arms": {"o2nc_uniform": {"acc": 0.5}}, "command": "python -m benchmarks.throughput"}
+    (tmp_path / "throughput.json").write_text(json.dumps(old))  # written before the marker
+    note = "Measured before uniform scaling gained the authors' importance weight"
+    section = next(s for s in render.SECTIONS if s.name == "throughput")
+    text, _ = render.render_section(section, tmp_path, tmp_path / "RESULTS.md")
+    assert note in text
+    write_result("throughput", old, tmp_path)  # written now: uniform is the weighted one
+    text, _ = render.render_section(section, tmp_path, tmp_path / "RESULTS.md")
+    assert note not in text
 
 
 def test_every_registered_section_renders_from_its_file_or_says_how_to_get_it(tmp_path):
