@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from .compare import difference_text
+from .parity_arms import ARMS, AVERAGED_ARM, BASELINE, PANEL_TAGS
+from .parity_plots import plot_curves, stationarity_panel
 from .report import (
     add_config_flags,
     config_command,
@@ -46,19 +48,6 @@ from .report import (
 )
 from .results import RESULTS_DIR, write_result
 from .workloads import QUIET_TRAINER, module_hyperparameters, with_train_hyperparameters
-
-ARMS: dict[str, dict[str, Any]] = {
-    "SGDM": {"optimizer": "sgdm", "average": False},
-    "O2NC (exponential)": {"optimizer": "o2nc", "scaling": "exponential", "average": True},
-    "O2NC (uniform)": {"optimizer": "o2nc", "scaling": "uniform", "average": False},
-}
-AVERAGED_ARM = "O2NC at x̄ (exponential runs)"
-BASELINE = "SGDM"
-PANEL_TAGS = {
-    "o2nc/grad_ema_norm": "‖m̂‖ (normalized gradient EMA)",
-    "o2nc/iterate_variance": "V (iterate variance around x̄)",
-    "o2nc/stationarity_certificate": "certificate ‖m̂‖ + c·V",
-}
 
 
 @dataclass
@@ -205,8 +194,6 @@ def summarize(raw: dict[str, Any], figure_dir: Path) -> dict[str, Any]:
     Draws the curves and the stationarity panel from the raw per-step data into ``figure_dir``
     (the per-step data itself is not stored).
     """
-    from .parity_plots import plot_curves, stationarity_panel
-
     dataset = raw["config"]["dataset"]
     curves, panel = f"parity_{dataset}.png", f"stationarity_{dataset}.png"
     plot_curves(raw, figure_dir / curves)

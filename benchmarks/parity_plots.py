@@ -10,7 +10,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from .accuracy_parity import ARMS, AVERAGED_ARM, PANEL_TAGS
+from .parity_arms import ARMS, AVERAGED_ARM, PANEL_TAGS
 
 
 def plot_curves(result: dict[str, Any], path: Path) -> None:

@@ -33,7 +33,7 @@ from .errors import SweepConfigError
 from .paths import check_path, get_path, set_path
 from .samplers import PrunerSpec, SamplerSpec
 from .space import SearchSpace, parse_space
-from .storage import StorageSpec
+from .storage_settings import StorageSpec
 
 __all__ = [
     "ObjectiveSpec",

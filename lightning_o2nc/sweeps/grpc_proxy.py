@@ -35,11 +35,11 @@ from optuna.storages import BaseStorage
 
 from lightning_o2nc.extras import MissingExtra, require
 
-from .storage import (
+from .databases import open_database
+from .storage_settings import (
     GRPC_SCHEME,
     STORAGE_ENV,
     StorageError,
-    open_storage,
     redact,
     storage_kind,
 )
@@ -132,7 +132,7 @@ def serve(
         )
     stop = stop or threading.Event()
     # The proxy's own cache in front of the database, as Optuna recommends for the proxy.
-    storage = optuna.storages.get_storage(open_storage(url, heartbeat=False))
+    storage = optuna.storages.get_storage(open_database(url, heartbeat=False))
     thread_pool = ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1)))
     try:
         server = make_server(storage, host, port, thread_pool)

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from lightning_o2nc.sweeps.config import load_sweep_config
 from lightning_o2nc.sweeps.distinct import worker_seed
 from lightning_o2nc.sweeps.run import run_sweep
+from lightning_o2nc.sweeps.samplers import build_sampler
 from lightning_o2nc.sweeps.storage import open_storage
 from tests.sweeps.study_checks import counted_trials
 
@@ -239,3 +240,54 @@ def test_worker_seeds_repeat_for_one_worker_at_a_time_and_differ_for_workers_sta
     assert worker_seed(study, 0) not in (first, together)
     assert worker_seed(fresh(), 1) != first
     assert worker_seed(fresh(), None) is None
+
+
+def test_a_worker_joining_a_study_of_n_trials_draws_from_its_own_seed_and_replays_exactly(
+    write_yaml, train_config, default_sweep
+):
+    """The trial count enters the seed itself, not only the collision fallback.
+
+    A worker that joins a study holding trials is seeded from the file's seed *and* that count.
+    Were the count left out, it would draw the first worker's seed again: on the same study the
+    collision token would rescue distinctness but at the price of a random, unreplayable seed; on
+    a copy without the first worker's record it would repeat the first worker's trials.
+    """
+    sweep = load_sweep_config(write_yaml("s.yaml", default_sweep(train_config)))
+    n = 3
+
+    def join(study: optuna.Study) -> tuple[int, dict, dict]:
+        """One worker starting on ``study``: its seed, its record, its first configuration."""
+        seed = worker_seed(study, sweep.seed)
+        (record,) = (v for k, v in study.user_attrs.items() if v.get("seed") == seed)
+        study.sampler = build_sampler(sweep.sampler, sweep.space, seed)
+        trial = study.ask()
+        values = sweep.space.suggest(trial)
+        study.tell(trial, 0.5)
+        return seed, record, values
+
+    def first_worker_then_a_continuation() -> tuple[tuple, tuple]:
+        study = optuna.create_study(direction="maximize")
+        first = join(study)
+        for _ in range(n - 1):  # the first worker's other trials, from its own sampler
+            trial = study.ask()
+            sweep.space.suggest(trial)
+            study.tell(trial, 0.5)
+        return first, join(study)
+
+    (first_seed, first_record, first_values), continuation = first_worker_then_a_continuation()
+    _, replay = first_worker_then_a_continuation()
+    seed, record, values = continuation
+    assert record == {"seed": seed, "trials_at_start": n}  # no shared_start: no fallback used
+    assert first_record == {"seed": first_seed, "trials_at_start": 0}
+    assert seed != first_seed and values != first_values
+    assert replay == continuation  # the continuation is reproducible, its first draw included
+
+    # A study of n trials that no worker recorded (e.g. made by Optuna's CLI or enqueued): the
+    # joining worker still differs from one joining an empty study, with no collision to find.
+    held = optuna.create_study(direction="maximize")
+    for _ in range(n):
+        held.enqueue_trial({})
+    held_seed, held_record, held_values = join(held)
+    empty_seed, _, empty_values = join(optuna.create_study(direction="maximize"))
+    assert held_record == {"seed": held_seed, "trials_at_start": n}
+    assert held_seed != empty_seed and held_values != empty_values
