@@ -21,8 +21,9 @@ The renderers of the other benchmarks read these shapes:
 
 - ``step_overhead.json`` (:mod:`benchmarks.step_overhead`): ``models`` -> model -> ``rows`` (one
   per arm: ``arm``, ``ratio``, ``ratio_iqr``, ``median_us``, ...), and ``targets``;
-- ``sweep_scaling.json`` (:mod:`benchmarks.sweep_scaling`): ``overhead``, ``workers``
-  (``one``/``two``), ``pruning`` (``pruned``/``unpruned``), ``quick``, ``cpus``;
+- ``sweep_scaling.json`` (:mod:`benchmarks.sweep_scaling`, rendered by
+  :mod:`benchmarks.sweep_scaling_report`): ``overhead``, ``workers`` (``one``/``two``),
+  ``pruning`` (``pruned``/``unpruned``), ``quick``, ``cpus``;
 - ``storage_throughput.json`` (:mod:`benchmarks.storage_throughput`): ``rows`` (``storage``,
   ``workers``, ``trials``, ``seconds``, ``trials_per_s``) and ``seconds_per_cell``;
 - ``tuned_parity.json``: see :mod:`benchmarks.tuned_report`;
@@ -108,9 +109,9 @@ SECTIONS = [
     Section(
         "sweep_scaling",
         "Sweep scaling",
-        "benchmarks.sweep_scaling:to_markdown",
+        "benchmarks.sweep_scaling_report:to_markdown",
         "python -m benchmarks.sweep_scaling",
-        "benchmarks.sweep_scaling:targets",
+        "benchmarks.sweep_scaling_report:targets",
     ),
     Section(
         "storage_throughput",

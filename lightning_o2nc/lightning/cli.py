@@ -19,15 +19,13 @@ RichProgressBar (without the logger's ``v_num``), and a ModelCheckpoint that als
   any training with one line, ``o2nc-train: error: <reason> (<config path>)``, and exit status 2;
   ``O2NC_TRACEBACK=1`` shows the traceback instead (:mod:`.errors`).
 - ``--help`` lists the model and data options first; Lightning's tips about its cloud products
-  and warnings a user cannot act on are not printed.
+  and warnings a user cannot act on are not printed (:mod:`.quiet_output`).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
-import logging
 import re
 import sys
 import traceback
@@ -48,6 +46,7 @@ from .data import ClassificationDataModule
 from .errors import RunConfigError, exit_with_one_line, wants_traceback
 from .packages import for_package, lightning_class, lightning_package, twins
 from .parsed_configs import ParsedConfigs
+from .quiet_output import silence_unactionable_output
 from .run_folders import latest_resumable_version, logger_run_folder
 from .tasks import data_class_path, task_classes
 
@@ -55,21 +54,6 @@ PROGRAM = "o2nc-train"
 # a bad Trainer value (devices, strategy, ...), as raised by either Lightning package
 _MISCONFIGURATION = twins("utilities.exceptions.MisconfigurationException")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# Messages nobody running o2nc-train can act on: Lightning's advertisements for its cloud
-# products, a torch deprecation inside Lightning's own code, and the checkpoint folder of a
-# finished fit being "changed" when that checkpoint is tested from a new version folder.
-_TIP_PREFIX = "💡 Tip:"
-_UNACTIONABLE_WARNINGS = (
-    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
-    r"The dirpath has changed from .* won't be reloaded.*",
-)
-_LIGHTNING_LOGGERS = (
-    "lightning.pytorch",
-    "pytorch_lightning",
-    "lightning.fabric",
-    "lightning_fabric",
-    "lightning_utilities",
-)
 
 
 def trainer_defaults(package: ModuleType) -> dict[str, Any]:
@@ -321,26 +305,6 @@ class ProgressBarWithoutVersion:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
-
-
-class _DropTips(logging.Filter):
-    @override
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_TIP_PREFIX)
-
-
-@functools.cache
-def silence_unactionable_output() -> None:
-    """Drops Lightning's "💡 Tip" lines and the warnings in ``_UNACTIONABLE_WARNINGS``.
-
-    Called by this CLI's entry points only (``o2nc-train``, :func:`build_run`); a Trainer of the
-    user's own keeps Lightning's output.
-    """
-    for pattern in _UNACTIONABLE_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    for name in _LIGHTNING_LOGGERS:  # rank_zero_info logs through a child of one of these
-        for logger_name in (name, f"{name}.utilities.rank_zero", f"{name}.core.rank_zero"):
-            logging.getLogger(logger_name).addFilter(_DropTips())
 
 
 def _usage(subcommand: str) -> str:
