@@ -1,9 +1,8 @@
-"""lightning-o2nc: Exponentiated O2NC for PyTorch and Lightning.
+"""lightning-o2nc: Exponentiated O2NC (SGD with momentum, every update scaled by one s ~ Exp(1))
+for PyTorch and Lightning; this module is the public API that users import from."""
 
-The optimizer layer imports only torch. Lightning components are re-exported lazily, so
-``from lightning_o2nc import ExponentiatedO2NC`` never imports lightning.
-"""
-
+# The optimizer layer imports only torch. Lightning names are re-exported lazily (__getattr__), so
+# `from lightning_o2nc import ExponentiatedO2NC` never imports lightning.
 from importlib import import_module
 from typing import Any
 

@@ -1,4 +1,5 @@
-"""Lightning layer: LightningModules, backbones, data modules, callbacks and the CLI."""
+"""The optimizers in a Lightning run: LightningModules, callbacks (statistics, the averaged
+iterate), data modules, backbones and the o2nc-train CLI, for either Lightning package."""
 
 from .averaged_iterate import AveragedIterate
 from .backbones import MLP, SmallCNN, build_backbone, resnet18_cifar

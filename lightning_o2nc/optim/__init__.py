@@ -1,5 +1,5 @@
-"""Pure-torch layer: the optimizers, random scaling around any optimizer, schedules, the factory
-and theory helpers."""
+"""The optimizers in pure torch, for a plain PyTorch loop or any trainer: Exponentiated O2NC,
+random scaling around any optimizer, their schedules, the factory and the plain reference."""
 
 from .factory import OPTIMIZERS, build_optimizer, build_schedulers, param_groups_weight_decay
 from .hyperparameters import HYPERPARAMETERS, Hyperparameter, validate_hyperparameters

@@ -1,12 +1,9 @@
-"""Optuna sweeps over the O2NC hyper-parameters (beta, eta, mu and their schedules).
+"""Optuna sweeps over the optimizer's hyper-parameters (o2nc-sweep): each trial is a train config
+plus the trial's values, built as a Lightning run and fitted by Lightning, never trained here."""
 
-The package never trains anything itself: each trial is the train config plus the trial's values,
-built by ``lightning_o2nc.lightning.cli.build_run`` and fitted by Lightning.
-
-Names are re-exported lazily: ``import lightning_o2nc.sweeps.storage`` (a storage benchmark's worker, the gRPC
-proxy, a signal arriving during start-up) then costs optuna alone, not torch and Lightning.
-"""
-
+# Names are re-exported lazily: `import lightning_o2nc.sweeps.storage` (a storage benchmark's
+# worker, the gRPC proxy, a signal arriving during start-up) then costs optuna alone, not torch
+# and Lightning.
 from importlib import import_module
 from typing import Any
 
