@@ -161,11 +161,17 @@ def arm_sweep(config: EvidenceConfig, arm: str, n_trials: int) -> Any:
 
 
 def _counts(trials: list[Any]) -> dict[str, int]:
+    """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, or the end of a
+    session) is not a result: the sweep queued its parameters again, so it counts only as
+    ``interrupted``, never as a trial or a failure."""
     import optuna
 
     from lightning_o2nc.sweeps.objective import FAIL_REASON
+    from lightning_o2nc.sweeps.signals import INTERRUPTED_BY
 
     state = optuna.trial.TrialState
+    interrupted = [t for t in trials if INTERRUPTED_BY in t.user_attrs]
+    trials = [t for t in trials if INTERRUPTED_BY not in t.user_attrs]
     failed = [t for t in trials if t.state == state.FAIL]
     # the sweep fails a diverged trial with its reason ("non-finite training loss ...")
     diverged = [t for t in failed if "finite" in str(t.user_attrs.get(FAIL_REASON, ""))]
@@ -175,6 +181,7 @@ def _counts(trials: list[Any]) -> dict[str, int]:
         "pruned": sum(t.state == state.PRUNED for t in trials),
         "diverged": len(diverged),
         "failed": len(failed) - len(diverged),
+        "interrupted": len(interrupted),
     }
 
 

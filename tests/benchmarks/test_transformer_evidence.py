@@ -68,3 +68,40 @@ def test_quick_comparison_stores_counts_losses_at_x_and_x_bar_and_resumes(tmp_pa
     again = json.loads((out / "transformer_evidence_quick.json").read_text())
     assert again["arms"]["adamw"]["val_loss"] == result["arms"]["adamw"]["val_loss"]
     assert again["seconds"] < result["seconds"]
+
+
+def test_an_interrupted_trial_is_neither_a_trial_nor_a_failure_of_its_arm():
+    import optuna
+
+    from lightning_o2nc.sweeps.objective import FAIL_REASON
+    from lightning_o2nc.sweeps.signals import INTERRUPTED_BY
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    outcomes = [
+        ("complete", {}),
+        ("complete", {}),
+        ("pruned", {}),
+        ("fail", {FAIL_REASON: "non-finite training loss at step 12"}),
+        ("fail", {FAIL_REASON: "RuntimeError: out of memory"}),
+        ("fail", {INTERRUPTED_BY: "SIGINT", FAIL_REASON: "interrupted by SIGINT"}),
+    ]
+    for outcome, attrs in outcomes:
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        state = {"complete": "COMPLETE", "pruned": "PRUNED", "fail": "FAIL"}[outcome]
+        study.tell(
+            trial,
+            1.0 if outcome == "complete" else None,
+            state=getattr(optuna.trial.TrialState, state),
+        )
+    counts = transformer_evidence._counts(study.trials)
+    assert counts == {
+        "trials": 5,
+        "completed": 2,
+        "pruned": 1,
+        "diverged": 1,
+        "failed": 1,
+        "interrupted": 1,
+    }
