@@ -160,6 +160,10 @@ def arm_sweep(config: EvidenceConfig, arm: str, n_trials: int) -> Any:
     return load_sweep_config(path)
 
 
+class ComparisonInterrupted(RuntimeError):
+    """A stop request (SIGINT, SIGTERM) ended an arm's study; its interrupted trial was queued again."""
+
+
 def _counts(trials: list[Any]) -> dict[str, int]:
     """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, or the end of a
     session) is not a result: the sweep queued its parameters again, so it counts only as
@@ -205,6 +209,11 @@ def tune(config: dict[str, Any], arm: str) -> dict[str, Any]:
             progress=False,
             plots=False,
         )
+        if outcome.interrupted:  # never start another round after a stop request
+            raise ComparisonInterrupted(
+                f"{arm}: interrupted; run the same command to continue its study "
+                f"({sweep.study_name})"
+            )
         counts = _counts(outcome.study.trials)
         missing = cfg.min_complete - counts["completed"]
         if missing <= 0 or n_trials >= cfg.max_trials:
@@ -343,7 +352,11 @@ def main(argv: list[str] | None = None) -> None:
     config = EvidenceConfig(**options)
     if args.fresh:
         shutil.rmtree(config.logdir, ignore_errors=True)
-    result = run(config)
+    try:
+        result = run(config)
+    except (ComparisonInterrupted, KeyboardInterrupt) as stop:
+        print(f"transformer_evidence: {stop or 'interrupted'}; finished runs are kept", flush=True)
+        raise SystemExit(130) from None
     given = sys.argv[1:] if argv is None else argv
     result["command"] = " ".join(
         ["python -m benchmarks.transformer_evidence", *map(shlex.quote, given)]
