@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from typing_extensions import override
 
+from .data import EpochSeededSampler
 from .errors import DatasetNotFoundError, RunConfigError
 from .packages import LightningDataModule
 from .text_sources import (
@@ -85,12 +86,13 @@ class TextWindows(Dataset):
         return window[:-1], window[1:]
 
 
-class RandomWindowSampler(Sampler[int]):
+class RandomWindowSampler(EpochSeededSampler):
     """``num_samples`` uniformly random window offsets per epoch, a pure function of ``(seed, epoch)``.
 
     nanoGPT's ``get_batch`` draws ``torch.randint(len(data) - block_size, (batch_size,))`` at every
     step; here an epoch's draws are made at once from a generator seeded by ``seed`` and the
-    epoch, which Lightning sets through :meth:`set_epoch`, so a resumed fit sees the same windows.
+    epoch, which Lightning sets through ``set_epoch`` (as for :class:`EpochSeededSampler`, whose
+    epoch bookkeeping this shares), so a resumed fit sees the same windows.
 
     Args:
         num_windows: How many offsets exist (``len(TextWindows)``).
@@ -99,23 +101,14 @@ class RandomWindowSampler(Sampler[int]):
     """
 
     def __init__(self, num_windows: int, num_samples: int, seed: int = 0):
+        super().__init__(num_samples, seed)
         self.num_windows = num_windows
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the draws of ``epoch``."""
-        self.epoch = epoch
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(
             torch.randint(self.num_windows, (self.num_samples,), generator=generator).tolist()
         )
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class CharTextDataModule(LightningDataModule):  # of both Lightning packages
