@@ -12,13 +12,18 @@ from benchmarks import storage_throughput
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def _committed_files():
+    """Every file under benchmarks/results (sub-folders such as saved studies included)."""
+    return {p: p.read_bytes() for p in storage_throughput.RESULTS_DIR.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow
 def test_the_storage_benchmark_measures_each_storage_and_worker_count(tmp_path, capsys):
-    committed = {p: p.read_bytes() for p in storage_throughput.RESULTS_DIR.iterdir()}
+    committed = _committed_files()
     plot = tmp_path / "storage_throughput.png"  # the default beside the JSON (make bench-quick)
     argv = ["--workers", "1", "2", "--seconds", "0.3", "--storages", "sqlite", "journal"]
     result = storage_throughput.main([*argv, "--output-dir", str(tmp_path)])
-    assert {p: p.read_bytes() for p in storage_throughput.RESULTS_DIR.iterdir()} == committed
+    assert _committed_files() == committed
 
     saved = json.loads((tmp_path / "storage_throughput.json").read_text())
     assert saved["rows"] == result["rows"]
