@@ -1,2 +1,2 @@
-"""The project's measurements of speed, memory and accuracy, arms side by side: raw results as JSON
-in ``benchmarks/results/``, rendered into ``RESULTS.md`` (``python -m benchmarks.run_all``)."""
+"""The benchmarks of lightning-o2nc: one harness (``python -m benchmarks``) and experiments of one
+shape, whose JSON results under ``benchmarks/results/`` render RESULTS.md."""

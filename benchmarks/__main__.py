@@ -1,0 +1,107 @@
+"""The benchmark runner.
+
+    python -m benchmarks list                          # every experiment: workload, arms, measurement
+    python -m benchmarks run NAME [NAME ...] [--quick] [--set KEY=VALUE ...]
+    python -m benchmarks run all [--quick]             # every experiment that runs here (make bench)
+    python -m benchmarks render                        # RESULTS.md from benchmarks/results/*.json
+
+A full run stores ``benchmarks/results/NAME.json`` (and its figures) and re-renders RESULTS.md.
+``--quick`` runs tiny settings into ``benchmarks/_work/quick/`` and never touches either. ``--set``
+overrides one setting (a YAML value: ``--set seeds=[0,1]``); ``list`` shows the settings. An
+experiment that fails is reported and the others still run; the exit status is then 1, and 130
+after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+import yaml
+
+from .experiments import SECTIONS, every, get
+from .harness import RESULTS_DIR, RESULTS_PATH, quick_dir, run_experiment
+from .render import render
+
+
+def _overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. --set seeds=[0,1]")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def list_experiments() -> None:
+    for experiment in every():
+        how = experiment.command or f"python -m benchmarks run {experiment.name}"
+        print(f"{experiment.name}: {experiment.title}\n  run:         {how}")
+        print(f"  workload:    {experiment.workload}\n  arms:        {', '.join(experiment.arms)}")
+        print(f"  measurement: {experiment.measurement}\n  settings:    {experiment.settings}\n")
+
+
+def run(names: list[str], quick: bool, overrides: dict) -> int:
+    """Run ``names`` in turn; return the number that failed."""
+    if names == ["all"]:
+        names = [e.name for e in every() if e.command is None]
+    experiments = [get(name) for name in names]
+    for experiment in experiments:  # validate every --set before anything runs
+        experiment.resolve(quick, overrides)
+    failed = 0
+    for experiment in experiments:
+        print(f"\n=== {experiment.name} ===", flush=True)
+        try:
+            path = run_experiment(experiment, quick, overrides)
+        except Exception:
+            traceback.print_exc()
+            print(f"=== {experiment.name}: FAILED ===", flush=True)
+            failed += 1
+            continue
+        print(f"=== {experiment.name}: wrote {path} ===", flush=True)
+    folder = quick_dir() if quick else RESULTS_DIR
+    output = folder.parent / "RESULTS.md" if quick else RESULTS_PATH
+    render(folder, output)
+    print(f"wrote {output}", flush=True)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="every experiment and what it measures")
+    runner = commands.add_parser("run", help="run experiments and store their results")
+    runner.add_argument(
+        "names", nargs="+", metavar="NAME", help=f"all, or from: {', '.join(SECTIONS)}"
+    )
+    runner.add_argument("--quick", action="store_true", help="tiny settings, into the work folder")
+    runner.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="pairs")
+    renderer = commands.add_parser("render", help="RESULTS.md from the stored results")
+    renderer.add_argument("--results", default=str(RESULTS_DIR), help="folder of the JSON")
+    renderer.add_argument("--output", default=str(RESULTS_PATH), help="the Markdown to write")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        list_experiments()
+    elif args.command == "render":
+        from pathlib import Path
+
+        render(Path(args.results), Path(args.output))
+        print(f"wrote {args.output}")
+    else:
+        try:
+            failed = run(args.names, args.quick, _overrides(args.pairs))
+        except ValueError as error:  # an unknown experiment or setting: one line, nothing ran
+            raise SystemExit(f"python -m benchmarks run: {error}") from None
+        except KeyboardInterrupt:
+            print("interrupted: finished experiments are stored", file=sys.stderr)
+            raise SystemExit(130) from None
+        if failed:
+            raise SystemExit(f"{failed} experiment(s) failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""What an experiment is, where its results live, and how one runs.
+
+An experiment is one module of :mod:`benchmarks.experiments` holding an :class:`Experiment`: its
+workload (what is trained or timed), its arms (what is compared), its measurement (which number is
+taken, and how), its settings, and three functions: ``run(settings, work) -> result``,
+``render(result) -> Markdown`` and, optionally, ``figure(result, folder) -> [png names]`` and
+``targets(result) -> [(target, measured, verdict)]``.
+
+:func:`run_experiment` resolves the settings (the committed run's, or ``quick`` ones for a
+smoke run), runs it, records the environment (torch, CPU, threads, commit) and the command next to
+the result, draws the figures from the result alone, and writes ``<name>.json``:
+``benchmarks/results/`` for a full run, the work folder for a quick one, which therefore never
+touches what is committed. :mod:`benchmarks.render` builds RESULTS.md from those files alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+RESULTS_PATH = BENCH_DIR / "RESULTS.md"
+WORK_DIR = BENCH_DIR / "_work"  # git-ignored: studies, logs, checkpoints, job caches
+
+#: What ``scaling="uniform"`` meant when a result was written: since issue 19, U(0, 2) with the
+#: authors' importance weight 2 - s on the next gradient. Results without this entry predate it.
+UNIFORM_SCALING = "importance-weighted"
+
+Result = dict[str, Any]
+
+
+def work_dir() -> Path:
+    """Scratch folder of benchmark runs: ``$O2NC_BENCH_WORK_DIR`` or ``benchmarks/_work``.
+
+    Read at call time, so tests (and the worker processes they spawn) can redirect it.
+    """
+    return Path(os.environ.get("O2NC_BENCH_WORK_DIR") or WORK_DIR)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: what it measures (shown by ``python -m benchmarks list``) and how."""
+
+    name: str  # results/<name>.json and `python -m benchmarks run <name>`
+    title: str  # its RESULTS.md section
+    workload: str
+    arms: tuple[str, ...]
+    measurement: str
+    run: Callable[[dict[str, Any], Path], Result]  # (settings, work folder) -> result
+    render: Callable[[Result], str]
+    settings: dict[str, Any] = field(default_factory=dict)  # the committed run's
+    quick: dict[str, Any] = field(default_factory=dict)  # overrides of a smoke run (minutes)
+    figure: Callable[[Result, Path], list[str]] | None = None  # draws PNGs, returns their names
+    targets: Callable[[Result], list[tuple[str, str, str]]] | None = None
+    command: str | None = None  # how it runs when not through `run` (the GPU check)
+
+    def resolve(self, quick: bool = False, overrides: dict[str, Any] | None = None) -> dict:
+        """The settings of a run: the full ones, then ``quick``'s, then ``overrides``."""
+        unknown = sorted(set(overrides or {}) - set(self.settings))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown setting(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(self.settings) or 'none'}"
+            )
+        return {**self.settings, **(self.quick if quick else {}), **(overrides or {})}
+
+
+def command_text(name: str, quick: bool, overrides: dict[str, Any]) -> str:
+    """The command line that reruns ``name`` with ``overrides``."""
+    parts = ["python -m benchmarks run", name, *(["--quick"] if quick else [])]
+    parts += [f"--set {key}={json.dumps(value)}" for key, value in overrides.items()]
+    return " ".join(parts)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """What a result was measured on: torch, CPU, threads, GPU, commit, read at run time."""
+    import torch
+
+    env: dict[str, Any] = {
+        "date (UTC)": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "torch": torch.__version__,
+        "CPU": f"{_cpu_model()}, {len(os.sched_getaffinity(0))} usable cores",
+        "threads": torch.get_num_threads(),
+        "GPU": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "python": sys.version.split()[0],
+        "host": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "commit": _commit(),
+    }
+    try:
+        import lightning
+
+        env["lightning"] = lightning.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_result(name: str, result: Result, folder: Path = RESULTS_DIR) -> Path:
+    """Write ``result`` as ``<folder>/<name>.json`` atomically (NaN/inf as null), recording what
+    uniform scaling meant (:data:`UNIFORM_SCALING`)."""
+    result = {**result, "uniform_scaling": UNIFORM_SCALING}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(_finite(result), indent=1) + "\n")
+    partial.replace(path)
+    return path
+
+
+def read_result(name: str, folder: Path = RESULTS_DIR) -> Result | None:
+    """The stored result ``<folder>/<name>.json``, or None when that experiment has not run."""
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def quick_dir() -> Path:
+    """Where a quick run writes its JSON, figures and RESULTS.md: under the work folder."""
+    return work_dir() / "quick" / "results"
+
+
+def run_experiment(
+    experiment: Experiment,
+    quick: bool = False,
+    overrides: dict[str, Any] | None = None,
+    results_dir: Path | None = None,
+) -> Path:
+    """Run ``experiment`` and store its result (see the module docstring); return the JSON path."""
+    overrides = overrides or {}
+    settings = experiment.resolve(quick, overrides)
+    folder = results_dir or (quick_dir() if quick else RESULTS_DIR)
+    work = work_dir() / ("quick" if quick else "") / experiment.name
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result = experiment.run(settings, work)
+    result = {
+        **result,
+        "settings": settings,
+        "command": command_text(experiment.name, quick, overrides),
+        "seconds": time.perf_counter() - started,
+        "env": environment(),
+    }
+    if experiment.figure is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        result["figures"] = experiment.figure(result, folder)
+    return write_result(experiment.name, result, folder)
+
+
+def _single_threaded_call(function: Callable[..., Result], *args: Any) -> Result:
+    import torch
+
+    torch.set_num_threads(1)
+    return function(*args)
+
+
+def run_jobs(
+    function: Callable[..., Result],
+    tasks: Sequence[Sequence[Any]],
+    workers: int,
+    cache: Path | None = None,
+) -> list[Result]:
+    """``[function(*args) for args in tasks]`` on ``workers`` single-threaded processes (joblib's
+    loky pool), in the order of ``tasks``; ``workers=0`` runs them here.
+
+    With ``cache``, :class:`joblib.Memory` keeps every finished job, keyed on the function's code
+    and its arguments, so a rerun after a crash or a Ctrl-C reads them back instead of training.
+    """
+    import joblib
+
+    call = joblib.Memory(cache, verbose=0).cache(function) if cache else function
+    if not workers:
+        return [call(*args) for args in tasks]
+    with joblib.parallel_config(backend="loky", inner_max_num_threads=1):
+        return joblib.Parallel(n_jobs=workers)(
+            joblib.delayed(_single_threaded_call)(call, *args) for args in tasks
+        )

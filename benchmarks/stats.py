@@ -1,0 +1,49 @@
+"""The numbers and tables every experiment's Markdown shares: means over seeds, Welch's test of
+two arms, and GitHub tables."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; cells are formatted with ``str``."""
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample std, ddof=1) of ``values * scale``."""
+    scaled = [v * scale for v in values]
+    if len(scaled) == 1:
+        return f"{scaled[0]:.{digits}f}"
+    return f"{statistics.fmean(scaled):.{digits}f} ± {statistics.stdev(scaled):.{digits}f}"
+
+
+def standard_error_of_difference(a: Sequence[float], b: Sequence[float]) -> float:
+    """Standard error of mean(a) - mean(b) (Welch): sqrt(var_a / n_a + var_b / n_b)."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Two-sided Welch t-test of mean(a) - mean(b): (t, p); NaN when the test is undefined."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2 or (statistics.variance(a) == 0 and statistics.variance(b) == 0):
+        return math.nan, math.nan
+    test = stats.ttest_ind(list(a), list(b), equal_var=False)
+    return float(test.statistic), float(test.pvalue)
+
+
+def difference_text(a: Sequence[float], b: Sequence[float], scale: float = 100) -> tuple[str, str]:
+    """``("+0.12 ± 0.34", "t = 0.35, p = 0.734")`` for mean(a) - mean(b) in points."""
+    diff = scale * (statistics.fmean(a) - statistics.fmean(b))
+    error = scale * standard_error_of_difference(a, b)
+    t, p = welch(a, b)
+    return f"{diff:+.2f} ± {error:.2f}", f"t = {t:.2f}, p = {p:.3f}"

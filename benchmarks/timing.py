@@ -1,0 +1,83 @@
+"""Timing arms side by side with ``torch.utils.benchmark``.
+
+``Timer.blocked_autorange`` times one statement with the thread count pinned (and CUDA
+synchronized), but one arm at a time: on a shared machine, load that comes and goes would land on
+whichever arm ran then. So :func:`time_arms` alternates: each round times a short block of every
+arm, in a fresh random order, and keeps every block's :class:`Measurement`. :func:`summarize` then
+takes, per round, the ratio of an arm to its baseline *of the same round* (the ratio convention of
+RESULTS.md), and reports the median ratio over rounds with its interquartile range, next to the
+merged measurement's median time.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Callable, Mapping
+
+from torch.utils.benchmark import Compare, Measurement, Timer
+
+
+def time_arms(
+    arms: Mapping[str, Callable[[], object]],
+    rounds: int,
+    block_seconds: float = 0.05,
+    threads: int = 1,
+    label: str = "step",
+    seed: int = 0,
+) -> dict[str, list[Measurement]]:
+    """``rounds`` blocks of about ``block_seconds`` of each arm's call, arms alternating."""
+    timers = {
+        name: Timer(
+            "call()", globals={"call": call}, num_threads=threads, label=label, description=name
+        )
+        for name, call in arms.items()
+    }
+    order = list(timers)
+    shuffle = random.Random(seed).shuffle
+    measurements: dict[str, list[Measurement]] = {name: [] for name in order}
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
+            measurements[name].append(timers[name].blocked_autorange(min_run_time=block_seconds))
+    return measurements
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """First and third quartile (the median of a single value for both)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def summarize(
+    measurements: Mapping[str, list[Measurement]], baseline: Mapping[str, str]
+) -> dict[str, dict[str, float]]:
+    """Per arm: ``ratio`` (median over rounds of its time over its baseline's in that round),
+    ``ratio_q1``/``ratio_q3``, ``median_us`` (all blocks merged) and ``rounds``.
+
+    ``baseline`` maps an arm to the arm it is compared with (itself: ratio 1).
+    """
+    rows = {}
+    for name, blocks in measurements.items():
+        base = measurements[baseline[name]]
+        ratios = [a.median / b.median for a, b in zip(blocks, base, strict=True)]
+        merged = Measurement.merge(blocks)[0]
+        q1, q3 = quartiles(ratios)
+        rows[name] = {
+            "ratio": statistics.median(ratios),
+            "ratio_q1": q1,
+            "ratio_q3": q3,
+            "median_us": merged.median * 1e6,
+            "rounds": len(blocks),
+        }
+    return rows
+
+
+def print_comparison(measurements: Mapping[str, list[Measurement]]) -> None:
+    """torch.utils.benchmark's own table of the merged measurements, for the console."""
+    merged = [m for blocks in measurements.values() for m in Measurement.merge(blocks)]
+    compare = Compare(merged)
+    compare.trim_significant_figures()
+    compare.print()

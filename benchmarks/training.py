@@ -1,0 +1,338 @@
+"""What the accuracy experiments train: data, models and one measured run of a train config.
+
+Nothing here re-implements a data module or a model: the datasets are the Lightning layer's
+:class:`~lightning_o2nc.DigitsDataModule` and :class:`~lightning_o2nc.FashionMNISTDataModule`, the
+model its ``SmallCNN`` (narrowed to ``width`` channels so that 5 seeds x 3 arms fit 2 cores) or the
+CIFAR ResNet-18. :func:`train_config` fits one train config as ``o2nc-sweep`` builds a trial
+(:func:`lightning_o2nc.lightning.cli.build_run`) and measures it:
+
+- test accuracy (the first ``trainer.limit_test_batches`` of the test set) at the final weights x
+  and, with ``model.average: true``, at the optimizer's own x̄ (``averaged_iterate()``);
+- test accuracy at x̄ with longer horizons: :class:`HorizonAverages` keeps, for each discount b,
+  the bias-corrected b-EMA of the iterates with the optimizer's own recursion
+  (``A_n = b A_{n-1} + 1``, ``x̄_n = x̄_{n-1} + (x_n - x̄_{n-1}) / A_n``). It is what
+  ``average_beta = b`` keeps inside the optimizer; since the averaging never changes the trajectory,
+  one run gives every horizon. BatchNorm statistics are recomputed at each x̄ on the same
+  training batches, with ``torch.optim.swa_utils.update_bn``;
+- per step, the training loss and the scalar s (``optimizer.last_scale``), for the stability
+  analysis; a run whose loss becomes non-finite stops there (``diverged_at``).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+from torch import nn
+
+from .harness import REPO_ROOT, WORK_DIR
+
+# A benchmark fit writes no checkpoint, draws no progress bar and prints no model summary.
+QUIET_TRAINER: dict[str, Any] = {
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+DATA_ROOT = WORK_DIR / "data"
+HOW_TO_GET_FASHION_MNIST = (
+    "Fashion-MNIST is missing. On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` "
+    f"(files in {DEBIAN_FASHION_MNIST}); elsewhere copy the four idx files "
+    f"({', '.join(FASHION_FILES)}, .gz or not) into {DATA_ROOT / 'FashionMNIST' / 'raw'}, or set "
+    "O2NC_FASHION_MNIST_DIR to a folder that holds them."
+)
+
+
+def fashion_mnist_dirs() -> list[Path]:
+    """Folders that may hold the Fashion-MNIST idx files, in order of preference."""
+    dirs = []
+    if os.environ.get("O2NC_FASHION_MNIST_DIR"):
+        dirs.append(Path(os.environ["O2NC_FASHION_MNIST_DIR"]))
+    dirs += [DATA_ROOT / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+    return dirs
+
+
+def fashion_mnist_available() -> bool:
+    """All four idx files (plain or ``.gz``) are in one of :func:`fashion_mnist_dirs`."""
+    return any(
+        all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in FASHION_FILES)
+        for d in fashion_mnist_dirs()
+    )
+
+
+def ensure_fashion_mnist(install: bool = True) -> str | None:
+    """Make Fashion-MNIST available; return None when it is, else the reason it is not.
+
+    With ``install`` and apt-get on the machine, installs Debian's ``dataset-fashion-mnist`` (with
+    sudo when not root and sudo exists).
+    """
+    if fashion_mnist_available():
+        return None
+    if install and shutil.which("apt-get"):
+        sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+        if sudo is not None:
+            print(
+                "Fashion-MNIST: installing Debian's dataset-fashion-mnist with apt-get", flush=True
+            )
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(
+                [*sudo, "apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], env=env
+            )
+            if not fashion_mnist_available():
+                subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env)
+                subprocess.run(
+                    [*sudo, "apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], env=env
+                )
+    return None if fashion_mnist_available() else HOW_TO_GET_FASHION_MNIST
+
+
+#: The hyper-parameters a benchmark takes from ``lightning_o2nc/configs/train/<dataset>_sgdm.yaml`` when not given.
+TRAIN_HYPERPARAMETERS = ("lr", "beta", "weight_decay", "batch_size")
+
+
+def train_hyperparameters(dataset: str) -> dict[str, Any]:
+    """η, β, weight decay and batch size of ``lightning_o2nc/configs/train/<dataset>_sgdm.yaml``."""
+    import yaml
+
+    path = REPO_ROOT / "lightning_o2nc" / "configs" / "train" / f"{dataset}_sgdm.yaml"
+    if not path.is_file():
+        raise ValueError(f"no train config {path} for dataset {dataset!r}")
+    config = yaml.safe_load(path.read_text())
+    model = config["model"]
+    return {
+        "lr": model["lr"],
+        "beta": model["beta"],
+        "weight_decay": model["weight_decay"],
+        "batch_size": config["data"]["init_args"]["batch_size"],
+    }
+
+
+def with_train_hyperparameters(config: Any) -> Any:
+    """``config`` (a dataclass with ``dataset``) with every unset (None) training hyper-parameter
+    taken from the dataset's train config."""
+    import dataclasses
+
+    known = train_hyperparameters(config.dataset)
+    unset = {k: known[k] for k in TRAIN_HYPERPARAMETERS if getattr(config, k) is None}
+    return dataclasses.replace(config, **unset)
+
+
+def module_hyperparameters(config: Any) -> dict[str, Any]:
+    """The model's share of ``config``'s training hyper-parameters (all but the batch size)."""
+    return {k: getattr(config, k) for k in TRAIN_HYPERPARAMETERS if k != "batch_size"}
+
+
+def make_datamodule(dataset: str, batch_size: int, seed: int = 0, num_workers: int = 0) -> Any:
+    """``"digits"`` or ``"fashion_mnist"`` as the Lightning layer's data module."""
+    from lightning_o2nc import DigitsDataModule, FashionMNISTDataModule
+
+    if dataset == "digits":
+        return DigitsDataModule(batch_size=batch_size, seed=seed, num_workers=num_workers)
+    if dataset == "fashion_mnist":
+        return FashionMNISTDataModule(
+            root=str(DATA_ROOT),
+            system_dirs=[
+                str(d) for d in fashion_mnist_dirs() if d != DATA_ROOT / "FashionMNIST" / "raw"
+            ],
+            batch_size=batch_size,
+            seed=seed,
+            num_workers=num_workers,
+        )
+    raise ValueError(f"Unknown dataset {dataset!r}; valid: digits, fashion_mnist")
+
+
+def make_backbone(name: str, input_shape: tuple[int, ...], num_classes: int, width: int) -> Any:
+    """``"small_cnn"`` (the project's SmallCNN with ``width`` channels) or ``"resnet18_cifar"``."""
+    from lightning_o2nc.lightning.backbones import SmallCNN, build_backbone
+
+    if name == "small_cnn":
+        return SmallCNN(input_shape[0], num_classes, width=width)
+    return build_backbone(name, input_shape, num_classes)
+
+
+#: BatchNorm statistics at each longer-horizon x̄ come from this many training batches
+#: (AveragedIterate's default for the optimizer's x̄).
+BN_UPDATE_BATCHES = 8
+
+
+class HorizonAverages(Callback):
+    """Bias-corrected b-EMAs of the trainable parameters, one per discount in ``betas``.
+
+    Updated after every optimizer step whose loss was finite (the optimizer's x̄ skips nothing else
+    in these runs: ``skip_nonfinite`` is off).
+    """
+
+    def __init__(self, betas: Sequence[float]) -> None:
+        self.betas = [float(b) for b in betas]
+        self.averages: dict[float, list[torch.Tensor]] = {}
+        self.weight_sums = dict.fromkeys(self.betas, 0.0)
+
+    def _parameters(self, module: nn.Module) -> list[torch.Tensor]:
+        return [p for p in module.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        params = self._parameters(pl_module)
+        for b in self.betas:
+            self.weight_sums[b] = b * self.weight_sums[b] + 1.0
+            if b not in self.averages:
+                self.averages[b] = [p.detach().clone() for p in params]
+                continue
+            newest = 1.0 / self.weight_sums[b]
+            for average, p in zip(self.averages[b], params, strict=True):
+                average.lerp_(p, newest)
+
+    def averaged(self, beta: float) -> list[torch.Tensor]:
+        """x̄ at discount ``beta`` for every trainable parameter, in ``module.parameters()`` order."""
+        return self.averages[beta]
+
+
+class StepTrace(Callback):
+    """The training loss and the scalar s of every step; stops fit at the first non-finite loss."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.scales: list[float] = []
+        self.diverged_at: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = float(outputs["loss"])
+        self.losses.append(loss)
+        self.scales.append(float(trainer.optimizers[0].last_scale))
+        if not math.isfinite(loss) and self.diverged_at is None:
+            self.diverged_at = len(self.losses)
+            trainer.should_stop = True
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: Any, max_batches: int | None = None) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) over the first ``max_batches`` of ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in itertools.islice(loader, max_batches):
+        correct += int((model(x).argmax(dim=-1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def accuracy_at(
+    model: nn.Module, weights: list[torch.Tensor], train_batches: list, test_batches: list
+) -> float:
+    """Test accuracy with ``weights`` in the trainable parameters and BatchNorm recomputed there.
+
+    The model's parameters and BatchNorm buffers are restored afterwards.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = copy.deepcopy(model.state_dict())
+    for p, w in zip(params, weights, strict=True):
+        p.copy_(w)
+    torch.optim.swa_utils.update_bn(train_batches, model)
+    value = accuracy(model, test_batches)
+    model.load_state_dict(saved)
+    return value
+
+
+def optimizer_average(model: nn.Module, optimizer: Any) -> list[torch.Tensor]:
+    """The optimizer's own x̄ (``averaged_iterate()``) in ``model.parameters()`` order."""
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    by_param = dict(zip(map(id, grouped), optimizer.averaged_iterate(), strict=True))
+    return [by_param[id(p)] for p in model.parameters() if p.requires_grad]
+
+
+def train_config(
+    config: Mapping[str, Any],
+    *,
+    horizons: Sequence[float] = (),
+    threads: int = 1,
+    label: str = "",
+) -> dict[str, Any]:
+    """Fit and test one train config; returns accuracies, the step trace and the wall time.
+
+    Args:
+        config: a LightningCLI config dict (a sweep's trial config).
+        horizons: discounts b of the longer-horizon x̄ to evaluate as well (needs nothing from the
+            optimizer; empty: none).
+        threads: torch threads of this process.
+        label: printed with the result line.
+
+    Returns:
+        ``test_acc`` (x), ``test_acc_avg`` (the optimizer's x̄, or None without averaging),
+        ``test_acc_horizon`` ({b: accuracy}), ``diverged_at`` (1-based step of the first
+        non-finite loss, or None), ``steps``, ``max_scale``, ``losses``/``scales`` per step,
+        ``seconds``.
+    """
+    from lightning_o2nc.lightning.cli import build_run
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    trace = StepTrace()
+    averages = HorizonAverages(horizons)
+    trainer, model, datamodule = build_run(
+        config,
+        extra_callbacks=[trace, averages],
+        logger=False,
+        trainer_overrides={"enable_progress_bar": False, "enable_model_summary": False},
+    )
+    trainer.fit(model, datamodule=datamodule)
+    result: dict[str, Any] = {
+        "diverged_at": trace.diverged_at,
+        "steps": len(trace.losses),
+        "max_scale": max(trace.scales, default=1.0),
+        "losses": trace.losses,
+        "scales": trace.scales,
+    }
+    if trace.diverged_at is None:
+        datamodule.setup("test")
+        limit = trainer.limit_test_batches
+        test_batches = list(
+            itertools.islice(
+                datamodule.test_dataloader(), limit if isinstance(limit, int) else None
+            )
+        )
+        train_batches = list(itertools.islice(datamodule.train_dataloader(), BN_UPDATE_BATCHES))
+        result["test_acc"] = accuracy(model, test_batches)
+        result["test_acc_avg"] = None
+        optimizer = trainer.optimizers[0]
+        if getattr(optimizer, "average", False):
+            result["test_acc_avg"] = accuracy_at(
+                model, optimizer_average(model, optimizer), train_batches, test_batches
+            )
+        result["test_acc_horizon"] = {
+            str(b): accuracy_at(model, averages.averaged(b), train_batches, test_batches)
+            for b in averages.betas
+        }
+    else:  # a diverged run predicts one class at best: score it as chance, not as an error
+        chance = 1.0 / datamodule.num_classes
+        result["test_acc"] = chance
+        result["test_acc_avg"] = chance if config["model"].get("average") else None
+        result["test_acc_horizon"] = {str(b): chance for b in horizons}
+    result["seconds"] = time.perf_counter() - started
+    horizons_text = "".join(f", x̄({b}) {acc:.4f}" for b, acc in result["test_acc_horizon"].items())
+    print(
+        f"{label}: test acc x {result['test_acc']:.4f}"
+        + (f", x̄ {result['test_acc_avg']:.4f}" if result["test_acc_avg"] is not None else "")
+        + horizons_text
+        + (f", diverged at step {trace.diverged_at}" if trace.diverged_at else "")
+        + f" ({result['seconds']:.0f} s)",
+        flush=True,
+    )
+    return result
