@@ -1,15 +1,13 @@
 """SGDM against O2NC at one shared (η, β): the fixed-η parity run and the paper's CIFAR-10 run.
 
-Both fit and test alike (:func:`fit_and_test`) and report test accuracy mean ± std over seeds and
-each O2NC arm's difference to SGDM with Welch's test; only the random scaling differs between arms.
-**Parity** trains SmallCNN(width) at SGDM's (η, β), weight decay and cosine schedule: SGDM
-(``scaling="none"``, torch SGD's update), O2NC with s ~ Exp(1) (the paper's method), with
-s ~ U(0, 2) and the importance weight 2 − s, and the exponential runs read at x̄ (``average=True``
-keeps the trajectory; BatchNorm recomputed at x̄). The first exponential seed also logs O2NCMonitor's
-‖m̂‖, V and certificate ‖m̂‖ + c·V to TensorBoard, read back with tbparse for the panel.
-**CIFAR-10** trains ``cifar10_resnet18_{sgdm,o2nc}.yaml`` (ResNet-18, batch 128, η 0.1, β 0.9,
-200 epochs) as ``o2nc-train`` does, on a GPU; earlier rows are kept (keyed by arm, seed, epochs).
-Its quick run (``fixture``) trains a tiny random CIFAR-format archive: a pipeline check only.
+Both train a train config as ``o2nc-train`` builds it (:func:`config_run`) and compare test
+accuracy over seeds, each O2NC arm against SGDM with Welch's test; only the random scaling differs.
+**Parity**: SmallCNN(width) at SGDM's (η, β), weight decay and a cosine schedule; SGDM
+(``scaling="none"``: torch SGD's update), O2NC with s ~ Exp(1) (the paper's), with s ~ U(0, 2)
+and the importance weight 2 − s, and the exponential runs read at x̄ by ``AveragedIterate``. The
+first exponential seed logs O2NCMonitor's ‖m̂‖, V and certificate ‖m̂‖ + c·V (the panel).
+**CIFAR-10**: ``cifar10_resnet18_{sgdm,o2nc}.yaml`` (ResNet-18, η 0.1, β 0.9, 200 epochs) on a
+GPU; rows of earlier runs are kept. Its quick run trains a tiny random CIFAR-format archive.
 """
 
 from __future__ import annotations
@@ -38,17 +36,16 @@ PANEL_TAGS = {
     "o2nc/iterate_variance": "V (iterate variance around x̄)",
     "o2nc/stationarity_certificate": "certificate ‖m̂‖ + c·V",
 }
-PANEL = "o2nc/stationarity_certificate"
 CURVE_TAGS = ("train/loss", "val/acc", "val/acc_avg", *PANEL_TAGS)
+SMALL_CNN = "lightning_o2nc.lightning.backbones.SmallCNN"
 TRAIN_CONFIGS = REPO_ROOT / "lightning_o2nc" / "configs" / "train"
 CIFAR_ARMS = {"sgdm": "SGDM", "o2nc": "O2NC (exponential)"}
 CIFAR_COMMAND = "python -m benchmarks run cifar10_resnet18 --set data_root=DATA"
 
 
 def config_run(config: dict[str, Any], name: str, seed: int, work: Path, trainer: dict) -> dict:
-    """Fit and test a train config with ``seed`` as ``o2nc-train`` builds it (``build_run``), with
-    ``trainer`` over its Trainer arguments; logs to TensorBoard under ``work``. Returns the test
-    accuracy at x and (``average``) x̄, the :data:`CURVE_TAGS` read back with tbparse, the time."""
+    """Fit and test ``config`` (its Trainer arguments updated by ``trainer``) with ``seed``, logged
+    to TensorBoard under ``work``: accuracy at x and (``average``) x̄, and the curves read back."""
     import torch
     from lightning.pytorch.loggers import TensorBoardLogger
     from tbparse import SummaryReader
@@ -76,53 +73,45 @@ def config_run(config: dict[str, Any], name: str, seed: int, work: Path, trainer
 
 
 def parity_run(c: dict[str, Any], arm: str, seed: int, work: Path) -> dict[str, Any]:
-    """One (arm, seed): the dataset's SGDM train config with SmallCNN(width), the parity settings
-    and the arm's optimizer; the first exponential seed also logs O2NCMonitor's statistics."""
+    """One (arm, seed): the dataset's SGDM train config with SmallCNN(width) and ``c``'s values."""
     from ..training import DATA_ROOT, QUIET_TRAINER, fashion_mnist_dirs
 
     config = yaml.safe_load((TRAIN_CONFIGS / f"{c['dataset']}_sgdm.yaml").read_text())
-    panel = ARMS[arm].get("scaling") == "exponential" and seed == c["seeds"][0]
     model, data = config["model"], config["data"]["init_args"]
     model |= {k: c[k] for k in ("lr", "beta", "weight_decay", "certificate_c")} | ARMS[arm]
+    panel = ARMS[arm].get("scaling") == "exponential" and seed == c["seeds"][0]
     model |= {"schedules": {"lr": {"shape": c["lr_schedule"]}}, "monitor": panel}
     cnn = {"in_channels": 1, "num_classes": 10, "width": c["width"]}  # digits and Fashion-MNIST
-    model["backbone"] = {
-        "class_path": "lightning_o2nc.lightning.backbones.SmallCNN",
-        "init_args": cnn,
-    }
+    model["backbone"] = {"class_path": SMALL_CNN, "init_args": cnn}
     data |= {"batch_size": c["batch_size"], "num_workers": 0}
     if c["dataset"] == "fashion_mnist":
         data |= {"root": str(DATA_ROOT), "system_dirs": [str(d) for d in fashion_mnist_dirs()]}
     trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": c["epochs"], **QUIET_TRAINER}
     trainer |= {"limit_train_batches": c["limit_train_batches"] or 1.0, "num_sanity_val_steps": 0}
     trainer |= {"limit_val_batches": c["val_batches"], "log_every_n_steps": c["log_every_n_steps"]}
-    run = config_run(config, ARMS[arm].get("scaling", "sgdm"), seed, work, trainer)
-    result = {"arm": arm, **run}
+    result = config_run(config, ARMS[arm].get("scaling", "sgdm"), seed, work, trainer)
     if panel and (missing := set(PANEL_TAGS) - set(result["curves"])):
         raise RuntimeError(f"{sorted(missing)} not logged: is O2NCMonitor on?")
-    return result
+    return {"arm": arm, **result}
 
 
 def run_parity(settings: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Every (seed, arm) on ``workers`` processes, finished runs cached under ``work``; unset (None)
-    hyper-parameters come from the dataset's SGDM train config."""
+    """Every (seed, arm) on ``workers`` processes (finished runs cached under ``work``); unset
+    (None) hyper-parameters are the dataset's SGDM train config's."""
     from ..training import train_hyperparameters
 
     known = train_hyperparameters(settings["dataset"])
-    config = {**settings, **{k: v for k, v in known.items() if settings[k] is None}}
-    tasks = [(config, arm, seed, work) for seed in config["seeds"] for arm in ARMS]
-    runs = run_jobs(parity_run, tasks, config["workers"], work / "jobs")
+    c = {**settings, **{k: v for k, v in known.items() if settings[k] is None}}
+    tasks = [(c, arm, seed, work) for seed in c["seeds"] for arm in ARMS]
+    runs = run_jobs(parity_run, tasks, c["workers"], work / "jobs")
     accuracies = {arm: [r["test_acc"] for r in runs if r["arm"] == arm] for arm in ARMS}
     accuracies[AVERAGED_ARM] = [r["test_acc_avg"] for r in runs if r["test_acc_avg"] is not None]
-    panel = next(r["curves"] for r in runs if PANEL in r["curves"])
-    return {
-        "config": config,
-        "accuracies": accuracies,
-        "runs": len(runs),
-        "median_run_seconds": statistics.median(r["seconds"] for r in runs),
-        "stationarity": {tag: [panel[tag][1][0], panel[tag][1][-1]] for tag in PANEL_TAGS},
-        "curves": [{k: r[k] for k in ("arm", "seed", "steps_per_epoch", "curves")} for r in runs],
-    }
+    panel = next(r["curves"] for r in runs if set(PANEL_TAGS) <= set(r["curves"]))
+    result = {"config": c, "accuracies": accuracies, "runs": len(runs)}
+    result["median_run_seconds"] = statistics.median(r["seconds"] for r in runs)
+    result["stationarity"] = {tag: [panel[tag][1][0], panel[tag][1][-1]] for tag in PANEL_TAGS}
+    keep = ("arm", "seed", "steps_per_epoch", "curves")  # what the figures need
+    return result | {"curves": [{k: r[k] for k in keep} for r in runs]}
 
 
 def comparison(accuracies: dict[str, list[float]]) -> list[tuple[str, ...]]:
@@ -158,7 +147,8 @@ def render_parity(result: dict[str, Any]) -> str:
     c, batches = result["config"], result["config"]["limit_train_batches"]
     epochs = f"{c['epochs']} full epochs"
     if batches:
-        epochs = f"{c['epochs']} epochs of {batches} batches ({batches * c['batch_size']} training images drawn afresh each epoch)"
+        epochs = f"{c['epochs']} epochs of {batches} batches ({batches * c['batch_size']} training "
+        epochs += "images drawn afresh each epoch)"
     text = (
         "This is the reading at one shared (η, β), the one chosen for SGDM, not a tuned comparison "
         "(see the tuned comparison above for that).\n\n"
@@ -187,7 +177,7 @@ def render_parity(result: dict[str, Any]) -> str:
 
 def figure_parity(result: dict[str, Any], folder: Path) -> list[str]:
     """Training loss (mean over quarter epochs of the logged steps) and validation accuracy per
-    epoch, mean ± 1 std over seeds; and the panel: ‖m̂‖, V and the certificate per logged step."""
+    epoch, mean ± 1 std over seeds; the panel: ‖m̂‖, V and the certificate per logged step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,39 +192,27 @@ def figure_parity(result: dict[str, Any], folder: Path) -> list[str]:
     c, runs = result["config"], result["curves"]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=90)
     for i, arm in enumerate(ARMS):
-        mine = [r for r in runs if r["arm"] == arm]
-        steps = np.asarray(mine[0]["curves"]["train/loss"][0]) / mine[0]["steps_per_epoch"]
-        quarters = np.unique(quarter := np.floor(4 * steps))
-        loss = [
-            [np.mean(np.asarray(r["curves"]["train/loss"][1])[quarter == q]) for q in quarters]
-            for r in mine
-        ]
+        mine = [{k: np.array(v) for k, v in r["curves"].items()} for r in runs if r["arm"] == arm]
+        quarter = np.floor(4 * mine[0]["train/loss"][0] / runs[0]["steps_per_epoch"])
+        quarters = np.unique(quarter)
+        loss = [[r["train/loss"][1][quarter == q].mean() for q in quarters] for r in mine]
         band(ax_loss, (quarters + 0.5) / 4, loss, arm, f"C{i}")
         series = [("val/acc", arm, f"C{i}", "-"), ("val/acc_avg", AVERAGED_ARM, "C3", "--")]
         for tag, label, color, style in series[: 1 + ARMS[arm]["average"]]:
-            values = [np.multiply(100, r["curves"][tag][1]) for r in mine]
-            band(
-                ax_acc, range(1, len(values[0]) + 1), values, label, color, style, marker="o", ms=3
-            )
+            values = [100 * r[tag][1] for r in mine]
+            band(ax_acc, range(1, len(values[0]) + 1), values, label, color, style, marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
-    ax_acc.set_title(f"held-out validation accuracy ({c['val_batches']} batches)")
-    seeds = f"{len(c['seeds'])} seeds, mean ± 1 std"
-    fig.suptitle(f"{c['dataset']}: SmallCNN(width={c['width']}), {seeds}", fontsize=10)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="held-out validation accuracy")
+    fig.suptitle(f"{c['dataset']}: SmallCNN(width={c['width']}), mean ± 1 std over seeds")
     figures = [(fig, f"parity_{c['dataset']}.png")]
-    for panel in [r for r in runs if PANEL in r["curves"]][:1]:
+    for panel in [r for r in runs if set(PANEL_TAGS) <= set(r["curves"])][:1]:
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.3), dpi=90)
-        for ax, tag in zip(axes, PANEL_TAGS, strict=True):
+        for ax, (tag, title) in zip(axes, PANEL_TAGS.items(), strict=True):
             ax.plot(*panel["curves"][tag], lw=1)
-            ax.set(title=PANEL_TAGS[tag], xlabel="step", yscale="log")
+            ax.set(title=title, xlabel="step", yscale="log")
             for epoch in range(1, c["epochs"]):
                 ax.axvline(epoch * panel["steps_per_epoch"], color="0.8", lw=0.6, zorder=0)
-        fig.suptitle(
-            f"O2NC (exponential, average=True) on {c['dataset']}, seed {panel['seed']}: read back "
-            f"from TensorBoard (O2NCMonitor, every {c['log_every_n_steps']} steps, c = "
-            f"{c['certificate_c']}); grey lines: epochs",
-            fontsize=9,
-        )
+        fig.suptitle(f"O2NC (exponential) on {c['dataset']}, seed {panel['seed']}; grey: epochs")
         figures.append((fig, f"stationarity_{c['dataset']}.png"))
     for fig, name in figures:
         for ax in fig.axes[: 2 * name.startswith("parity")]:
@@ -265,7 +243,7 @@ def cifar_run(settings: dict[str, Any], arm: str, seed: int, data: dict, work: P
     config = yaml.safe_load((TRAIN_CONFIGS / f"cifar10_resnet18_{arm}.yaml").read_text())
     config["model"] |= settings["model"]
     config["data"]["init_args"] |= data
-    trainer = {"enable_progress_bar": False, **settings["trainer"]}
+    trainer = {"enable_progress_bar": False, "devices": 1, **settings["trainer"]}
     result = config_run(config, arm, seed, work, trainer)
     row = {"arm": arm, "eta": config["model"]["lr"], "beta": config["model"]["beta"]}
     row |= {k: result[k] for k in ("seed", "epochs", "test_acc", "test_acc_avg", "device")}
@@ -273,24 +251,24 @@ def cifar_run(settings: dict[str, Any], arm: str, seed: int, data: dict, work: P
 
 
 def run_cifar(settings: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Every (seed, arm), one at a time (finished runs cached under ``work``); the rows of the
-    JSON this run replaces are kept unless rerun."""
+    """Every (seed, arm), one at a time (finished runs cached under ``work``), and the rows of the
+    JSON it replaces that it did not rerun (keyed by arm, seed and epochs)."""
     folder = quick_dir() if work.parent == work_dir() / "quick" else RESULTS_DIR
-    data = {"root": str(settings["data_root"])}
+    data = {"root": str(settings["data_root"]), **settings["data"]}
     if settings["fixture"] and folder == RESULTS_DIR:
         raise ValueError(f"cifar10_resnet18: fixture rows never go into {RESULTS_DIR}; add --quick")
     if settings["fixture"]:
-        data = {"root": str(write_tiny_cifar10(work / "fixture")), "num_workers": 0}
-        data |= {"val_size": 16, "batch_size": 16}
+        fixture = str(write_tiny_cifar10(work / "fixture"))
+        data = {"root": fixture, "num_workers": 0, "val_size": 16, "batch_size": 16}
     elif not (Path(data["root"]) / "cifar-10-batches-py").is_dir():
         raise ValueError(
             f"cifar10_resnet18: data_root {data['root']!r} holds no cifar-10-batches-py/ folder "
             "(extract cifar-10-python.tar.gz there, or --set data_root=FOLDER)"
         )
     tasks = [(settings, a, s, data, work) for s in settings["seeds"] for a in settings["arms"]]
-    runs = (read_result("cifar10_resnet18", folder) or {}).get("rows", [])
-    runs += run_jobs(cifar_run, tasks, 0, work / "jobs")
-    return {"rows": list({(r["arm"], r["seed"], r["epochs"]): r for r in runs}.values())}
+    rows = (read_result("cifar10_resnet18", folder) or {}).get("rows", [])
+    rows += run_jobs(cifar_run, tasks, 0, work / "jobs")
+    return {"rows": list({(r["arm"], r["seed"], r["epochs"]): r for r in rows}.values())}
 
 
 def render_cifar(result: dict[str, Any]) -> str:
@@ -306,12 +284,10 @@ def render_cifar(result: dict[str, Any]) -> str:
         by_arm = {label: [r for r in rows if r["arm"] == arm] for arm, label in CIFAR_ARMS.items()}
         accuracies = {label: [r["test_acc"] for r in runs] for label, runs in by_arm.items()}
         accuracies[AVERAGED_ARM] = [r["test_acc_avg"] for r in by_arm["O2NC (exponential)"]]
-        minutes, where = statistics.median(r["minutes"] for r in rows), {r["device"] for r in rows}
-        parts.append(
-            f"**{epochs} epochs** at (η, β) = ({rows[0]['eta']}, {rows[0]['beta']}); median run "
-            f"{minutes:.1f} min on {', '.join(sorted(where))}; dates {rows[0]['date']} to {rows[-1]['date']}."
-        )
-        parts.append(accuracy_tables(accuracies))
+        eta = ", ".join(sorted({f"{CIFAR_ARMS[r['arm']]} {r['eta']:.4g}" for r in rows}))
+        runs = f"median run {statistics.median(r['minutes'] for r in rows):.1f} min"
+        where = ", ".join(sorted({f"{r['device']} ({r['date']})" for r in rows}))
+        parts += [f"**{epochs} epochs**, η: {eta}; {runs} on {where}.", accuracy_tables(accuracies)]
     return "\n\n".join(parts)
 
 
@@ -322,12 +298,19 @@ PARITY = {
     "seeds": [0, 1, 2, 3, 4], "workers": 2,
     "batch_size": None, "lr": None, "beta": None, "weight_decay": None,  # None: the train config's
 }
+PARITY_QUICK = {
+    "dataset": "digits", "epochs": 1, "limit_train_batches": 0, "batch_size": 64, "val_batches": 2,
+    "log_every_n_steps": 2, "seeds": [0, 1], "workers": 0,
+}
 CIFAR = {
     "data_root": "data", "seeds": [0, 1, 2], "arms": list(CIFAR_ARMS), "fixture": False,
-    "trainer": {"accelerator": "auto", "devices": 1},  # over the recipe's: max_epochs, precision...
+    "trainer": {},  # over the recipe's (and devices 1): max_epochs, precision, accelerator...
     "model": {},  # over the recipe's model arguments, e.g. {"lr": 0.05}
+    "data": {},  # over the recipe's data arguments, e.g. {"num_workers": 8}
 }
-QUICK_TRAINER = {"accelerator": "cpu", "max_epochs": 1, "limit_val_batches": 1, "log_every_n_steps": 1}
+CIFAR_QUICK = {"fixture": True, "seeds": [0], "trainer": {
+    "accelerator": "cpu", "max_epochs": 1, "limit_val_batches": 1, "log_every_n_steps": 1,
+}}
 # fmt: on
 EXPERIMENTS = (
     Experiment(
@@ -339,8 +322,7 @@ EXPERIMENTS = (
         run=run_parity,
         render=render_parity,
         settings=PARITY,
-        quick={"dataset": "digits", "epochs": 1, "limit_train_batches": 0, "batch_size": 64}
-        | {"val_batches": 2, "log_every_n_steps": 2, "seeds": [0, 1], "workers": 0},
+        quick=PARITY_QUICK,
         figure=figure_parity,
         targets=parity_targets,
     ),
@@ -353,7 +335,7 @@ EXPERIMENTS = (
         run=run_cifar,
         render=render_cifar,
         settings=CIFAR,
-        quick={"fixture": True, "seeds": [0], "trainer": QUICK_TRAINER},
+        quick=CIFAR_QUICK,
         command=CIFAR_COMMAND,
     ),
 )

@@ -12,6 +12,7 @@ from chance to the dataset's best mean.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from pathlib import Path
@@ -70,13 +71,9 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     if unknown := sorted(set(settings["datasets"]) - set(SWEEP_FILES)):
         raise ValueError(f"eta_sensitivity: unknown datasets {unknown}; valid: {list(SWEEP_FILES)}")
     epochs = {"fashion_mnist": {"trainer.max_epochs": settings["fashion_epochs"]}}
-    tasks = [
-        (dataset, arm, eta, seed, {**settings["overrides"], **epochs.get(dataset, {})})
-        for dataset in settings["datasets"]
-        for eta in sorted(settings["etas"], reverse=True)
-        for seed in settings["seeds"]
-        for arm in ARMS
-    ]
+    etas = sorted(settings["etas"], reverse=True)
+    grid = itertools.product(settings["datasets"], etas, settings["seeds"], ARMS)
+    tasks = [(d, a, e, s, {**settings["overrides"], **epochs.get(d, {})}) for d, e, s, a in grid]
     runs = run_jobs(grid_run, tasks, settings["workers"], work / "jobs")
     return {"config": settings, "fixed": FIXED, "runs": runs}
 
@@ -99,6 +96,7 @@ def summary(result: dict[str, Any], dataset: str) -> dict[str, dict[str, Any]]:
     for arm, row in means.items():
         runs = [r for r in result["runs"] if r["dataset"] == dataset and r["arm"] == arm]
         blown = [r for r in runs if r["blowup_step"] is not None]
+        before = [r["scale_before_blowup"] for r in blown if r["blowup_step"] > 1]
         out[arm] = {
             "best_eta": (best := max(row, key=row.get)),
             "best_acc": row[best],
@@ -106,22 +104,22 @@ def summary(result: dict[str, Any], dataset: str) -> dict[str, dict[str, Any]]:
             "blowups": f"{len(blown)}/{len(runs)}",
             "blown_at": [r["eta"] for r in blown],
             "max_scale": max(r["max_scale"] for r in runs),
-            "scales_before_blowup": [
-                s for r in blown if (s := r["scale_before_blowup"]) is not None
-            ],
+            "scales_before_blowup": before,
         }
     return out
 
 
-def _summary_row(arm: str, row: dict[str, Any]) -> tuple:
+def _summary_row(arm: str, row: dict[str, Any], sgdm: dict[str, Any]) -> tuple:
     before, trains, tail = row["scales_before_blowup"], row["largest_training_eta"], "—"
     if before and ARMS[arm] != "none":
         m = statistics.median(before)
         tail = f"median {m:.2f}, max {max(before):.2f}; P(largest of {LOOKBACK} draws ≥ median) = "
         tail += f"{tail_of_largest(arm, m):.2f}"
-    trains = f"{trains:g}" if trains else "none"
-    cells = (f"{row['best_eta']:g}", f"{100 * row['best_acc']:.1f}", trains, row["blowups"])
-    return (arm, *cells, f"{row['max_scale']:.2f}", tail)
+    limit = sgdm["largest_training_eta"] / trains if trains and sgdm["largest_training_eta"] else 0
+    ratios = (f"{sgdm['best_eta'] / row['best_eta']:.3g}", f"{limit:.3g}" if limit else "—")
+    trained = f"{trains:g}" if trains else "none"
+    cells = (f"{row['best_eta']:g}", f"{100 * row['best_acc']:.1f}", trained)
+    return (arm, *cells, row["blowups"], f"{row['max_scale']:.2f}", tail, *ratios)
 
 
 def _cell(table: dict, found: dict, arm: str, eta: float) -> str:
@@ -129,13 +127,9 @@ def _cell(table: dict, found: dict, arm: str, eta: float) -> str:
     return f"{100 * statistics.fmean(table[arm][eta]):.1f}" + (f" ({blown}✗)" if blown else "")
 
 
-def _ratio(sgdm: float | None, arm: float | None) -> str:
-    undefined = "not defined (an arm never trains)"
-    return f"SGDM's / this arm's = {sgdm / arm:.3g}" if sgdm and arm else undefined
-
-
 HEADERS = ["arm", "best η", "acc at best η %", "largest η that trains", "runs that blew up"]
 HEADERS += ["largest s drawn", f"largest s in the {LOOKBACK} steps before a blow-up"]
+HEADERS += ["SGDM's best η / this arm's", "SGDM's largest η that trains / this arm's"]
 
 
 def render(result: dict[str, Any]) -> str:
@@ -143,26 +137,18 @@ def render(result: dict[str, Any]) -> str:
     config = result["config"]
     lines = [
         f"β = {FIXED['model.beta']}, μ = {FIXED['model.mu']}, each config's own η schedule (η is its "
-        f"peak); digits: `{SWEEP_FILES['digits']}` (its train config and overrides); Fashion-MNIST: "
-        f"`{SWEEP_FILES['fashion_mnist']}` at {config['fashion_epochs']} epochs. Seeds "
-        f"{config['seeds']}; test accuracy at x. A *blow-up* is the first step whose training loss "
-        f"is non-finite or above {BLOWUP_FACTOR:g}·ln(10); an arm *trains* at η when its mean "
-        "accuracy is at least halfway from chance to the best mean of that dataset.",
+        f"peak): `{SWEEP_FILES['digits']}`; `{SWEEP_FILES['fashion_mnist']}` at "
+        f"{config['fashion_epochs']} epochs. Seeds {config['seeds']}; test accuracy at x. A *blow-up* "
+        f"is the first step whose training loss is non-finite or above {BLOWUP_FACTOR:g}·ln(10); an "
+        "arm *trains* at η when its mean accuracy is at least halfway from chance to the best mean.",
     ]
     for dataset in config["datasets"]:
         table, found = curves(result, dataset), summary(result, dataset)
         etas = sorted({eta for row in table.values() for eta in row})
         rows = [(f"{e:g}", *(_cell(table, found, a, e) for a in ARMS)) for e in etas]
-        summary_rows = [_summary_row(arm, row) for arm, row in found.items()]
+        summary_rows = [_summary_row(arm, row, found["SGDM"]) for arm, row in found.items()]
         lines += ["", f"**{dataset}**: mean test accuracy % over seeds (n✗: seeds that blew up)"]
         lines += ["", markdown_table(["η", *ARMS], rows), "", markdown_table(HEADERS, summary_rows)]
-        sgdm = found["SGDM"]
-        lines += [
-            f"\n- {arm}: best η {row['best_eta']:g} against SGDM's {sgdm['best_eta']:g} (SGDM's / "
-            f"this arm's = {sgdm['best_eta'] / row['best_eta']:.3g}); largest η that trains: "
-            f"{_ratio(sgdm['largest_training_eta'], row['largest_training_eta'])}."
-            for arm, row in list(found.items())[1:]
-        ]
     return "\n".join(lines)
 
 
@@ -174,9 +160,9 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     datasets = result["config"]["datasets"]
-    n = len(datasets)
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), dpi=90, squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), dpi=90)
+    axes = [axes] if len(datasets) == 1 else axes
+    for ax, dataset in zip(axes, datasets, strict=True):
         for i, (arm, row) in enumerate(curves(result, dataset).items()):
             etas = sorted(row)
             means = [100 * statistics.fmean(row[e]) for e in etas]
@@ -193,6 +179,15 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     return ["eta_sensitivity.png"]
 
 
+# fmt: off
+SETTINGS = {
+    "datasets": list(SWEEP_FILES), "etas": [round(10 ** (-2.5 + k / 2), 5) for k in range(8)],
+    "seeds": [0, 1], "workers": 2, "fashion_epochs": 1,  # 30 steps: enough to see where arms stop
+    "overrides": {},  # trial config path -> value, on top of the sweep file's
+}
+QUICK = {"datasets": ["digits"], "etas": [0.1, 1.0, 100.0], "seeds": [0],
+         "overrides": {"trainer.max_epochs": 3}}
+# fmt: on
 EXPERIMENTS = (
     Experiment(
         name="eta_sensitivity",
@@ -202,20 +197,8 @@ EXPERIMENTS = (
         measurement="test accuracy at x per η and seed; the blow-up step and the s drawn before it",
         run=run,
         render=render,
-        settings={
-            "datasets": list(SWEEP_FILES),
-            "etas": [round(10 ** (-2.5 + k / 2), 5) for k in range(8)],
-            "seeds": [0, 1],
-            "fashion_epochs": 1,  # 30 steps: enough to see where each arm stops training
-            "workers": 2,
-            "overrides": {},  # trial config path -> value, on top of the sweep file's
-        },
-        quick={
-            "datasets": ["digits"],
-            "etas": [0.1, 1.0, 100.0],
-            "seeds": [0],
-            "overrides": {"trainer.max_epochs": 3},
-        },
+        settings=SETTINGS,
+        quick=QUICK,
         figure=figure,
     ),
 )

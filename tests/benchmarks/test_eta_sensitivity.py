@@ -39,7 +39,7 @@ def test_the_committed_grid_renders_section_4():
     assert "| 1 | 81.7 | 42.8 (2✗) | 71.9 (1✗) |" in text
     assert (
         "| O2NC (exponential) | 0.1 | 96.9 | 0.31623 | 7/16 | 5.20 | median 1.81, max 2.91; "
-        "P(largest of 5 draws ≥ median) = 0.59 |"
+        "P(largest of 5 draws ≥ median) = 0.59 | 3.16 | 3.16 |"
     ) in text
 
 
