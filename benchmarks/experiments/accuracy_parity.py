@@ -200,10 +200,13 @@ def figure_parity(result: dict[str, Any], folder: Path) -> list[str]:
         series = [("val/acc", arm, f"C{i}", "-"), ("val/acc_avg", AVERAGED_ARM, "C3", "--")]
         for tag, label, color, style in series[: 1 + ARMS[arm]["average"]]:
             values = [100 * r[tag][1] for r in mine]
-            band(ax_acc, range(1, len(values[0]) + 1), values, label, color, style, marker="o")
+            epochs = range(1, len(values[0]) + 1)
+            band(ax_acc, epochs, values, label, color, style, marker="o", ms=3)
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="held-out validation accuracy")
     fig.suptitle(f"{c['dataset']}: SmallCNN(width={c['width']}), mean ± 1 std over seeds")
+    ax_loss.legend(fontsize=8)
+    ax_acc.legend(fontsize=8)
     figures = [(fig, f"parity_{c['dataset']}.png")]
     for panel in [r for r in runs if set(PANEL_TAGS) <= set(r["curves"])][:1]:
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.3), dpi=90)
@@ -215,8 +218,6 @@ def figure_parity(result: dict[str, Any], folder: Path) -> list[str]:
         fig.suptitle(f"O2NC (exponential) on {c['dataset']}, seed {panel['seed']}; grey: epochs")
         figures.append((fig, f"stationarity_{c['dataset']}.png"))
     for fig, name in figures:
-        for ax in fig.axes[: 2 * name.startswith("parity")]:
-            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(folder / name)
         plt.close(fig)
