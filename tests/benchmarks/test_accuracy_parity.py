@@ -1,0 +1,106 @@
+"""The fixed-η parity run and the CIFAR-10 experiment through the harness, on tiny settings: real
+Trainer fits, real TensorBoard files read back with tbparse, real JSON and PNG files.
+
+No test asserts a time or an accuracy: both depend on the machine and on tiny budgets.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.experiments import get
+from benchmarks.experiments.accuracy_parity import AVERAGED_ARM, PANEL_TAGS, write_tiny_cifar10
+from benchmarks.harness import RESULTS_DIR, read_result, run_experiment
+from benchmarks.render import render_section
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def stored_results() -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(RESULTS_DIR.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_quick_parity_writes_its_json_modest_pngs_and_targets_and_leaves_the_results_alone(
+    tmp_path,
+):
+    before = stored_results()
+    path = run_experiment(get("accuracy_parity"), quick=True)
+    assert stored_results() == before
+    result = json.loads(path.read_text())
+    assert result["figures"] == ["parity_digits.png", "stationarity_digits.png"]
+    for name in result["figures"]:
+        png = path.parent / name
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size < 300_000
+    # every arm and seed ran; x̄ is read on the exponential runs only
+    assert [len(v) for v in result["accuracies"].values()] == [2, 2, 2, 2]
+    assert set(result["stationarity"]) == set(PANEL_TAGS)
+    panel = [r for r in result["curves"] if "o2nc/stationarity_certificate" in r["curves"]]
+    assert [(r["arm"], r["seed"]) for r in panel] == [("O2NC (exponential)", 0)]
+    steps, values = panel[0]["curves"]["o2nc/iterate_variance"]
+    assert len(steps) == len(values) > 1 and steps == sorted(steps)
+    targets = get("accuracy_parity").targets(result)
+    assert [t[0].split(" within")[0] for t in targets] == [
+        "O2NC (exponential)",
+        "O2NC (uniform)",
+        AVERAGED_ARM,
+    ]
+    assert all(verdict in ("met", "**missed**") for _, _, verdict in targets)
+
+    section, rows = render_section(get("accuracy_parity"), path.parent, tmp_path / "RESULTS.md")
+    assert "Could not render" not in section and "| O2NC (uniform) |" in section
+    assert "parity_digits.png)" in section and "stationarity_digits.png)" in section
+    assert "Command: `python -m benchmarks run accuracy_parity --quick`" in section
+    assert [row[1:] for row in rows] == targets
+
+
+def test_the_committed_parity_result_renders_section_5_and_keeps_its_figures():
+    result = read_result("accuracy_parity")
+    text = get("accuracy_parity").render(result)
+    assert "| O2NC (exponential) | 85.41 ± 1.06 | -1.84 ± 0.50 | t = -3.71, p = 0.015 |" in text
+    assert "| V (iterate variance around x̄) | 0.04323 | 2.215e-06 | 5.12e-05× |" in text
+    for name in result["figures"]:
+        assert (RESULTS_DIR / name).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+def test_cifar_pipeline_runs_on_a_tiny_cifar_format_fixture_and_keeps_one_row_per_run():
+    before = stored_results()
+    cifar = get("cifar10_resnet18")
+    one_batch = {**cifar.quick["trainer"], "limit_train_batches": 1}
+    overrides = {"arms": ["o2nc"], "trainer": one_batch}
+    (first,) = json.loads(run_experiment(cifar, quick=True, overrides=overrides).read_text())[
+        "rows"
+    ]
+    assert first["arm"] == "o2nc" and first["epochs"] == 1 and first["device"] == "cpu"
+    assert 0.0 <= first["test_acc"] <= 1.0 and first["test_acc_avg"] is not None
+    # the same (arm, seed, epochs) replaces its row; another seed adds one
+    rerun = run_experiment(cifar, quick=True, overrides=overrides)
+    assert len(json.loads(rerun.read_text())["rows"]) == 1
+    rows = json.loads(
+        run_experiment(cifar, quick=True, overrides={**overrides, "seeds": [1]}).read_text()
+    )["rows"]
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    assert "| O2NC (exponential) |" in cifar.render({"rows": rows})
+    assert stored_results() == before
+
+
+def test_without_real_runs_the_cifar_section_says_so_instead_of_showing_numbers():
+    text = get("cifar10_resnet18").render({"rows": []})
+    assert "No CIFAR-10 rows yet" in text and "%" not in text
+
+
+def test_the_fixture_never_writes_into_the_stored_results():
+    before = stored_results()
+    with pytest.raises(ValueError, match="fixture rows never go into"):
+        run_experiment(get("cifar10_resnet18"), overrides={"fixture": True})
+    assert stored_results() == before
+
+
+def test_a_missing_cifar_data_root_is_one_clear_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=f"data_root '{tmp_path}' holds no cifar-10-batches-py"):
+        run_experiment(get("cifar10_resnet18"), overrides={"data_root": str(tmp_path)})
+    write_tiny_cifar10(tmp_path)
+    assert (tmp_path / "cifar-10-batches-py" / "data_batch_5").is_file()
