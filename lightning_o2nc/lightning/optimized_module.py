@@ -180,6 +180,14 @@ class OptimizedModule:
 
     @override
     def configure_callbacks(self) -> list[Callback]:
+        """The monitor and the averaged-iterate callback, built once per module: Lightning asks
+        again for every ``fit``/``validate``/``test``, and a fresh ``AveragedIterate`` would have
+        lost the BatchNorm statistics at x_bar that fit recomputed."""
+        if getattr(self, "_own_callbacks", None) is None:
+            self._own_callbacks = self._build_callbacks()
+        return self._own_callbacks
+
+    def _build_callbacks(self) -> list[Callback]:
         callbacks: list[Callback] = []
         statistics = optimizer_spec(self.hparams.optimizer).keeps_statistics or self.hparams.average
         if self.hparams.monitor and statistics:

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -168,6 +170,39 @@ def test_batch_norm_statistics_at_x_bar_are_recomputed_stored_and_used(make_data
         total / len(dm.val_set), rel=1e-5
     )
     assert all(torch.equal(v, training_state[k]) for k, v in model.state_dict().items())
+
+
+def test_testing_after_fit_uses_the_batch_norm_statistics_at_x_bar_recomputed_in_fit(
+    make_data, trainer_kwargs
+):
+    """Lightning calls configure_callbacks again for trainer.test: the module hands back the same
+    AveragedIterate, so the statistics at x_bar recomputed during fit are not lost."""
+    torch.manual_seed(0)
+    model = O2NCModule(SmallCNN(1, 4, width=4), lr=0.1, seed=0, monitor=False, bn_update_batches=2)
+    trainer = Trainer(**{**trainer_kwargs, "max_epochs": 2})
+    dm = make_data()
+    trainer.fit(model, datamodule=dm)
+    callback = next(c for c in trainer.callbacks if isinstance(c, AveragedIterate))
+    stored = callback.state_dict()["averaged_bn_state"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no training batches.*")
+        trainer.test(model, datamodule=dm, verbose=False)
+    assert next(c for c in trainer.callbacks if isinstance(c, AveragedIterate)) is callback
+    dm.setup("test")
+    test_state = _state(model)
+    trainer.optimizers[0].eval()
+    model.load_state_dict({**model.state_dict(), **stored})
+    model.eval()
+    with torch.no_grad():
+        total = sum(
+            torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
+            for x, y in dm.test_dataloader()
+        )
+    trainer.optimizers[0].train()
+    model.load_state_dict(test_state)
+    assert trainer.callback_metrics["test/loss_avg"] == pytest.approx(
+        float(total) / len(dm.test_set), rel=1e-5
+    )
 
 
 def test_averaged_iterate_without_average_true_explains_the_fix(make_data, trainer_kwargs):
