@@ -27,15 +27,15 @@ from ..harness import Experiment, run_jobs
 
 LABELS = {"sqlite": "SQLite file", "journal": "journal file", "postgresql": "PostgreSQL",
           "grpc": "PostgreSQL via gRPC proxy"}  # fmt: skip
-_OPENED: dict = {}  # (url, storage_class) -> storage, kept by a worker process across cells
+_OPENED: dict = {}  # (run, url, storage_class) -> storage, kept by a worker process across cells
 
 
 def cell_worker(job: dict, barrier) -> dict:
     """One worker of a cell: load the study, wait for the others at ``barrier``, run ``seconds``."""
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if (key := (job["url"], job["storage_class"])) not in _OPENED:
-        _OPENED[key] = open_storage(key[0], storage_class=key[1], heartbeat=job["heartbeat"])
+    if (key := (job["run"], job["url"], job["storage_class"])) not in _OPENED:
+        _OPENED[key] = open_storage(key[1], storage_class=key[2], heartbeat=job["heartbeat"])
     sampler, calls = optuna.samplers.RandomSampler(), []
     study = optuna.load_study(study_name=job["study"], storage=_OPENED[key], sampler=sampler)
 
@@ -90,12 +90,13 @@ def run(settings: dict, work: Path) -> dict:
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=work)))
         manager = stack.enter_context(multiprocessing.Manager())  # holds each cell's barrier
+        base = {"heartbeat": settings["heartbeat"], "seconds": seconds, "run": scratch.name}
         for storage, (url, storage_class) in open_targets(storages, scratch, stack).items():
             own = open_storage(url, storage_class=storage_class)
-            job = {"url": url, "storage_class": storage_class, "heartbeat": settings["heartbeat"]}
+            job = {**base, "url": url, "storage_class": storage_class}
             for k in workers:
                 optuna.create_study(storage=own, study_name=(study := f"{storage}-{k}"))
-                cell = ({**job, "study": study, "seconds": seconds}, manager.Barrier(k))
+                cell = ({**job, "study": study}, manager.Barrier(k))
                 reports = run_jobs(cell_worker, [cell] * k, workers=k)
                 trials = optuna.load_study(study_name=study, storage=own).get_trials()
                 ran, wall = sum(r["trials"] for r in reports), max(r["seconds"] for r in reports)

@@ -61,8 +61,7 @@ class BareClassifier(pl.LightningModule):  # the o2nc arm's backbone with torch 
 
 
 def bare_worker(logdir: str, trials: int, epochs: int) -> None:
-    """The o2nc arm's data (digits, batch 64, seed 0), storage and sampler, one validation per
-    epoch; no logger, checkpoint, progress bar or model summary: nothing a sweep of ours adds."""
+    """The o2nc arm's data, storage and sampler, one validation per epoch, and nothing else."""
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-2, 1.0, log=True)
@@ -108,7 +107,10 @@ def run_arm(work: Path, label: str, command: list[str], workers: int = 1) -> dic
 
 def run(settings: dict, work: Path) -> dict:
     """``settings``: overhead [trials, epochs, rounds], scaling and pruning [trials, epochs]."""
-    trials, epochs, rounds = settings["overhead"]
+    sizes = [settings[k] for k in ("overhead", "scaling", "pruning")]
+    if list(map(len, sizes)) != [3, 2, 2] or min(map(min, sizes)) < 1:
+        raise ValueError(f"sweep_scaling: overhead is [trials, epochs, rounds], scaling and pruning [trials, epochs], all >= 1; got {sizes}")  # fmt: skip
+    (trials, epochs, rounds), scaling, pruning = sizes
     train = yaml.safe_load((DEMO.parent / yaml.safe_load(DEMO.read_text())["train_config"]).open())
     dense = {"trainer.log_every_n_steps": train["trainer"].get("log_every_n_steps", 50)}
     bare = f"import sys; from {__name__} import bare_worker; bare_worker(sys.argv[1], "
@@ -119,8 +121,7 @@ def run(settings: dict, work: Path) -> dict:
     }
     measured = []
     for i in range(rounds):  # each round starts with the next arm; the machine may be shared:
-        load = os.getloadavg()[0]  # the 1-minute load average as the round starts
-        order = [*arms][i % 3 :] + [*arms][: i % 3]
+        load, order = os.getloadavg()[0], [*arms][i % 3 :] + [*arms][: i % 3]  # load at the start
         m = {n: statistics.median(arms[n](work, f"overhead_{n}_{i}")["trial_s"]) for n in order}
         measured.append({"o2nc_median_s": m["o2nc"], "o2nc_dense_median_s": m["o2nc_dense"],
                          "bare_median_s": m["bare"], "ratio": m["o2nc"] / m["bare"],
@@ -133,15 +134,14 @@ def run(settings: dict, work: Path) -> dict:
             "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
             "dense_ratio_median": statistics.median(r["dense_ratio"] for r in measured),
         },
-        "workers": {k: run_sweep(work, f"workers_{n}", *settings["scaling"], n, **RANDOM)
+        "workers": {k: run_sweep(work, f"workers_{n}", *scaling, n, **RANDOM)
                     for k, n in (("one", 1), ("two", 2))},
-        "pruning": {"pruned": run_sweep(work, "pruned", *settings["pruning"]),
-                    "unpruned": run_sweep(work, "unpruned", *settings["pruning"], pruner={"name": "none"})},
+        "pruning": {"pruned": run_sweep(work, "pruned", *pruning),
+                    "unpruned": run_sweep(work, "unpruned", *pruning, pruner={"name": "none"})},
     }  # fmt: skip
 
 
 def targets(result: dict) -> list[tuple[str, str, str]]:
-    """o2nc-sweep's trial at most 1.5x a bare one; no configuration evaluated twice."""
     o, one, two = result["overhead"], result["workers"]["one"], result["workers"]["two"]
     ratio, distinct = o["ratio_median"], all(t["distinct"] == t["trials"] for t in (one, two))
     return [
