@@ -2,7 +2,7 @@
 
 A ``self.log`` call costs about as much as a training step of a small model, so logging values
 that no logger writes and no progress bar shows made every sweep trial slower
-(``benchmarks/sweep_scaling.py`` measures the per-trial cost).
+(``benchmarks/experiments/sweep_scaling.py`` measures the per-trial cost).
 """
 
 from __future__ import annotations
