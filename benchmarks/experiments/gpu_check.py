@@ -94,8 +94,8 @@ def part_sharded() -> dict:
 
 
 def part_step() -> dict:
-    settings = step_overhead.EXPERIMENTS[0].settings | {"device": DEVICE, "rounds": ROUNDS}
-    settings |= {"models": ["mlp"], "block_seconds": BLOCK} if DRY_RUN else {}
+    settings = step_overhead.EXPERIMENTS[0].settings | {"device": DEVICE}  # its 12 rounds
+    settings |= {"models": ["mlp"], "rounds": ROUNDS, "block_seconds": BLOCK} if DRY_RUN else {}
     return step_overhead.run(settings, None) | {"settings": settings}
 
 

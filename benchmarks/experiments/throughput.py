@@ -23,7 +23,7 @@ ARMS = ("O2NC", *BASELINES, "O2NC + average + monitor")  # the last: x_bar kept,
 
 
 class TorchSGDModule(O2NCModule):
-    """O2NCModule on torch's SGD: ``lr = zeta * eta``, ``momentum = zeta = beta / (1 + eta * mu)``."""
+    """O2NCModule on torch's SGD: ``lr = zeta * eta``, ``momentum = zeta = beta / (1 + eta mu)``."""
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp, groups = self.hparams, param_groups_weight_decay(self, self.hparams.weight_decay)
@@ -85,8 +85,8 @@ def render(result: Result) -> str:
     model = f"SmallCNN(width={c['width']})" if c["backbone"] == "small_cnn" else c["backbone"]
     return (
         f"{model} on {c['dataset']}, batch {c['batch_size']}, {c['accelerator']} ({c['threads']} "
-        f"torch thread(s)); each run times {c['batches']} training batches after {c['warmup_batches']}"
-        f" warm-up batches; {c['repeats']} interleaved repetitions per arm (seed = repetition).\n\n"
+        f"torch thread(s)); each run times {c['batches']} training batches after "
+        f"{c['warmup_batches']} warm-up batches; {c['repeats']} interleaved repetitions.\n\n"
         + markdown_table(["arm", "median samples/s", "mean ± std"], arms)
         + f"\n\n{markdown_table(['paired ratio', 'median', 'range', 'target ≥ 0.99'], rows)}"
     )
