@@ -105,7 +105,7 @@ def part_train_lightning() -> dict:
     if DRY_RUN:
         settings |= {"dataset": "digits", "accelerator": "cpu", "num_workers": 0}
         settings |= {"warmup_batches": 1, "batches": 1, "repeats": 1}
-    return throughput.run(settings, Path(os.environ.get("OUT", ".")))
+    return throughput.run(settings, Path(os.environ.get("OUT", "."), "logs"))
 
 
 def part(name: str, out: str) -> None:
