@@ -1,10 +1,9 @@
-"""The GPU check: what only a CUDA machine shows, in parts that ``benchmarks/gpu_check.sh`` runs
-as one process each, under its own time limit. ``tests``: pytest on :data:`TESTS` (no host sync
-in any O2NC option, O2NC-AdamW under 16-mixed and bf16-mixed, the FSDP tests). ``sharded``:
-``fully_shard`` on a mesh of 1 against the unsharded optimizer (the DTensor path on CUDA), and
-the sharded step's time against AdamW's. ``step``: :mod:`.step_overhead` on CUDA.
-``train_lightning``: :mod:`.throughput` on the GPU. ``run`` gathers the part files; a dry run
-(``--quick``) first runs the script tiny on the CPU (``O2NC_GPU_CHECK_DRY_RUN=1``)."""
+"""The GPU check, in parts that ``benchmarks/gpu_check.sh`` runs as one process each under its own
+time limit. ``tests``: pytest on :data:`TESTS` (no host sync in any O2NC option, O2NC-AdamW under
+16-mixed and bf16-mixed, FSDP). ``sharded``: ``fully_shard`` on a mesh of 1 against the unsharded
+optimizer (the DTensor path on CUDA), the sharded step's time against AdamW's. ``step``,
+``train_lightning``: :mod:`.step_overhead` and :mod:`.throughput` on the GPU. ``run`` gathers the
+part files; ``--quick`` first runs the script's dry run (every part tiny on the CPU)."""
 
 from __future__ import annotations
 
@@ -63,9 +62,9 @@ def mlp(mesh: object = None) -> nn.Module:
     return model
 
 
-def largest(pairs: object) -> float:
-    """The largest difference between a plain tensor and a DTensor's whole (gathered) value."""
-    return max(float((a - b.full_tensor()).abs().max()) for a, b in pairs)
+def largest(plain: list, sharded: list) -> float:
+    """The largest difference between the plain tensors and the DTensors' whole values."""
+    return max(float((a - b.full_tensor()).abs().max()) for a, b in zip(plain, sharded))
 
 
 def part_sharded() -> dict:
@@ -80,9 +79,8 @@ def part_sharded() -> dict:
                 F.cross_entropy(model(x), y).backward()
                 optimizer.step()
                 optimizer.zero_grad()
-        weights = zip(*(m.parameters() for m in models))
-        x_bar = zip(*(o.averaged_iterate() for o in optimizers))
-        found[name] = {"weights": largest(weights), "x_bar": largest(x_bar)}
+        found[name] = {"weights": largest(*(m.parameters() for m in models))}
+        found[name]["x_bar"] = largest(*(o.averaged_iterate() for o in optimizers))
     for name, build in SHARDED.items():  # the step alone, on the gradients of one backward
         model = mlp(mesh)
         steps[name] = build(model.parameters()).step
@@ -118,9 +116,11 @@ def part(name: str, out: str) -> None:
 def run(settings: dict, work: Path) -> Result:
     """The part files in ``settings["parts"]``; in a dry run, the script's in ``work``."""
     folder = work / "parts" if settings["dry_run"] else REPO_ROOT / settings["parts"]
+    env = {"OUT": str(folder), "O2NC_GPU_CHECK_DRY_RUN": "1", "PYTHON": sys.executable}
     if settings["dry_run"]:
-        env = {"OUT": str(folder), "O2NC_GPU_CHECK_DRY_RUN": "1", "PYTHON": sys.executable}
         subprocess.run(["bash", str(SCRIPT)], env=os.environ | env, check=True)
+    if not folder.is_dir():
+        raise ValueError(f"gpu_check: no folder {folder}; OUT={folder} bash {SCRIPT} writes it")
     return {"parts": {p.stem[5:]: json.loads(p.read_text()) for p in folder.glob("part_*.json")}}
 
 

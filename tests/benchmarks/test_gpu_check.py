@@ -57,6 +57,11 @@ def test_merged_gpu_results_reach_the_targets_table_and_name_every_syncing_optio
     assert "tests/optim/test_fsdp2.py::x" in text  # every failed test is named in the section
 
 
+def test_merging_a_folder_that_does_not_exist_says_which_and_how_to_fill_it(tmp_path):
+    with pytest.raises(ValueError, match=r"no folder .*missing; OUT=.* bash .*gpu_check.sh"):
+        get("gpu_check").run({"parts": str(tmp_path / "missing"), "dry_run": False}, tmp_path)
+
+
 @pytest.mark.slow
 def test_the_dry_run_runs_every_part_of_the_script_and_never_touches_the_committed_results():
     committed = committed_files()
