@@ -1,24 +1,21 @@
 #!/usr/bin/env bash
-# GPU check of lightning-o2nc: one call on one CUDA GPU, each part under its own time limit
-# (about 8 minutes in all on a current data-center GPU).
+# The GPU check of lightning-o2nc: ONE call on one CUDA GPU, each part a separate process under its
+# own time limit (a failed part loses only its own numbers; the limits add up to 7.5 minutes).
 #
-# Before (on a machine with the Debian package dataset-fashion-mnist, if the GPU machine lacks it):
-#     python -m benchmarks.gpu_check prepare     # copies the .gz files to benchmarks/_work/fashion-mnist-gz
-# On the GPU machine:
-#     bash benchmarks/gpu_check.sh               # part_<name>.json files in $OUT
-# Then:
-#     python -m benchmarks.gpu_check merge OUT   # -> benchmarks/results/gpu_check.json
-#     python -m benchmarks.render                # -> benchmarks/RESULTS.md
+#   OUT=DIR bash benchmarks/gpu_check.sh    # on the GPU machine: DIR/part_<name>.json, the log,
+#                                            # and DIR/gpu_check.json (the parts merged there)
+#   cp DIR/gpu_check.json benchmarks/results/ && python -m benchmarks render
 #
-# Parts (each a separate, time-limited process; a failure loses only that part's numbers):
-#   env (machine), sync (tests/optim's host-sync tests and the O2NC-AdamW precision fits on the GPU), sharded (fully_shard on a
-#   mesh of 1 against the unsharded step, and a one-rank FSDPStrategy fit), step (CUDA step time vs SGD
-#   foreach/fused), train_plain (ResNet-18 on GPU-resident Fashion-MNIST), train_lightning (the same
-#   through a Lightning fit).
-# Needs only the repository and a python with torch, torchvision and lightning (the repository is
-# put on PYTHONPATH). Output in $OUT (or benchmarks/_work/gpu_out): gpu_check.log, part_<name>.json.
+# Parts (benchmarks/experiments/gpu_check.py): tests (pytest: host syncs, precisions, FSDP), sharded
+# (fully_shard on a mesh of 1 against the unsharded step; the sharded step's time), step (the step
+# overhead on CUDA), train_lightning (Lightning fit throughput, ResNet-18 on Fashion-MNIST).
+# Needs the repository, a python with torch, torchvision and lightning, and Fashion-MNIST: the
+# Debian package dataset-fashion-mnist, or its four .gz files in benchmarks/_work/fashion-mnist-gz
+# (cp /usr/share/datasets/fashion-mnist/*.gz there, and carry that folder along).
+# O2NC_GPU_CHECK_DRY_RUN=1: every part tiny on the CPU, to check the script without a GPU
+# (`python -m benchmarks run gpu_check --quick` does that and merges into the work folder).
 set -euo pipefail
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 OUT="${OUT:-$ROOT/benchmarks/_work/gpu_out}"
@@ -28,36 +25,36 @@ exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export O2NC_FASHION_MNIST_DIR="${O2NC_FASHION_MNIST_DIR:-$ROOT/benchmarks/_work/fashion-mnist-gz}"
-export MPLBACKEND=Agg
 T0=$(date +%s)
+SCALE=1  # of the time limits: a dry run on a small shared CPU is slower than the GPU
+if [ "${O2NC_GPU_CHECK_DRY_RUN:-0}" != 0 ]; then SCALE=4; fi
+log() { echo "[gpu_check +$(($(date +%s) - T0))s] $*"; }
 
-log() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
-
-# part NAME SECONDS: run one part under a hard time limit, never aborting the script.
+# part NAME SECONDS: one part under a hard time limit, never aborting the script.
 part() {
-  local name=$1 limit=$2 start rc
-  start=$(date +%s)
+  local name=$1 limit=$(($2 * SCALE)) start=$(date +%s) rc=0
   log "part $name: start (limit ${limit}s)"
-  if timeout --signal=TERM --kill-after=10 "$limit" "$PY" -m benchmarks.gpu_check "$name" --out "$OUT"; then
-    rc=0
-  else
-    rc=$?
-  fi
-  log "part $name: exit $rc after $(( $(date +%s) - start ))s$([ "$rc" = 124 ] && echo ' (TIMED OUT)')"
-  return 0
+  timeout --signal=TERM --kill-after=10 "$limit" "$PY" -c \
+    'import sys; from benchmarks.experiments.gpu_check import part; part(*sys.argv[1:])' \
+    "$name" "$OUT" || rc=$?
+  log "part $name: exit $rc after $(($(date +%s) - start))s$([ "$rc" = 124 ] && echo ' (TIMED OUT)')"
 }
 
-log "repo $ROOT, out $OUT, python $(command -v "$PY"), data $O2NC_FASHION_MNIST_DIR"
-ls -la "$O2NC_FASHION_MNIST_DIR" 2>/dev/null || log "WARNING: no carried Fashion-MNIST folder; the training parts will fail"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || log "nvidia-smi failed"
+log "repo $ROOT, out $OUT, python $(command -v "$PY"), dry run ${O2NC_GPU_CHECK_DRY_RUN:-0}"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || log "no nvidia-smi"
+"$PY" -c 'import torch, os; assert torch.cuda.is_available() or os.environ.get("O2NC_GPU_CHECK_DRY_RUN"), "no CUDA"'
 
-part env 45
-part sync 60
+part tests 150
 part sharded 60
 part step 90
-part train_plain 100
-part train_lightning 140
+part train_lightning 150
 
+log "merging the parts into $OUT/gpu_check.json"
+"$PY" -c 'import sys
+from pathlib import Path
+from benchmarks.experiments import get
+from benchmarks.harness import run_experiment
+run_experiment(get("gpu_check"), overrides={"parts": sys.argv[1]}, results_dir=Path(sys.argv[1]))' "$OUT"
 log "done; files in $OUT:"
 ls -la "$OUT"
 sleep 1  # let tee flush the log into $OUT before the call returns

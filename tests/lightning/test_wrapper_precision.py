@@ -1,5 +1,5 @@
 """O2NC-AdamW (RandomScaling around AdamW) under Lightning's precisions: 32-true, bf16-mixed, and
-16-mixed on CUDA (run by benchmarks/gpu_check.sh's ``sync`` part on the GPU machine).
+16-mixed on CUDA (run by benchmarks/gpu_check.sh's ``tests`` part on the GPU machine).
 
 Under 16-mixed Lightning calls the closure itself and then ``GradScaler.step(optimizer)`` without
 one; the scaler unscales the gradients first only because the wrapper does not claim

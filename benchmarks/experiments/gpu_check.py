@@ -1,0 +1,180 @@
+"""The GPU check, in parts that ``benchmarks/gpu_check.sh`` runs as one process each under its own
+time limit. ``tests``: pytest on :data:`TESTS` (no host sync in any O2NC option, O2NC-AdamW under
+16-mixed and bf16-mixed, FSDP). ``sharded``: ``fully_shard`` on a mesh of 1 against the unsharded
+optimizer (the DTensor path on CUDA), the sharded step's time against AdamW's. ``step``,
+``train_lightning``: :mod:`.step_overhead` and :mod:`.throughput` on the GPU. ``run`` gathers the
+part files; ``--quick`` first runs the script's dry run (every part tiny on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from lightning_o2nc import ExponentiatedO2NC, O2NCAdamW
+
+from ..harness import REPO_ROOT, Experiment, Result
+from ..stats import markdown_table
+from ..timing import summarize, time_arms
+from . import step_overhead, throughput
+
+DRY_RUN = os.environ.get("O2NC_GPU_CHECK_DRY_RUN", "") not in ("", "0")
+DEVICE, BACKEND = ("cpu", "gloo") if DRY_RUN else ("cuda", "nccl")
+ROUNDS, BLOCK = (2, 0.001) if DRY_RUN else (20, 0.05)  # of time_arms
+SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.sh"
+TESTS = ("tests/optim/test_cuda_no_host_sync.py", "tests/lightning/test_wrapper_precision.py",
+         "tests/optim/test_fsdp2.py", "tests/lightning/test_model_parallel.py")  # fmt: skip
+SHARDED = {  # the sharded step's arms; AdamW (also inside O2NCAdamW) steps the DTensors itself
+    "AdamW": lambda p: torch.optim.AdamW(p, lr=1e-3),
+    "O2NCAdamW average=True": lambda p: O2NCAdamW(p, lr=1e-3, average=True, seed=1),
+    "ExponentiatedO2NC": lambda p: ExponentiatedO2NC(p, lr=0.05, seed=1),
+    "ExponentiatedO2NC average=True": lambda p: ExponentiatedO2NC(p, lr=0.05, average=True, seed=1),
+}
+
+
+def part_tests() -> dict:
+    """pytest on :data:`TESTS` (collected only in a dry run): the verdict and the failed ids."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS]
+    done = subprocess.run(command + ["--collect-only"] * DRY_RUN, capture_output=True, text=True)
+    lines = (done.stdout + done.stderr).splitlines()
+    failed = [line.split()[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    status = "collected" if DRY_RUN else "passed" if done.returncode == 0 else "failed"
+    return {"tests": status, "failed": failed, "output": "\n".join(lines[-40:])}
+
+
+def mlp(mesh: object = None) -> nn.Module:
+    """A 256-512-512-10 MLP, seed 0; with a mesh, ``fully_shard`` per linear layer and whole."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 10)]
+    model = nn.Sequential(*layers).to(DEVICE)
+    for module in [*(m for m in model if isinstance(m, nn.Linear)), model] if mesh else []:
+        fully_shard(module, mesh=mesh)
+    return model
+
+
+def largest(plain: list, sharded: list) -> float:
+    """The largest difference between the plain tensors and the DTensors' whole values."""
+    return max(float((a - b.full_tensor()).abs().max()) for a, b in zip(plain, sharded))
+
+
+def part_sharded() -> dict:
+    dist.init_process_group(BACKEND, store=dist.HashStore(), rank=0, world_size=1)
+    mesh, found, steps = init_device_mesh(DEVICE, (1,)), {}, {}
+    for name in ("O2NCAdamW average=True", "ExponentiatedO2NC average=True"):
+        models = (mlp(), mlp(mesh))
+        optimizers = [SHARDED[name](model.parameters()) for model in models]
+        for _ in range(20):
+            x, y = torch.randn(32, 256, device=DEVICE), torch.randint(0, 10, (32,), device=DEVICE)
+            for model, optimizer in zip(models, optimizers):
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        found[name] = {"weights": largest(*(m.parameters() for m in models))}
+        found[name]["x_bar"] = largest(*(o.averaged_iterate() for o in optimizers))
+    for name, build in SHARDED.items():  # the step alone, on the gradients of one backward
+        model = mlp(mesh)
+        steps[name] = build(model.parameters()).step
+        model(torch.randn(64, 256, device=DEVICE)).square().mean().backward()
+        steps[name]()
+    timed = summarize(time_arms(steps, ROUNDS, BLOCK), dict.fromkeys(steps, "AdamW"))
+    dist.destroy_process_group()
+    return {"largest_difference": found, "step": timed}
+
+
+def part_step() -> dict:
+    settings = step_overhead.EXPERIMENTS[0].settings | {"device": DEVICE}  # its 12 rounds
+    settings |= {"models": ["mlp"], "rounds": ROUNDS, "block_seconds": BLOCK} if DRY_RUN else {}
+    return step_overhead.run(settings, None) | {"settings": settings}
+
+
+def part_train_lightning() -> dict:
+    settings = throughput.EXPERIMENTS[0].settings | {"backbone": "resnet18_cifar", "repeats": 3}
+    settings |= {"accelerator": "gpu", "num_workers": 8, "warmup_batches": 10, "batches": 60}
+    if DRY_RUN:
+        settings |= {"dataset": "digits", "accelerator": "cpu", "num_workers": 0}
+        settings |= {"warmup_batches": 1, "batches": 1, "repeats": 1}
+    return throughput.run(settings, Path(os.environ.get("OUT", "."), "logs"))
+
+
+def part(name: str, out: str) -> None:
+    """Run part ``name`` and write ``out/part_<name>.json`` (what gpu_check.sh calls)."""
+    started = time.perf_counter()
+    found = globals()[f"part_{name}"]() | {"seconds": time.perf_counter() - started}
+    Path(out, f"part_{name}.json").write_text(json.dumps(found, indent=1, default=str))
+
+
+def run(settings: dict, work: Path) -> Result:
+    """The part files in ``settings["parts"]``; in a dry run, the script's in ``work``."""
+    folder = work / "parts" if settings["dry_run"] else REPO_ROOT / settings["parts"]
+    env = {"OUT": str(folder), "O2NC_GPU_CHECK_DRY_RUN": "1", "PYTHON": sys.executable}
+    if settings["dry_run"]:
+        subprocess.run(["bash", str(SCRIPT)], env=os.environ | env, check=True)
+    if not folder.is_dir():
+        raise ValueError(f"gpu_check: no folder {folder}; OUT={folder} bash {SCRIPT} writes it")
+    return {"parts": {p.stem[5:]: json.loads(p.read_text()) for p in folder.glob("part_*.json")}}
+
+
+def render_sharded(part: dict) -> str:
+    found = part["largest_difference"].items()
+    rows = [(n, f"{d['weights']:.1e}", f"{d['x_bar']:.1e}") for n, d in found]
+    text = markdown_table(["optimizer", "largest weight difference", "largest x̄ difference"], rows)
+    iqr = {n: f"({r['ratio_q1']:.2f}–{r['ratio_q3']:.2f})" for n, r in part["step"].items()}
+    rows = [(n, f"{r['ratio']:.3f}× {iqr[n]}") for n, r in part["step"].items()]
+    return f"{text}\n\nThe step alone:\n\n{markdown_table(['arm', 'vs AdamW (IQR)'], rows)}"
+
+
+RENDER = {  # part -> (section title, its Markdown)
+    "tests": ("pytest on the GPU", lambda p: f"**{p['tests']}**; failed: {p['failed'] or 'none'}"),
+    "step": ("Step time on CUDA", step_overhead.render),
+    "sharded": ("fully_shard on a mesh of 1 against the unsharded optimizer", render_sharded),
+    "train_lightning": ("Lightning fit on the GPU (ResNet-18, Fashion-MNIST)", throughput.render),
+}
+
+
+def render(result: Result) -> str:
+    parts, text = result["parts"], [f"GPU: {result.get('env', {}).get('GPU')}."]
+    for name, (title, body) in RENDER.items():
+        missing = f"Part `{name}` did not finish (see gpu_check.log)."
+        text += [f"### {title}", body(parts[name]) if name in parts else missing]
+    return "\n\n".join(text)
+
+
+def targets(result: Result) -> list[tuple[str, str, str]]:
+    """Zero host syncs, the step's bounds and O2NC's training speed, on the GPU."""
+    parts, rows, verdict = result["parts"], [], {True: "met", False: "**missed**"}
+    if "tests" in parts:
+        status = parts["tests"]["tests"]
+        syncs = [t.split("::")[-1] for t in parts["tests"]["failed"] if "no_host_sync" in t]
+        ok = f"syncs: {', '.join(syncs)}" if syncs else "all ok" if status == "passed" else status
+        rows.append(("zero host syncs per step, every option (GPU)", ok, verdict[ok == "all ok"]))
+    if "step" in parts:
+        rows += [(f"{t} (GPU)", m, v) for t, m, v in step_overhead.targets(parts["step"])]
+    fit = throughput.targets(parts["train_lightning"]) if "train_lightning" in parts else []
+    return rows + [(f"ResNet-18 Lightning fit (GPU): {t}", m, v) for t, m, v in fit]
+
+
+EXPERIMENTS = (
+    Experiment(
+        name="gpu_check",
+        title="GPU check",
+        workload="one CUDA GPU: the GPU tests, fully_shard, the step, ResNet-18 training",
+        arms=("O2NC", "SGDM (factory)", "torch SGD foreach/fused", "AdamW", "O2NCAdamW"),
+        measurement="pytest verdicts; torch.utils.benchmark paired ratios; Lightning samples/s",
+        run=run,
+        render=render,
+        settings={"parts": "benchmarks/_work/gpu_out", "dry_run": False},
+        quick={"dry_run": True},
+        targets=targets,
+        command="bash benchmarks/gpu_check.sh (GPU) -> $OUT/gpu_check.json -> benchmarks/results/",
+    ),
+)

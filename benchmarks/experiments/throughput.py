@@ -1,0 +1,110 @@
+"""Training throughput of Lightning fits (same model, data and seed per repetition, arms in a fresh
+order): O2NC against SGDM (``scaling="none"``) and torch's SGD; samples/s after the warm-up (CUDA
+synchronized), ratios paired per repetition (a missed median whose range straddles 1 is noise)."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_o2nc import O2NCModule, param_groups_weight_decay
+
+from ..harness import Experiment, Result
+from ..stats import markdown_table, mean_std
+from ..training import QUIET_TRAINER, make_backbone, make_datamodule, train_hyperparameters
+
+BASELINES = ("SGDM (factory)", "torch.optim.SGD")
+ARMS = ("O2NC", *BASELINES, "O2NC + average + monitor")  # the last: x_bar kept, O2NCMonitor on
+
+
+class TorchSGDModule(O2NCModule):
+    """O2NCModule on torch's SGD: ``lr = zeta * eta``, ``momentum = zeta = beta / (1 + eta mu)``."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp, groups = self.hparams, param_groups_weight_decay(self, self.hparams.weight_decay)
+        zeta = hp.beta / (1.0 + hp.lr * hp.mu)
+        return torch.optim.SGD(groups, lr=zeta * hp.lr, momentum=zeta, foreach=hp.foreach)
+
+
+def fit(config: dict, arm: str, seed: int, work: Path) -> float:
+    """One short fit of ``arm``: samples per second over the batches after the warm-up."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+    data = make_datamodule(config["dataset"], config["batch_size"], seed, config["num_workers"])
+    net = make_backbone(config["backbone"], data.input_shape, data.num_classes, config["width"])
+    kind, extra, ticks = TorchSGDModule if arm == BASELINES[1] else O2NCModule, arm == ARMS[-1], []
+    hp = {k: config[k] for k in ("lr", "beta", "weight_decay")} | {"seed": seed, "monitor": extra}
+    module = kind(net, optimizer="sgdm" if arm in BASELINES else "o2nc", average=extra, **hp)
+
+    def tick(trainer: pl.Trainer, module: O2NCModule, outputs: object, batch: list, i: int) -> None:
+        if module.device.type == "cuda":  # the clock reads once the device is done
+            torch.cuda.synchronize(module.device)
+        ticks.append((time.perf_counter(), len(batch[1])))  # at each training batch's end
+
+    logger = extra and pl.loggers.TensorBoardLogger(str(work))  # O2NCMonitor logs through it
+    options = {"max_steps": config["warmup_batches"] + config["batches"], "limit_val_batches": 0}
+    options |= {"accelerator": config["accelerator"], "devices": 1, "logger": logger}
+    clock = pl.callbacks.LambdaCallback(on_train_batch_end=tick)
+    pl.Trainer(callbacks=[clock], **options, **QUIET_TRAINER).fit(module, datamodule=data)
+    (start, _), *timed = ticks[config["warmup_batches"] - 1 :]
+    return sum(size for _, size in timed) / (timed[-1][0] - start)
+
+
+def run(settings: dict, work: Path) -> Result:
+    config = train_hyperparameters(settings["dataset"]) | settings  # η, β, weight decay, batch
+    torch.set_num_threads(config["threads"])
+    samples, order, rng = {arm: [] for arm in ARMS}, list(ARMS), random.Random(config["seed"])
+    for repeat in range(config["repeats"]):
+        rng.shuffle(order)
+        for arm in order:
+            samples[arm].append(fit(config, arm, config["seed"] + repeat, work))
+    pairs = [(a, b) for a in ARMS if a not in BASELINES for b in BASELINES]
+    ratios = {f"{a} / {b}": [x / y for x, y in zip(samples[a], samples[b])] for a, b in pairs}
+    return {"config": config, "samples_per_second": samples, "ratios": ratios}
+
+
+def spans(ratios: dict[str, list[float]]) -> list[tuple[str, float, float, float, str]]:
+    rows = [(k, statistics.median(v), min(v), max(v)) for k, v in ratios.items()]
+    return [(*row, "met" if row[1] >= 0.99 else "**missed**") for row in rows]
+
+
+def targets(result: Result) -> list[tuple[str, str, str]]:
+    """O2NC / each baseline ≥ 0.99 (median of the paired ratios)."""
+    rows = [row for row in spans(result["ratios"]) if row[0].startswith("O2NC / ")]
+    return [(f"{k} ≥ 0.99", f"{m:.3f} (range {lo:.3f}–{hi:.3f})", v) for k, m, lo, hi, v in rows]
+
+
+def render(result: Result) -> str:
+    c, samples, ratios = result["config"], result["samples_per_second"], result["ratios"]
+    arms = [(k, f"{statistics.median(v):.0f}", mean_std(v, digits=0)) for k, v in samples.items()]
+    rows = [(k, f"{m:.3f}", f"{lo:.3f} – {hi:.3f}", v) for k, m, lo, hi, v in spans(ratios)]
+    model = f"SmallCNN(width={c['width']})" if c["backbone"] == "small_cnn" else c["backbone"]
+    return (
+        f"{model} on {c['dataset']}, batch {c['batch_size']}, {c['accelerator']} ({c['threads']} "
+        f"torch thread(s)); each run times {c['batches']} training batches after "
+        f"{c['warmup_batches']} warm-up batches; {c['repeats']} interleaved repetitions.\n\n"
+        + markdown_table(["arm", "median samples/s", "mean ± std"], arms)
+        + f"\n\n{markdown_table(['paired ratio', 'median', 'range', 'target ≥ 0.99'], rows)}"
+    )
+
+
+WORKLOAD = dict(dataset="fashion_mnist", backbone="small_cnn", width=16)
+TIMING = dict(warmup_batches=5, batches=40, repeats=5, accelerator="cpu", num_workers=0, threads=1)
+EXPERIMENTS = (
+    Experiment(
+        name="throughput",
+        title="End-to-end throughput (Lightning fit)",
+        workload="short Lightning fits of a SmallCNN on Fashion-MNIST (train config's η, β, batch)",
+        arms=ARMS,
+        measurement="samples/s after warm-up; ratios paired per repetition (median, range)",
+        run=run,
+        render=render,
+        settings=WORKLOAD | TIMING | {"seed": 0},
+        quick={"dataset": "digits", "batches": 2, "warmup_batches": 1, "repeats": 1},
+        targets=targets,
+    ),
+)
