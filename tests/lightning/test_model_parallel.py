@@ -66,3 +66,28 @@ def test_a_resumed_sharded_run_continues_as_the_uninterrupted_one_bit_for_bit(
         assert {"val/acc", "val/acc_avg", "train/loss"} <= set(module_run["metrics"])
         logged = Path(module_run["csv"]).read_text().splitlines()[0].split(",")
         assert {"o2nc/update_norm", "o2nc/stationarity_certificate"} <= set(logged)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDPStrategy refuses a CPU accelerator")
+@pytest.mark.parametrize("optimizer", ["o2nc", "o2nc_adamw"])
+def test_a_one_rank_fsdp_strategy_fit_trains_and_tests_at_x_and_x_bar(tmp_path, optimizer):
+    """FSDP1 (Lightning's FSDPStrategy) hands the optimizer flat shards; on one rank they are
+    whole, and the run trains, averages and tests (run on a lent GPU by benchmarks/gpu_check.sh)."""
+    import lightning.pytorch as pl
+
+    from lightning_o2nc.lightning import O2NCModule, SyntheticDataModule
+
+    torch.manual_seed(0)
+    lr = {"o2nc": 0.05, "o2nc_adamw": 3e-3}[optimizer]
+    module = O2NCModule(
+        "mlp", input_shape=(1, 8, 8), num_classes=4, optimizer=optimizer, lr=lr, average=True
+    )
+    data = SyntheticDataModule(num_samples=256, batch_size=32, seed=0)
+    trainer = pl.Trainer(
+        accelerator="gpu", devices=1, strategy="fsdp", max_epochs=2, default_root_dir=tmp_path,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    (metrics,) = trainer.test(module, datamodule=data, verbose=False)
+    assert torch.isfinite(torch.tensor([metrics["test/loss"], metrics["test/loss_avg"]])).all()
+    assert metrics["test/acc"] > 0.25 and metrics["test/acc_avg"] > 0.25  # above chance (4 classes)
