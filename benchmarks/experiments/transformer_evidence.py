@@ -21,36 +21,27 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch import Callback
 
 from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
+from .tuned_parity import SEEDED
 
 SWEEP_FILE = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "shakespeare_char.yaml"
 TRAIN_DIR = REPO_ROOT / "lightning_o2nc" / "configs" / "train"
 TRAIN_CONFIGS = {"adamw": "shakespeare_char_adamw.yaml", "sgd": "shakespeare_char_o2nc.yaml"}
-#: Each family's search space: lr, warmup fraction and final factor for all, plus its own.
-SPACES = yaml.safe_load("""
-adamw:
-  model.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-  model.weight_decay: {type: float, low: 1.0e-3, high: 0.3, log: true}
-  model.beta2: {type: one_minus, low: 1.0e-3, high: 0.1}
-  model.schedules.lr: &schedule
-    type: schedule
-    choices:
-      warmup_cosine:
-        warmup_fraction: {type: float, low: 0.0, high: 0.2}
-        min_factor: {type: float, low: 0.0, high: 0.5}
-sgd:
-  model.lr: {type: float, low: 1.0e-2, high: 3.0, log: true}
-  model.beta: {type: one_minus, low: 1.0e-2, high: 0.5}
-  model.mu: {type: zero_or_float, low: 1.0e-4, high: 1.0}
-  model.schedules.lr: *schedule
-""")
-#: ``optimizer``: the factory name (model.optimizer); ``scaling``: model.scaling (None: the name's
-#: own); ``family``: "adamw" or "sgd", which picks the train config and the search space.
+#: Each family's search space: the sweep file's for AdamW (lr, weight decay, β2, warmup fraction
+#: and final factor); lr, β, μ and the same schedule for SGD.
+SPACES = {"adamw": yaml.safe_load(SWEEP_FILE.read_text())["space"]}
+SPACES["sgd"] = yaml.safe_load("""
+model.lr: {type: float, low: 1.0e-2, high: 3.0, log: true}
+model.beta: {type: one_minus, low: 1.0e-2, high: 0.5}
+model.mu: {type: zero_or_float, low: 1.0e-4, high: 1.0}
+""") | {"model.schedules.lr": SPACES["adamw"]["model.schedules.lr"]}
+#: model.optimizer, model.scaling (None: the optimizer's own), family (train config and space).
 Arm = namedtuple("Arm", "optimizer scaling family")
 ARMS = {
     "adamw": Arm("adamw", None, "adamw"),
@@ -59,8 +50,6 @@ ARMS = {
     "sgdm": Arm("sgdm", None, "sgd"),
     "o2nc": Arm("o2nc", "exponential", "sgd"),
 }
-#: What a seed sets: the initialization, the data draws and the scalar stream.
-SEEDED = ("seed_everything", "model.seed", "data.init_args.seed")
 #: Trial counts per arm, by outcome (:func:`_counts`; ``interrupted`` is not stored).
 COUNTS = ("trials", "completed", "pruned", "diverged", "failed")
 #: (arm, its baseline) pairs compared with Welch's test.
@@ -103,9 +92,8 @@ def _counts(trials: list[Any]) -> dict[str, int]:
 
 
 def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
-    """Run (or continue) one arm's study until it holds the trial and completion counts; a stop
-    request returns ``{"interrupted": True}`` (raising would make joblib kill the other workers
-    before they record their own interrupted trials)."""
+    """Run (or continue) one arm's study until it holds the trial and completion counts. A stop
+    request returns ``interrupted``: raising would make joblib kill the other workers at once."""
     from lightning_o2nc.sweeps import run_sweep
 
     torch.set_num_threads(1)
@@ -141,7 +129,7 @@ class ValidationCurve(Callback):
 
 
 @torch.no_grad()
-def validation_loss_at(trainer: Any, model: Any, weights: list[torch.Tensor], data: Any) -> float:
+def loss_at(trainer: Any, model: Any, weights: list[torch.Tensor], data: Any) -> float:
     """The module's own ``val/loss`` (nats per character, on the fixed validation windows) with
     ``weights`` in the trainable parameters; the model's own are put back."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -166,17 +154,15 @@ def seed_run(settings: dict, work: Path, arm: str, values: dict, seed: int) -> d
     curve, averages = ValidationCurve(), HorizonAverages(horizons)
     trainer, model, data = build_run(trial, [curve, averages], False, QUIET_TRAINER)
     trainer.fit(model, datamodule=data)
-    metrics, seconds = trainer.callback_metrics, time.perf_counter() - started
-    loss = float(metrics["val/loss"]) if "val/loss" in metrics else math.nan
-    at_x_bar = {str(b): math.nan for b in horizons}
-    if math.isfinite(loss):
-        at_x_bar = {
-            str(b): validation_loss_at(trainer, model, averages.averaged(b), data) for b in horizons
-        }
-    print(f"{arm} seed {seed}: val/loss {loss:.4f} x̄ {at_x_bar} ({seconds:.0f} s)", flush=True)
+    seconds, metrics = time.perf_counter() - started, dict(trainer.callback_metrics)
+    loss, averaged = (float(metrics.get(key, math.nan)) for key in ("val/loss", "val/loss_avg"))
+    at = {str(b): math.nan for b in horizons}
+    if math.isfinite(loss):  # x̄ of a diverged run is not evaluated
+        at = {str(b): loss_at(trainer, model, averages.averaged(b), data) for b in horizons}
+    print(f"{arm} seed {seed}: val/loss {loss:.4f} x̄ {at} ({seconds:.0f} s)", flush=True)
     result = {"arm": arm, "seed": seed, "steps": trainer.global_step, "val_loss": loss}
-    result["val_loss_avg_optimizer"] = float(metrics.get("val/loss_avg", math.nan))
-    return result | {"val_loss_avg": at_x_bar, "curve": curve.points, "seconds": seconds}
+    result |= {"val_loss_avg_optimizer": averaged, "val_loss_avg": at}
+    return result | {"curve": curve.points, "seconds": seconds}
 
 
 def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -186,17 +172,14 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     unknown = sorted(set(settings["arms"]) - set(ARMS))
     if unknown:
         raise ValueError(f"arms: unknown {unknown}; valid: {', '.join(ARMS)}")
-    jobs = {k: v for k, v in settings.items() if k != "workers"}  # what a job's result depends on
-    # This process only records a stop signal; the workers get it too, and leave their studies
-    # in order (the running trial queued again) before the comparison ends.
+    # A stop signal is only recorded here: the workers leave their studies in order first.
     with StopRequest().installed() as stop:
-        tasks = [(jobs, work, arm) for arm in settings["arms"]]
-        tuned = run_jobs(tune, tasks, settings["workers"])
+        tuned = run_jobs(tune, [(settings, work, a) for a in settings["arms"]], settings["workers"])
     stopped = [t["study_name"] for t in tuned if t.get("interrupted")]
-    if stopped or stop.requested:
-        # a KeyboardInterrupt: the runner exits with 130, keeping what finished
+    if stopped or stop.requested:  # the runner exits with 130, keeping what finished
         raise KeyboardInterrupt(f"interrupted; run the same command to continue {stopped}")
     best = {t["arm"]: t["best"] for t in tuned}
+    jobs = {k: settings[k] for k in ("steps", "min_trials", "horizons", "fixed")}  # a run's inputs
     tasks = [(jobs, work, arm, best[arm], seed) for seed in settings["seeds"] for arm in best]
     runs = run_jobs(seed_run, tasks, settings["workers"], cache=work / "jobs")
     arms = {}
@@ -223,9 +206,8 @@ def _best_text(best: dict[str, Any]) -> str:
     flat = {path.removeprefix("model."): v for path, v in best.items() if not isinstance(v, dict)}
     for schedule in (v for v in best.values() if isinstance(v, dict)):  # its arguments
         flat |= {k: v for k, v in schedule.items() if k != "shape"}
-    return ", ".join(
-        f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in sorted(flat.items())
-    )
+    pairs = sorted(flat.items())
+    return ", ".join(f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in pairs)
 
 
 def render(result: dict[str, Any]) -> str:
@@ -268,17 +250,15 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     fig = Figure(figsize=(6.5, 4), dpi=90)
     ax = fig.subplots()
     for index, (arm, data) in enumerate(result["arms"].items()):
-        by_step: dict[int, list[float]] = {}
-        for step, loss, _ in (point for run in data["runs"] for point in run["curve"]):
-            if loss is not None and math.isfinite(loss):
-                by_step.setdefault(int(step), []).append(loss)
-        steps = sorted(by_step)
-        means = [statistics.fmean(by_step[s]) for s in steps]
-        spreads = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
-        ax.plot(steps, means, marker="o", markersize=3, color=f"C{index}", label=arm)
-        low, high = ([m - s for m, s in zip(means, spreads, strict=True)],
-                     [m + s for m, s in zip(means, spreads, strict=True)])  # fmt: skip
-        ax.fill_between(steps, low, high, color=f"C{index}", alpha=0.2)
+        points = [(step, loss) for run in data["runs"] for step, loss, _ in run["curve"]]
+        points = [point[:2] for run in data["runs"] for point in run["curve"]]
+        points = [(int(s), loss) for s, loss in points if loss is not None and math.isfinite(loss)]
+        steps = sorted({step for step, _ in points})
+        losses = [[loss for s, loss in points if s == step] for step in steps]
+        mean = np.array([statistics.fmean(at) for at in losses])
+        spread = np.array([statistics.stdev(at) if len(at) > 1 else 0.0 for at in losses])
+        ax.plot(steps, mean, marker="o", markersize=3, color=f"C{index}", label=arm)
+        ax.fill_between(steps, mean - spread, mean + spread, color=f"C{index}", alpha=0.2)
     ax.set(xlabel="optimizer step", ylabel="validation loss at x (nats/char)")
     ax.set_title("Character-level GPT, each arm at its tuned configuration (mean ± sd)", fontsize=9)
     ax.grid(alpha=0.3)

@@ -1,9 +1,8 @@
 """Does the random scale cost accuracy once every arm is tuned? An equal-budget tuned comparison.
 
-1. **Tuning.** Per arm (SGDM = ``scaling: none``, O2NC ``exponential``, O2NC ``uniform``) and
-   budget (``epochs``, the longer >= 3x the shorter), one ``o2nc-sweep`` study of ``sweep_file``
-   (its space, sampler seed, trial count, pruner); only ``model.scaling``, ``trainer.max_epochs``
-   and the study name differ. A rerun continues the studies (SQLite in the work folder).
+1. **Tuning.** Per arm (:data:`ARMS`) and budget (``epochs``, the longer >= 3x the shorter), one
+   ``o2nc-sweep`` study of ``sweep_file``; only ``model.scaling``, ``trainer.max_epochs`` and the
+   study name differ. A rerun continues the studies (SQLite in the work folder).
 2. **Seeds.** Each arm's best trial (or ``best_from``'s) is retrained with ``seeds`` and tested
    at x, at the optimizer's x̄ (discount β) and at x̄ with the discounts ``horizons``.
 """
@@ -11,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import statistics
@@ -27,6 +27,8 @@ ARMS = {"SGDM": "none", "O2NC (exponential)": "exponential", "O2NC (uniform)": "
 BASELINE = "SGDM"
 #: What a seed sets: the initialization, the data split and order, and the scalar stream.
 SEEDED = ("seed_everything", "model.seed", "data.init_args.seed")
+STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}  # trial counts by state
+FINISHED = ("COMPLETE", "PRUNED")
 LIMITS = [f"trainer.limit_{split}_batches" for split in ("train", "val", "test")]
 
 
@@ -57,12 +59,11 @@ def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[st
     study = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False).study
     states, best = [t.state.name for t in study.trials], study.best_trial
     # workers that start together draw the same first points from the seeded sampler
-    done = [json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name != "FAIL"]
+    done = {json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name in FINISHED}
     print(f"tuned {arm} {epochs} ep: val/acc {best.value:.4f} at {best.params}", flush=True)
-    counts = {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED")}
     result = {"arm": arm, "epochs": epochs, "study_name": sweep.study_name, "n_trials": len(states)}
-    result.update(counts, failed=states.count("FAIL"), distinct=len(set(done)))
-    return {**result, "best_value": best.value, "best_values": best.user_attrs["values"]}
+    result |= {key: states.count(state) for key, state in STATES.items()} | {"distinct": len(done)}
+    return result | {"best_value": best.value, "best_values": best.user_attrs["values"]}
 
 
 def seed_run(settings: dict, work: Path, arm: str, epochs: int, values: dict, seed: int) -> dict:
@@ -79,36 +80,34 @@ def seed_run(settings: dict, work: Path, arm: str, epochs: int, values: dict, se
 
 def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     """Tune every (arm, budget), then train every (arm, budget, seed) at the best values."""
-    budgets, workers = settings["epochs"], settings["workers"]
+    budgets, workers, seeds = settings["epochs"], settings["workers"], settings["seeds"]
     if any(later < 3 * budgets[0] for later in budgets[1:]):
         raise ValueError(f"epochs {budgets}: the longer budgets must be >= 3x the first")
     epochs = sorted(budgets, reverse=True)  # the longest first: the workers end together
-    jobs = {k: v for k, v in settings.items() if k != "workers"}  # what a job's result depends on
+    jobs = {k: settings[k] for k in ("sweep_file", "n_trials", "fixed", "horizons")}  # run inputs
     if settings["best_from"]:  # each arm's study at its longest budget, as that of every budget
-        stored = json.loads((REPO_ROOT / settings["best_from"]).read_text())["studies"]
-        longest = max(s["epochs"] for s in stored)
-        reused = {"tuned_at_epochs": longest, "tuned_in": settings["best_from"]}
-        tuned = [
-            {**s, **reused, "epochs": e} for e in epochs for s in stored if s["epochs"] == longest
-        ]
+        old = json.loads((REPO_ROOT / settings["best_from"]).read_text())["studies"]
+        last = max(s["epochs"] for s in old)
+        reused = {"tuned_at_epochs": last, "tuned_in": settings["best_from"]}
+        tuned = [{**s, **reused, "epochs": e} for e in epochs for s in old if s["epochs"] == last]
     else:
-        tuned = run_jobs(tune, [(jobs, work, a, e) for e in epochs for a in ARMS], workers)
+        tuned = run_jobs(tune, [(settings, work, a, e) for e in epochs for a in ARMS], workers)
     best = {(t["arm"], t["epochs"]): t["best_values"] for t in tuned}
-    tasks = [(jobs, work, a, e, best[a, e], s) for e in epochs for s in jobs["seeds"] for a in ARMS]
+    tasks = [(jobs, work, a, e, best[a, e], s) for e in epochs for s in seeds for a in ARMS]
     runs = run_jobs(seed_run, tasks, workers, cache=work / "jobs")
     sweep = yaml.safe_load((REPO_ROOT / settings["sweep_file"]).read_text())
-    result = {"config": jobs, "fixed": {**sweep["overrides"], **settings["fixed"]}}
+    result = {"config": settings, "fixed": {**sweep["overrides"], **settings["fixed"]}}
     result["sweep"] = {key: sweep[key] for key in ("space", "sampler", "pruner", "objective")}
-    finished = [r for r in runs if not r["diverged_at"]]
-    steps = {
-        str(e): max([r["steps"] // e for r in finished if r["epochs"] == e] or [0]) for e in budgets
-    }
+    done = [(r["epochs"], r["steps"] // r["epochs"]) for r in runs if not r["diverged_at"]]
+    steps = {str(e): max([n for b, n in done if b == e] or [0]) for e in budgets}
     return result | {"steps_per_epoch": steps, "studies": tuned, "runs": runs}
 
 
-def _accuracies(result: dict[str, Any], arm: str, epochs: int, key: str) -> list[float]:
+def _accuracies(result: dict[str, Any], arm: str, epochs: int) -> list[list[float]]:
+    """Test accuracy per seed at x, at the optimizer's x̄ and at x̄ of each longer horizon."""
     runs = [r for r in result["runs"] if (r["arm"], r["epochs"]) == (arm, epochs)]  # seed order
-    return [r[key] if key.startswith("test") else r["test_acc_horizon"][key] for r in runs]
+    horizons = [[r["test_acc_horizon"][str(h)] for r in runs] for h in result["config"]["horizons"]]
+    return [[r["test_acc"] for r in runs], [r["test_acc_avg"] for r in runs], *horizons]
 
 
 def _budget(result: dict[str, Any], epochs: int) -> str:
@@ -118,34 +117,13 @@ def _budget(result: dict[str, Any], epochs: int) -> str:
 def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Each tuned O2NC arm within 0.3 points of tuned SGDM, at x, per budget."""
     rows = []
-    for epochs in result["config"]["epochs"]:
-        base = _accuracies(result, BASELINE, epochs, "test_acc")
-        for arm in list(ARMS)[1:]:
-            values = _accuracies(result, arm, epochs, "test_acc")
-            delta, test = difference_text(values, base)
-            met = abs(100 * (statistics.fmean(values) - statistics.fmean(base))) <= 0.3
-            target = f"tuned {arm} within 0.3 points of tuned SGDM, {_budget(result, epochs)}"
-            rows.append((target, f"{delta} points ({test})", "met" if met else "**missed**"))
+    for epochs, arm in itertools.product(result["config"]["epochs"], list(ARMS)[1:]):
+        values, base = _accuracies(result, arm, epochs)[0], _accuracies(result, BASELINE, epochs)[0]
+        delta, test = difference_text(values, base)
+        met = abs(100 * (statistics.fmean(values) - statistics.fmean(base))) <= 0.3
+        target = f"tuned {arm} within 0.3 points of tuned SGDM, {_budget(result, epochs)}"
+        rows.append((target, f"{delta} points ({test})", "met" if met else "**missed**"))
     return rows
-
-
-def _best_row(result: dict[str, Any], study: dict[str, Any]) -> list[str]:
-    """Budget, arm, η, β, μ, η schedule, best validation accuracy and trial counts of a study."""
-    values, schedule = study["best_values"], study["best_values"].get("model.schedules.lr") or {}
-    arguments = ", ".join(f"{k} {v:.3g}" for k, v in schedule.items() if k != "shape")
-    shape = schedule.get("shape", "config's") + (f" ({arguments})" if arguments else "")
-    counts = f"{study['complete']}/{study['pruned']}/{study['failed']}"
-    distinct = f" ({study['distinct']} distinct)" if "distinct" in study else ""
-    lr, beta, mu = (values[f"model.{k}"] for k in ("lr", "beta", "mu"))
-    cells = [f"{lr:.3g}", f"{beta:.3f}", f"{mu:.3g}", shape, f"{100 * study['best_value']:.2f}"]
-    return [_budget(result, study["epochs"]), study["arm"], *cells, counts + distinct]
-
-
-def _paired(average: list[float], at_x: list[float]) -> str:
-    """x̄ - x in points over seeds of the same runs: mean ± standard error."""
-    diffs = [100 * (a - x) for a, x in zip(average, at_x, strict=True)]
-    error = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-    return f"{statistics.fmean(diffs):+.2f} ± {error:.2f}"
 
 
 def render(result: dict[str, Any]) -> str:
@@ -154,13 +132,27 @@ def render(result: dict[str, Any]) -> str:
     horizons = [str(h) for h in config["horizons"]]
     rows, paired = [], []
     for epochs in config["epochs"]:
-        base, budget = _accuracies(result, BASELINE, epochs, "test_acc"), _budget(result, epochs)
+        base, budget = _accuracies(result, BASELINE, epochs)[0], _budget(result, epochs)
         for arm in ARMS:
-            at = [_accuracies(result, arm, epochs, k) for k in ("test_acc", "test_acc_avg")]
-            at += [_accuracies(result, arm, epochs, k) for k in horizons]
+            at = _accuracies(result, arm, epochs)
             delta = ("—", "—") if arm == BASELINE else difference_text(at[0], base)
             rows.append([budget, arm, *(mean_std(values, 100) for values in at), *delta])
-            paired.append([budget, arm, *(_paired(values, at[0]) for values in at[1:])])
+            paired.append([budget, arm])
+            for values in at[1:]:  # x̄ - x, paired over seeds: mean ± standard error
+                diffs = [100 * (a - x) for a, x in zip(values, at[0], strict=True)]
+                error = statistics.stdev(diffs) / math.sqrt(len(diffs)) if diffs[1:] else math.nan
+                paired[-1].append(f"{statistics.fmean(diffs):+.2f} ± {error:.2f}")
+    best = []  # budget, arm, η, β, μ, η schedule, best validation accuracy and trial counts
+    for study in sorted(studies, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"]))):
+        values = study["best_values"]
+        schedule = values.get("model.schedules.lr") or {}
+        arguments = ", ".join(f"{k} {v:.3g}" for k, v in schedule.items() if k != "shape")
+        shape = schedule.get("shape", "config's") + (f" ({arguments})" if arguments else "")
+        lr, beta, mu = (values[f"model.{k}"] for k in ("lr", "beta", "mu"))
+        counts = f"{study['complete']}/{study['pruned']}/{study['failed']}"
+        counts += f" ({study['distinct']} distinct)" if "distinct" in study else ""
+        cells = [f"{lr:.3g}", f"{beta:.3f}", f"{mu:.3g}", shape, f"{100 * study['best_value']:.2f}"]
+        best.append([_budget(result, study["epochs"]), study["arm"], *cells, counts])
     width = fixed.get("model.backbone", {}).get("init_args", {}).get("width", "?")
     train, val, test = (fixed.get(key, "all") for key in LIMITS)
     sampler, pruner = result["sweep"]["sampler"], result["sweep"]["pruner"]
@@ -168,16 +160,14 @@ def render(result: dict[str, Any]) -> str:
     reused = next((f", tuned at {s['tuned_at_epochs']} epochs in `{s['tuned_in']}`"
                    for s in studies if "tuned_in" in s), "")  # fmt: skip
     averages = ["x̄ (β)", *(f"x̄ ({h})" for h in horizons)]
-    order = sorted(studies, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"])))
     text = [
-        f"Fashion-MNIST, SmallCNN(width={width}), batch 128, epochs of {train} batches, validation "
-        f"on {val} batches, test on {test} batches. Per arm and budget, one `o2nc-sweep` study of "
-        f"`{config['sweep_file']}` ({trials} trials, sampler {sampler['name']} "
-        f"{sampler.get('options', {})} seed 0, pruner {pruner['name']} {pruner.get('options', {})}"
-        f", objective val/acc at x) over η, β, μ and the η schedule; then {len(config['seeds'])} "
-        f"seeds ({config['seeds']}) of its best trial, tested at x and at x̄ (BatchNorm recomputed).",
+        f"Fashion-MNIST, SmallCNN(width={width}), batch 128; epochs of {train} batches, validation "
+        f"on {val}, test on {test}. Per arm and budget one `o2nc-sweep` study of `{config['sweep_file']}`"
+        f" ({trials} trials; sampler {sampler['name']} {sampler.get('options', {})} seed 0; pruner "
+        f"{pruner['name']} {pruner.get('options', {})}; objective val/acc at x), then "
+        f"{len(config['seeds'])} seeds ({config['seeds']}) of its best trial, tested at x and x̄.",
         f"**Best configuration per arm** (from its own study{reused}):",
-        markdown_table(BEST_COLUMNS, [_best_row(result, study) for study in order]),
+        markdown_table(BEST_COLUMNS, best),
         "**Test accuracy at each arm's best configuration** (mean ± std over seeds, in %; Δ is "
         "the arm's x against SGDM's x, with its standard error and a two-sided Welch test):",
         markdown_table(["budget", "arm", "at x", *(f"at {a}" for a in averages), *DELTA], rows),
@@ -187,7 +177,7 @@ def render(result: dict[str, Any]) -> str:
     ]
     diverged = [f"{r['arm']} {r['epochs']} ep seed {r['seed']} at step {r['diverged_at']}"
                 for r in result["runs"] if r["diverged_at"]]  # fmt: skip
-    text += [f"Diverged seed runs (scored as chance): {', '.join(diverged)}."] if diverged else []
+    text += [f"Diverged seed runs (scored as chance): {', '.join(diverged)}."] * bool(diverged)
     return "\n\n".join(text)
 
 
@@ -203,15 +193,13 @@ def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> 
     budgets = sorted({r["epochs"] for r in result["runs"]})
     fig = Figure(figsize=(5 * len(budgets), 3.8), dpi=90)
     axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)[0]
-    points = [("x", "test_acc", "o"), ("x̄ (β)", "test_acc_avg", "s")]
-    points += [(f"x̄ ({h})", str(h), "^") for h in result["config"]["horizons"]]
+    labels = ["x", "x̄ (β)", *(f"x̄ ({h})" for h in result["config"]["horizons"])]
     for ax, epochs in zip(axes, budgets, strict=True):
-        for offset, (label, key, marker) in enumerate(points):
-            for i, arm in enumerate(ARMS):
-                y = [100 * v for v in _accuracies(result, arm, epochs, key)]
-                x = [i + 0.15 * (offset - 1.5)] * len(y)
-                shown = label if i == 0 else None
-                ax.scatter(x, y, marker=marker, s=14, color=f"C{offset}", label=shown)
+        for i, arm in enumerate(ARMS):
+            for offset, values in enumerate(_accuracies(result, arm, epochs)):
+                x, y = [i + 0.15 * (offset - 1.5)] * len(values), [100 * v for v in values]
+                style = {"marker": "os^"[min(offset, 2)], "color": f"C{offset}", "s": 14}
+                ax.scatter(x, y, label=labels[offset] if i == 0 else None, **style)
         ax.set_xticks(range(len(ARMS)), list(ARMS), fontsize=8)
         ax.set(title=f"{epochs} epochs (tuned per arm)", ylabel="test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
@@ -225,12 +213,9 @@ def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> 
 
 #: ``best_from``: a tuned_parity.json (a path in the repository) whose best values are used, no
 #: tuning; ``fixed``: trial config fields (dotted paths) set in every study and seed run.
-SETTINGS = {
-    "sweep_file": "lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml",
-    "n_trials": None,
-}
+SWEEP_FILE = "lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml"
+SETTINGS = {"sweep_file": SWEEP_FILE, "n_trials": None, "best_from": None, "fixed": {}}
 SETTINGS |= {"epochs": [2, 6], "seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "workers": 2}
-SETTINGS |= {"best_from": None, "fixed": {}}
 QUICK = {"epochs": [1, 3], "n_trials": 3, "seeds": [0, 1], "fixed": dict(zip(LIMITS, (10, 4, 8)))}
 CPU = Experiment(
     name="tuned_parity",
@@ -247,15 +232,15 @@ CPU = Experiment(
 )
 #: The longer budget on one CUDA GPU at the CPU-tuned configurations: full Fashion-MNIST
 #: (55k training images per epoch), 30 epochs, 5 seeds, 8 runs sharing the GPU (about 8 minutes).
+BEST = "benchmarks/results/tuned_parity.json"
 GPU_FIXED = {"trainer.accelerator": "gpu", **dict.fromkeys(LIMITS, 1.0)}
 GPU = dataclasses.replace(
     CPU,
     name="tuned_parity_gpu",
     title="Tuned comparison on a GPU: full Fashion-MNIST, 30 epochs",
-    settings=SETTINGS | {"epochs": [30], "workers": 8, "fixed": GPU_FIXED},
+    settings=SETTINGS | {"epochs": [30], "workers": 8, "fixed": GPU_FIXED, "best_from": BEST},
     quick={"epochs": [1], "seeds": [0, 1], "workers": 2, "fixed": GPU_FIXED | CPU.quick["fixed"]},
     figure=lambda result, folder: figure(result, folder, "tuned_parity_gpu"),
     command="python -m benchmarks run tuned_parity_gpu  (on a machine with one CUDA GPU)",
 )
-GPU.settings["best_from"] = "benchmarks/results/tuned_parity.json"
 EXPERIMENTS = (CPU, GPU)
