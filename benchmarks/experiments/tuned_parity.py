@@ -1,10 +1,9 @@
 """Does the random scale cost accuracy once every arm is tuned? An equal-budget tuned comparison.
 
-1. **Tuning.** Per arm (:data:`ARMS`) and budget (``epochs``, the longer >= 3x the shorter), one
-   ``o2nc-sweep`` study of ``sweep_file``; only ``model.scaling``, ``trainer.max_epochs`` and the
-   study name differ. A rerun continues the studies (SQLite in the work folder).
-2. **Seeds.** Each arm's best trial (or ``best_from``'s) is retrained with ``seeds`` and tested
-   at x, at the optimizer's x̄ (discount β) and at x̄ with the discounts ``horizons``.
+Per arm (:data:`ARMS`) and budget (``epochs``, the longer >= 3x the shorter), one ``o2nc-sweep``
+study of ``sweep_file`` differing only in ``model.scaling``, ``trainer.max_epochs`` and its name
+(SQLite in the work folder: a rerun continues it); then each best trial (or ``best_from``'s) is
+retrained with ``seeds`` and tested at x, at the optimizer's x̄ and at x̄ of each ``horizons``.
 """
 
 from __future__ import annotations
@@ -19,28 +18,29 @@ from typing import Any
 
 import yaml
 
+from lightning_o2nc.sweeps import run_sweep
+from lightning_o2nc.sweeps.config import load_sweep_config
+
 from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import difference_text, markdown_table, mean_std
+from ..training import train_config
 
 #: Arm name -> ``model.scaling``. SGDM is the same optimizer with s = 1 (torch SGD's update).
 ARMS = {"SGDM": "none", "O2NC (exponential)": "exponential", "O2NC (uniform)": "uniform"}
 BASELINE = "SGDM"
 #: What a seed sets: the initialization, the data split and order, and the scalar stream.
 SEEDED = ("seed_everything", "model.seed", "data.init_args.seed")
-STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}  # trial counts by state
-FINISHED = ("COMPLETE", "PRUNED")
+FINISHED = ("COMPLETE", "PRUNED")  # a trial's states that hold a result
 LIMITS = [f"trainer.limit_{split}_batches" for split in ("train", "val", "test")]
 
 
 def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> Any:
     """One (arm, budget) study: the sweep file with scaling, epochs and ``fixed`` set, written as
     ``<work>/<study>/sweep.yaml`` and loaded from there (``o2nc-sweep --config`` it continues it)."""
-    from lightning_o2nc.sweeps.config import load_sweep_config
-
     source = REPO_ROOT / settings["sweep_file"]
     spec = yaml.safe_load(source.read_text())
     spec["train_config"] = str(source.parent / spec["train_config"])
-    spec["study_name"] = f"{spec['study_name']}-{ARMS[arm]}-{epochs}ep"
+    spec["study_name"] += f"-{ARMS[arm]}-{epochs}ep"
     spec["n_trials"] = settings["n_trials"] or spec["n_trials"]
     spec["overrides"].update(settings["fixed"])
     spec["overrides"].update({"model.scaling": ARMS[arm], "trainer.max_epochs": epochs})
@@ -52,8 +52,6 @@ def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> An
 
 def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[str, Any]:
     """Run (or continue) one arm's study at one budget: its best trial and its trial counts."""
-    from lightning_o2nc.sweeps import run_sweep
-
     sweep = arm_sweep(settings, work, arm, epochs)
     logdir, storage = work / sweep.study_name, f"sqlite:///{work / sweep.study_name / 'study.db'}"
     study = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False).study
@@ -62,14 +60,13 @@ def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[st
     done = {json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name in FINISHED}
     print(f"tuned {arm} {epochs} ep: val/acc {best.value:.4f} at {best.params}", flush=True)
     result = {"arm": arm, "epochs": epochs, "study_name": sweep.study_name, "n_trials": len(states)}
-    result |= {key: states.count(state) for key, state in STATES.items()} | {"distinct": len(done)}
+    result |= {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED")}
+    result |= {"failed": states.count("FAIL"), "distinct": len(done)}
     return result | {"best_value": best.value, "best_values": best.user_attrs["values"]}
 
 
 def seed_run(settings: dict, work: Path, arm: str, epochs: int, values: dict, seed: int) -> dict:
     """One seed of an arm's best configuration, tested at x, x̄ and the longer horizons."""
-    from ..training import train_config
-
     values = {**values, **dict.fromkeys(SEEDED, seed), "model.average": True}
     values["trainer.limit_val_batches"] = 0  # the configuration is chosen: only the test counts
     trial = arm_sweep(settings, work, arm, epochs).trial_config(values)
@@ -98,9 +95,7 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     sweep = yaml.safe_load((REPO_ROOT / settings["sweep_file"]).read_text())
     result = {"config": settings, "fixed": {**sweep["overrides"], **settings["fixed"]}}
     result["sweep"] = {key: sweep[key] for key in ("space", "sampler", "pruner", "objective")}
-    done = [(r["epochs"], r["steps"] // r["epochs"]) for r in runs if not r["diverged_at"]]
-    steps = {str(e): max([n for b, n in done if b == e] or [0]) for e in budgets}
-    return result | {"steps_per_epoch": steps, "studies": tuned, "runs": runs}
+    return result | {"studies": tuned, "runs": runs}
 
 
 def _accuracies(result: dict[str, Any], arm: str, epochs: int) -> list[list[float]]:
@@ -111,7 +106,8 @@ def _accuracies(result: dict[str, Any], arm: str, epochs: int) -> list[list[floa
 
 
 def _budget(result: dict[str, Any], epochs: int) -> str:
-    return f"{epochs} ep ({epochs * result['steps_per_epoch'][str(epochs)]} steps)"
+    steps = [r["steps"] for r in result["runs"] if r["epochs"] == epochs and not r["diverged_at"]]
+    return f"{epochs} ep ({max(steps, default=0) // epochs * epochs} steps)"
 
 
 def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -160,19 +156,18 @@ def render(result: dict[str, Any]) -> str:
     reused = next((f", tuned at {s['tuned_at_epochs']} epochs in `{s['tuned_in']}`"
                    for s in studies if "tuned_in" in s), "")  # fmt: skip
     averages = ["x̄ (β)", *(f"x̄ ({h})" for h in horizons)]
+    columns = ["budget", "arm", "at x", *(f"at {a}" for a in averages)]
     text = [
         f"Fashion-MNIST, SmallCNN(width={width}), batch 128; epochs of {train} batches, validation "
-        f"on {val}, test on {test}. Per arm and budget one `o2nc-sweep` study of `{config['sweep_file']}`"
-        f" ({trials} trials; sampler {sampler['name']} {sampler.get('options', {})} seed 0; pruner "
-        f"{pruner['name']} {pruner.get('options', {})}; objective val/acc at x), then "
-        f"{len(config['seeds'])} seeds ({config['seeds']}) of its best trial, tested at x and x̄.",
+        f"on {val}, test on {test}. Per arm and budget one `o2nc-sweep` study of "
+        f"`{config['sweep_file']}` ({trials} trials; sampler {sampler['name']} "
+        f"{sampler.get('options', {})} seed 0; pruner {pruner['name']} {pruner.get('options', {})};"
+        f" objective val/acc at x), then seeds {config['seeds']} of its best trial, at x and x̄.",
         f"**Best configuration per arm** (from its own study{reused}):",
         markdown_table(BEST_COLUMNS, best),
-        "**Test accuracy at each arm's best configuration** (mean ± std over seeds, in %; Δ is "
-        "the arm's x against SGDM's x, with its standard error and a two-sided Welch test):",
-        markdown_table(["budget", "arm", "at x", *(f"at {a}" for a in averages), *DELTA], rows),
-        "**Does a longer x̄ recover accuracy?** Paired over seeds (same run): x̄ minus x, in "
-        "points, mean ± standard error:",
+        "**Test accuracy at each arm's best configuration** (%, mean ± std; Δ: x − SGDM's x):",
+        markdown_table([*columns, "Δ vs SGDM (x)", "Welch"], rows),
+        "**Does a longer x̄ recover accuracy?** x̄ − x in points, paired over seeds, mean ± s.e.:",
         markdown_table(["budget", "arm", *(f"{a} − x" for a in averages)], paired),
     ]
     diverged = [f"{r['arm']} {r['epochs']} ep seed {r['seed']} at step {r['diverged_at']}"
@@ -183,7 +178,6 @@ def render(result: dict[str, Any]) -> str:
 
 BEST_COLUMNS = ["budget", "arm", "η", "β", "μ", "η schedule", "best val acc %"]
 BEST_COLUMNS.append("trials done/pruned/failed")
-DELTA = ["Δ vs SGDM (x)", "Welch"]
 
 
 def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> list[str]:
@@ -216,7 +210,9 @@ def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> 
 SWEEP_FILE = "lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml"
 SETTINGS = {"sweep_file": SWEEP_FILE, "n_trials": None, "best_from": None, "fixed": {}}
 SETTINGS |= {"epochs": [2, 6], "seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "workers": 2}
-QUICK = {"epochs": [1, 3], "n_trials": 3, "seeds": [0, 1], "fixed": dict(zip(LIMITS, (10, 4, 8)))}
+#: A smoke run on 2 CPU cores (the GPU variant's too).
+QUICK = {"epochs": [1, 3], "n_trials": 3, "seeds": [0, 1], "workers": 2}
+QUICK["fixed"] = dict(zip(LIMITS, (10, 4, 8)))
 CPU = Experiment(
     name="tuned_parity",
     title="Tuned comparison: SGDM against O2NC, each at its own best configuration",
@@ -239,7 +235,6 @@ GPU = dataclasses.replace(
     name="tuned_parity_gpu",
     title="Tuned comparison on a GPU: full Fashion-MNIST, 30 epochs",
     settings=SETTINGS | {"epochs": [30], "workers": 8, "fixed": GPU_FIXED, "best_from": BEST},
-    quick={"epochs": [1], "seeds": [0, 1], "workers": 2, "fixed": GPU_FIXED | CPU.quick["fixed"]},
     figure=lambda result, folder: figure(result, folder, "tuned_parity_gpu"),
     command="python -m benchmarks run tuned_parity_gpu  (on a machine with one CUDA GPU)",
 )
