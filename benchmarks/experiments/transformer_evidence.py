@@ -1,9 +1,8 @@
 """Does random scaling cost anything on a transformer? A tuned comparison on a character-level GPT.
 
-One Optuna study per arm (a rerun continues it) until it holds, by the same rule for every arm,
+One Optuna study per arm (a rerun continues it), by the same rule for every arm, until it holds
 ``min_trials`` trials of which ``min_complete`` completed; then each best configuration retrained
-with ``seeds``: validation loss at x and at the bias-corrected b-EMA x̄ for each b in ``horizons``.
-"""
+with ``seeds``: the validation loss at x and at the b-EMA x̄ of the iterates, b in ``horizons``."""
 
 from __future__ import annotations
 
@@ -22,9 +21,9 @@ from lightning_o2nc.lightning.cli import build_run
 from lightning_o2nc.sweeps import run_sweep
 from lightning_o2nc.sweeps.config import load_sweep_config
 from lightning_o2nc.sweeps.objective import FAIL_REASON
-from lightning_o2nc.sweeps.signals import INTERRUPTED_BY, StopRequest
+from lightning_o2nc.sweeps.signals import INTERRUPTED_BY, TrialInterrupted
 
-from ..harness import REPO_ROOT, Experiment, run_jobs
+from ..harness import REPO_ROOT, Experiment, run_jobs, run_stoppable_jobs, stop_requested
 from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
 from ..training import QUIET_TRAINER, HorizonAverages
 from .tuned_parity import SEEDED
@@ -81,15 +80,20 @@ def _counts(trials: list[Any]) -> dict[str, int]:
 
 
 def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
-    """Run (or continue) one arm's study until it holds the trial and completion counts. A stop
-    request returns ``interrupted``: raising would make joblib kill the other workers at once."""
+    """Run (or continue) one arm's study until it holds the trial and completion counts, or until
+    a stop request (:func:`benchmarks.harness.run_stoppable_jobs`)."""
     started, n_trials = time.perf_counter(), settings["min_trials"]
     while True:
+        if stop_requested(work):  # the comparison was stopped: start no study, no round
+            return {"arm": arm, "interrupted": True}
         sweep = arm_sweep(settings, work, arm, n_trials)
         logdir, storage = work / sweep.study_name, f"sqlite:///{work / sweep.study_name}/study.db"
-        outcome = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False)
-        if outcome.interrupted:  # never start another round after a stop request
-            return {"arm": arm, "study_name": sweep.study_name, "interrupted": True}
+        try:
+            outcome = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False)
+        except TrialInterrupted:  # a stop request before the study was opened
+            outcome = None
+        if outcome is None or outcome.interrupted:  # its running trial was queued again
+            return {"arm": arm, "interrupted": True}
         counts = _counts(outcome.study.trials)
         missing = settings["min_complete"] - counts["completed"]
         if missing <= 0 or n_trials >= settings["max_trials"]:
@@ -149,12 +153,8 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     """Tune every arm, then train every (arm, seed) at the arm's best values."""
     if not settings["arms"] or set(settings["arms"]) - set(ARMS):
         raise ValueError(f"arms {settings['arms']}: choose one or more of {', '.join(ARMS)}")
-    # A stop signal is only recorded here: the workers leave their studies in order first.
-    with StopRequest().installed() as stop:
-        tuned = run_jobs(tune, [(settings, work, a) for a in settings["arms"]], settings["workers"])
-    stopped = [t["study_name"] for t in tuned if t.get("interrupted")]
-    if stopped or stop.requested:  # the runner exits with 130, keeping what finished
-        raise KeyboardInterrupt(f"interrupted; run the same command to continue {stopped}")
+    tasks = [(settings, work, arm) for arm in settings["arms"]]
+    tuned = run_stoppable_jobs(tune, tasks, settings["workers"], work)
     best = {t["arm"]: t["best"] for t in tuned}
     jobs = {k: settings[k] for k in ("steps", "min_trials", "horizons", "fixed")}  # a run's inputs
     tasks = [(jobs, work, arm, best[arm], seed) for seed in settings["seeds"] for arm in best]
@@ -219,7 +219,7 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     """Validation loss at x against step, mean ± sd over seeds, one line per arm."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5, 4), dpi=90)
+    fig = Figure(figsize=(6.5, 4), dpi=90, layout="tight")
     ax = fig.subplots()
     for index, (arm, data) in enumerate(result["arms"].items()):
         points = [point[:2] for run in data["runs"] for point in run["curve"]]
@@ -234,7 +234,6 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     ax.set_title("Character-level GPT, each arm at its tuned configuration (mean ± sd)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(folder / "transformer_evidence.png")
     return ["transformer_evidence.png"]
 

@@ -20,8 +20,9 @@ import yaml
 
 from lightning_o2nc.sweeps import run_sweep
 from lightning_o2nc.sweeps.config import load_sweep_config
+from lightning_o2nc.sweeps.signals import TrialInterrupted
 
-from ..harness import REPO_ROOT, Experiment, run_jobs
+from ..harness import REPO_ROOT, Experiment, run_jobs, run_stoppable_jobs, stop_requested
 from ..stats import difference_text, markdown_table, mean_std
 from ..training import train_config
 
@@ -51,10 +52,19 @@ def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> An
 
 
 def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[str, Any]:
-    """Run (or continue) one arm's study at one budget: its best trial and its trial counts."""
+    """Run (or continue) one arm's study at one budget: its best trial and its trial counts, or
+    ``interrupted`` after a stop request (:func:`benchmarks.harness.run_stoppable_jobs`)."""
+    if stop_requested(work):  # the comparison was stopped before this study started
+        return {"arm": arm, "epochs": epochs, "interrupted": True}
     sweep = arm_sweep(settings, work, arm, epochs)
     logdir, storage = work / sweep.study_name, f"sqlite:///{work / sweep.study_name / 'study.db'}"
-    study = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False).study
+    try:
+        outcome = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False)
+    except TrialInterrupted:  # a stop request before the study was opened
+        outcome = None
+    if outcome is None or outcome.interrupted:  # its running trial was queued again
+        return {"arm": arm, "epochs": epochs, "interrupted": True}
+    study = outcome.study
     states, best = [t.state.name for t in study.trials], study.best_trial
     # workers that start together draw the same first points from the seeded sampler
     done = {json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name in FINISHED}
@@ -88,7 +98,8 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
         reused = {"tuned_at_epochs": last, "tuned_in": settings["best_from"]}
         tuned = [{**s, **reused, "epochs": e} for e in epochs for s in old if s["epochs"] == last]
     else:
-        tuned = run_jobs(tune, [(settings, work, a, e) for e in epochs for a in ARMS], workers)
+        tasks = [(settings, work, a, e) for e in epochs for a in ARMS]
+        tuned = run_stoppable_jobs(tune, tasks, workers, work)
     best = {(t["arm"], t["epochs"]): t["best_values"] for t in tuned}
     tasks = [(jobs, work, a, e, best[a, e], s) for e in epochs for s in seeds for a in ARMS]
     runs = run_jobs(seed_run, tasks, workers, cache=work / "jobs")
@@ -185,7 +196,7 @@ def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> 
     from matplotlib.figure import Figure
 
     budgets = sorted({r["epochs"] for r in result["runs"]})
-    fig = Figure(figsize=(5 * len(budgets), 3.8), dpi=90)
+    fig = Figure(figsize=(5 * len(budgets), 3.8), dpi=90, layout="tight")
     axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)[0]
     labels = ["x", "x̄ (β)", *(f"x̄ ({h})" for h in result["config"]["horizons"])]
     for ax, epochs in zip(axes, budgets, strict=True):
@@ -200,7 +211,6 @@ def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> 
     axes[0].legend(fontsize=7)
     title = "Fashion-MNIST, each arm at its own best configuration; one point per seed"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(folder / f"{name}.png")
     return [f"{name}.png"]
 

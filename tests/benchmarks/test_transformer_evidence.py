@@ -9,8 +9,14 @@ import random
 import pytest
 
 from benchmarks.experiments import get
-from benchmarks.experiments.transformer_evidence import _counts
-from benchmarks.harness import RESULTS_DIR, read_result, run_experiment
+from benchmarks.experiments.transformer_evidence import _counts, tune
+from benchmarks.harness import (
+    RESULTS_DIR,
+    STOP_FILE,
+    read_result,
+    run_experiment,
+    run_stoppable_jobs,
+)
 
 WORDS = [
     "to",
@@ -105,3 +111,19 @@ def test_an_interrupted_trial_is_neither_a_trial_nor_a_failure_of_its_arm():
         "failed": 1,
         "interrupted": 1,
     }
+
+
+def test_a_stop_request_ends_the_comparison_and_starts_no_further_study(tmp_path):
+    settings = get("transformer_evidence").settings
+    (tmp_path / STOP_FILE).touch()  # what a SIGINT or SIGTERM during the comparison leaves
+    assert tune(settings, tmp_path, "adamw") == {"arm": "adamw", "interrupted": True}
+    assert [p.name for p in tmp_path.iterdir()] == [STOP_FILE]  # no study was created
+    started = []
+
+    def job(arm):
+        started.append(arm)
+        return {"arm": arm, "interrupted": arm == "adamw"}
+
+    with pytest.raises(KeyboardInterrupt):  # the runner exits with 130, keeping what finished
+        run_stoppable_jobs(job, [("adamw",), ("sgdm",)], 0, tmp_path)
+    assert started == ["adamw"]
