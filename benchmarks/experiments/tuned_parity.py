@@ -220,8 +220,7 @@ def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> 
 SWEEP_FILE = "lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml"
 SETTINGS = {"sweep_file": SWEEP_FILE, "n_trials": None, "best_from": None, "fixed": {}}
 SETTINGS |= {"epochs": [2, 6], "seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "workers": 2}
-#: A smoke run on 2 CPU cores (the GPU variant's too).
-QUICK = {"epochs": [1, 3], "n_trials": 3, "seeds": [0, 1], "workers": 2}
+QUICK = {"epochs": [1, 3], "n_trials": 3, "seeds": [0, 1], "workers": 2}  # the GPU variant's too
 QUICK["fixed"] = dict(zip(LIMITS, (10, 4, 8)))
 CPU = Experiment(
     name="tuned_parity",
@@ -246,6 +245,6 @@ GPU = dataclasses.replace(
     title="Tuned comparison on a GPU: full Fashion-MNIST, 30 epochs",
     settings=SETTINGS | {"epochs": [30], "workers": 8, "fixed": GPU_FIXED, "best_from": BEST},
     figure=lambda result, folder: figure(result, folder, "tuned_parity_gpu"),
-    command="python -m benchmarks run tuned_parity_gpu  (on a machine with one CUDA GPU)",
+    command="python -m benchmarks run tuned_parity_gpu  # on a machine with one CUDA GPU",
 )
 EXPERIMENTS = (CPU, GPU)
