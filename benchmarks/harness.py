@@ -219,3 +219,47 @@ def run_jobs(
         return joblib.Parallel(n_jobs=workers)(
             joblib.delayed(_single_threaded_call)(call, *args) for args in tasks
         )
+
+
+#: Written into a work folder when a stop signal reaches :func:`run_stoppable_jobs` there.
+STOP_FILE = "stop-requested"
+
+
+def stop_requested(work: Path) -> bool:
+    """Whether a stop signal reached the :func:`run_stoppable_jobs` call working in ``work``."""
+    return (work / STOP_FILE).exists()
+
+
+def run_stoppable_jobs(
+    function: Callable[..., Result], tasks: Sequence[Sequence[Any]], workers: int, work: Path
+) -> list[Result]:
+    """:func:`run_jobs` for jobs that leave their state in order when stopped (an o2nc-sweep study
+    records its running trial and queues it again) and then return ``{"interrupted": True}``.
+
+    A KeyboardInterrupt here would make joblib kill the workers while they do that, so SIGINT and
+    SIGTERM are only recorded, as ``<work>/stop-requested``: the workers, in this process group, get
+    the signal themselves, and a job that starts afterwards returns at once
+    (:func:`stop_requested`). Then KeyboardInterrupt is raised, as after Ctrl-C: the runner exits
+    with 130 and what finished is kept.
+    """
+    import signal
+
+    flag = work / STOP_FILE
+    flag.unlink(missing_ok=True)
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda *_: flag.touch()) for signum in stops}
+    try:
+        if workers:
+            results = run_jobs(function, tasks, workers)
+        else:  # in this process, a job's own handler sees the signal: start no job after it
+            results = []
+            for args in tasks:
+                results.append(function(*args))
+                if results[-1].get("interrupted"):
+                    break
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if flag.exists() or any(result.get("interrupted") for result in results):
+        raise KeyboardInterrupt("stopped: run the same command to continue")
+    return results

@@ -1,50 +1,61 @@
 """The transformer comparison on a tiny text: every arm is tuned and seeded, the JSON has the
-issue's shape, RESULTS.md's section renders from it, and a rerun trains nothing again."""
+issue's shape, the section renders from it, a rerun trains nothing again, and a quick run leaves
+benchmarks/results alone."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
 
-from benchmarks import transformer_evidence, transformer_report
-from benchmarks.render import SECTIONS, render_section
+from benchmarks.experiments import get
+from benchmarks.experiments.transformer_evidence import _counts, tune
+from benchmarks.harness import (
+    RESULTS_DIR,
+    STOP_FILE,
+    read_result,
+    run_experiment,
+    run_stoppable_jobs,
+)
+
+WORDS = [
+    "to",
+    "be",
+    "or",
+    "not",
+    "that",
+    "is",
+    "the",
+    "question",
+    "whether",
+    "tis",
+    "nobler",
+    "in",
+    "the",
+    "mind",
+]
 
 
 def _tiny_text(folder):
     folder.mkdir()
-    words = [
-        "to",
-        "be",
-        "or",
-        "not",
-        "that",
-        "is",
-        "the",
-        "question",
-        "whether",
-        "tis",
-        "nobler",
-        "in",
-        "the",
-        "mind",
-    ]
     rng = random.Random(0)
-    (folder / "a.txt").write_text(" ".join(rng.choice(words) for _ in range(1500)))
+    (folder / "a.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(1500)))
     return folder
+
+
+def _committed_bytes():
+    return {p: p.read_bytes() for p in sorted(RESULTS_DIR.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.slow
 def test_quick_comparison_stores_counts_losses_at_x_and_x_bar_and_resumes(tmp_path):
-    text = _tiny_text(tmp_path / "text")
+    committed = _committed_bytes()
+    experiment = get("transformer_evidence")
+    fixed = {**experiment.quick["fixed"], "data.init_args.path": str(_tiny_text(tmp_path / "t"))}
+    overrides = {"arms": ["adamw", "o2nc_adamw"], "min_trials": 1, "max_trials": 2, "fixed": fixed}
     out = tmp_path / "results"
-    argv = [
-        "--quick", "--arms", "adamw", "o2nc_adamw", "--min-trials", "1", "--max-trials", "2",
-        "--set", f"data.init_args.path={text}", "--out", str(out),
-    ]  # fmt: skip
-    transformer_evidence.main(argv)
-    result = json.loads((out / "transformer_evidence_quick.json").read_text())
+    run_experiment(experiment, quick=True, overrides=overrides, results_dir=out)
+    result = read_result("transformer_evidence", out)
     assert result["steps"] == 4
     assert set(result["arms"]) == {"adamw", "o2nc_adamw"}
     for arm in result["arms"].values():
@@ -57,17 +68,17 @@ def test_quick_comparison_stores_counts_losses_at_x_and_x_bar_and_resumes(tmp_pa
         for run in arm["runs"]:
             assert abs(run["val_loss_avg_optimizer"] - run["val_loss_avg"]["0.99"]) < 1e-4
             assert [point[0] for point in run["curve"]] == [2, 4]
-    assert {"torch", "CPU", "commit"} <= set(result["machine"])
-    assert (out / "transformer_evidence_quick.png").is_file()
-    section = next(s for s in SECTIONS if s.name == "transformer_evidence")
-    text_md = transformer_report.to_markdown(result)
-    assert "`o2nc_adamw` − `adamw`" in text_md and "Welch" in text_md
-    assert render_section(section, out, tmp_path / "RESULTS.md")[0].startswith("**Not run yet")
+    assert {"torch", "CPU", "commit"} <= set(result["env"])
+    assert (out / "transformer_evidence.png").is_file()
+    text = experiment.render(result)
+    assert "`o2nc_adamw` − `adamw`" in text and "Welch" in text
 
-    transformer_evidence.main(argv)  # everything is done: read back, not trained again
-    again = json.loads((out / "transformer_evidence_quick.json").read_text())
+    run_experiment(experiment, quick=True, overrides=overrides, results_dir=out)  # all done
+    again = read_result("transformer_evidence", out)
     assert again["arms"]["adamw"]["val_loss"] == result["arms"]["adamw"]["val_loss"]
+    assert again["arms"]["adamw"]["trials"] == result["arms"]["adamw"]["trials"]
     assert again["seconds"] < result["seconds"]
+    assert _committed_bytes() == committed
 
 
 def test_an_interrupted_trial_is_neither_a_trial_nor_a_failure_of_its_arm():
@@ -79,25 +90,20 @@ def test_an_interrupted_trial_is_neither_a_trial_nor_a_failure_of_its_arm():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study()
     outcomes = [
-        ("complete", {}),
-        ("complete", {}),
-        ("pruned", {}),
-        ("fail", {FAIL_REASON: "non-finite training loss at step 12"}),
-        ("fail", {FAIL_REASON: "RuntimeError: out of memory"}),
-        ("fail", {INTERRUPTED_BY: "SIGINT", FAIL_REASON: "interrupted by SIGINT"}),
+        ("COMPLETE", {}),
+        ("COMPLETE", {}),
+        ("PRUNED", {}),
+        ("FAIL", {FAIL_REASON: "non-finite training loss at step 12"}),
+        ("FAIL", {FAIL_REASON: "RuntimeError: out of memory"}),
+        ("FAIL", {INTERRUPTED_BY: "SIGINT", FAIL_REASON: "interrupted by SIGINT"}),
     ]
-    for outcome, attrs in outcomes:
+    for state, attrs in outcomes:
         trial = study.ask()
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        state = {"complete": "COMPLETE", "pruned": "PRUNED", "fail": "FAIL"}[outcome]
-        study.tell(
-            trial,
-            1.0 if outcome == "complete" else None,
-            state=getattr(optuna.trial.TrialState, state),
-        )
-    counts = transformer_evidence._counts(study.trials)
-    assert counts == {
+        value = 1.0 if state == "COMPLETE" else None
+        study.tell(trial, value, state=getattr(optuna.trial.TrialState, state))
+    assert _counts(study.trials) == {
         "trials": 5,
         "completed": 2,
         "pruned": 1,
@@ -105,3 +111,19 @@ def test_an_interrupted_trial_is_neither_a_trial_nor_a_failure_of_its_arm():
         "failed": 1,
         "interrupted": 1,
     }
+
+
+def test_a_stop_request_ends_the_comparison_and_starts_no_further_study(tmp_path):
+    settings = get("transformer_evidence").settings
+    (tmp_path / STOP_FILE).touch()  # what a SIGINT or SIGTERM during the comparison leaves
+    assert tune(settings, tmp_path, "adamw") == {"arm": "adamw", "interrupted": True}
+    assert [p.name for p in tmp_path.iterdir()] == [STOP_FILE]  # no study was created
+    started = []
+
+    def job(arm):
+        started.append(arm)
+        return {"arm": arm, "interrupted": arm == "adamw"}
+
+    with pytest.raises(KeyboardInterrupt):  # the runner exits with 130, keeping what finished
+        run_stoppable_jobs(job, [("adamw",), ("sgdm",)], 0, tmp_path)
+    assert started == ["adamw"]

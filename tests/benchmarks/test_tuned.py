@@ -1,5 +1,5 @@
-"""The tuned comparison and the η grid on tiny data: the whole protocol runs and stores what the
-renderer reads; the longer-horizon x̄ is the optimizer's own x̄ when the horizon is β."""
+"""The tuned comparison on tiny data: every arm is tuned alike, every seed is stored at x and x̄,
+the section renders from the stored result, and a quick run leaves benchmarks/results alone."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 
-from benchmarks import eta_sensitivity, tuned_parity, tuned_report
-from benchmarks.config_runs import HorizonAverages, optimizer_average
-from benchmarks.results import read_result
-from lightning_o2nc import ExponentiatedO2NC
+from benchmarks.experiments import get
+from benchmarks.experiments.tuned_parity import ARMS
+from benchmarks.harness import RESULTS_DIR, read_result, run_experiment
 
 
 def write_tiny_fashion_mnist(root, n_train=400, n_test=128, seed=0):
@@ -33,32 +31,28 @@ def write_tiny_fashion_mnist(root, n_train=400, n_test=128, seed=0):
     return root
 
 
+def _committed_bytes():
+    return {p: p.read_bytes() for p in sorted(RESULTS_DIR.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
 def test_tuned_parity_quick_tunes_every_arm_alike_and_stores_every_seed_at_x_and_x_bar(tmp_path):
     root = write_tiny_fashion_mnist(tmp_path / "data")
+    committed = _committed_bytes()
+    experiment = get("tuned_parity")
+    fixed = {
+        **experiment.quick["fixed"],
+        "data.init_args.root": str(root),
+        "data.init_args.system_dirs": [],
+        "data.init_args.val_size": 100,
+        "trainer.limit_test_batches": 1,
+    }
     out = tmp_path / "results"
-    tuned_parity.main(
-        [
-            "--quick",
-            "--n-trials",
-            "2",
-            "--workers",
-            "0",
-            "--out",
-            str(out),
-            "--set",
-            f"data.init_args.root={root}",
-            "--set",
-            "data.init_args.system_dirs=[]",
-            "--set",
-            "data.init_args.val_size=100",
-            "--set",
-            "trainer.limit_test_batches=1",
-        ]
-    )
-    result = read_result("tuned_parity_quick", out)
+    overrides = {"n_trials": 2, "workers": 0, "fixed": fixed}
+    run_experiment(experiment, quick=True, overrides=overrides, results_dir=out)
+    result = read_result("tuned_parity", out)
     studies = {(s["arm"], s["epochs"]): s for s in result["studies"]}
-    assert set(studies) == {(arm, e) for arm in tuned_parity.ARMS for e in (1, 3)}
+    assert set(studies) == {(arm, e) for arm in ARMS for e in (1, 3)}
     assert {s["n_trials"] for s in studies.values()} == {2}
     assert len({s["study_name"] for s in studies.values()}) == 6
     runs = result["runs"]
@@ -69,42 +63,34 @@ def test_tuned_parity_quick_tunes_every_arm_alike_and_stores_every_seed_at_x_and
         assert set(run["test_acc_horizon"]) == {"0.99", "0.999"}
     scales = {run["arm"]: run["max_scale"] for run in runs}
     assert scales["SGDM"] == 1.0 and scales["O2NC (exponential)"] != 1.0
-    assert (out / "tuned_parity_quick.png").read_bytes()[:4] == b"\x89PNG"
-    text = tuned_report.to_markdown(result)
+    assert result["figures"] == ["tuned_parity.png"]
+    assert (out / "tuned_parity.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"torch", "CPU", "commit"} <= set(result["env"])
+    text = experiment.render(result)
     assert text.count("| O2NC (exponential) |") == 2 * 3  # best config, accuracy, x̄ tables
-    assert len(tuned_report.targets(result)) == 2 * 2
+    assert len(experiment.targets(result)) == 2 * 2
+    assert _committed_bytes() == committed
 
 
-@pytest.mark.slow
-def test_eta_grid_finds_where_sgdm_stops_training_and_the_scales_before_blow_ups(tmp_path):
-    eta_sensitivity.main(
-        ["--quick", "--etas", "0.1", "100", "--workers", "0", "--out", str(tmp_path)]
-    )
-    result = read_result("eta_sensitivity_quick", tmp_path)
-    assert len(result["runs"]) == 2 * 3
-    at_100 = [r for r in result["runs"] if r["eta"] == 100]
-    assert all(r["blowup_step"] is not None for r in at_100)
-    found = eta_sensitivity.summary(result, "digits")
-    assert found["SGDM"]["largest_training_eta"] == 0.1
-    assert found["SGDM"]["max_scale"] == 1.0
-    assert found["O2NC (exponential)"]["scales_before_blowup"]
-    assert "largest η that trains" in eta_sensitivity.to_markdown(result)
+def test_the_gpu_variant_reuses_the_cpu_tuned_configurations_on_full_epochs():
+    cpu, gpu = get("tuned_parity"), get("tuned_parity_gpu")
+    assert gpu.command and "tuned_parity_gpu" in gpu.command  # not part of `run all` on a CPU
+    assert (RESULTS_DIR.parent.parent / gpu.settings["best_from"]).is_file()
+    assert gpu.settings["fixed"]["trainer.accelerator"] == "gpu"
+    assert {
+        k: v
+        for k, v in gpu.settings.items()
+        if k not in ("epochs", "workers", "fixed", "best_from")
+    } == {
+        k: v
+        for k, v in cpu.settings.items()
+        if k not in ("epochs", "workers", "fixed", "best_from")
+    }
 
 
-@pytest.mark.parametrize("beta", [0.5, 0.9])
-def test_horizon_average_at_beta_is_the_optimizers_own_x_bar(beta):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
-    optimizer = ExponentiatedO2NC(model.parameters(), lr=0.1, beta=beta, average=True, seed=0)
-    averages = HorizonAverages([beta, 0.999])
-    for _ in range(25):
-        optimizer.zero_grad()
-        model(torch.randn(16, 4)).pow(2).mean().backward()
-        optimizer.step()
-        averages.on_train_batch_end(None, model, None, None, 0)
-    for ours, theirs in zip(
-        averages.averaged(beta), optimizer_average(model, optimizer), strict=True
-    ):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-    far = averages.averaged(0.999)
-    assert any(not torch.allclose(a, b) for a, b in zip(far, averages.averaged(beta), strict=True))
+def test_the_committed_result_renders_the_tuned_sections_numbers():
+    experiment = get("tuned_parity")
+    text = experiment.render(read_result("tuned_parity"))
+    assert "| 6 ep (180 steps) | O2NC (exponential) | 68.51 ± 3.75 | 68.60 ± 3.59 |" in text
+    assert "-2.36 ± 1.95 | t = -1.21, p = 0.269 |" in text
+    assert "| 2 ep (60 steps) | SGDM | 0.0325 | 0.969 | 0 | linear (end_factor 0.342) |" in text

