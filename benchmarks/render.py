@@ -48,10 +48,10 @@ def render_section(
         traceback.print_exc()
         body, targets = f"**Could not render** `{experiment.name}.json`: `{error!r}`.", []
     meta = f"Command: `{result['command']}`" if result.get("command") else ""
-    if result.get("command", "").split(" run ")[0] != "python -m benchmarks":
-        meta += f"; with this harness: `{_command(experiment)}`"
     if result.get("seconds") is not None:
         meta += f" ({result['seconds'] / 60:.1f} min)"
+    if result.get("command", "").split(" run ")[0] != "python -m benchmarks":
+        meta += f"; with this harness: `{_command(experiment)}`"
     figures = [
         f"![{Path(name).stem}]({os.path.relpath(results_dir / name, output.parent)})"
         for name in result.get("figures", [])

@@ -175,6 +175,6 @@ EXPERIMENTS = (
         settings={"parts": "benchmarks/_work/gpu_out", "dry_run": False},
         quick={"dry_run": True},
         targets=targets,
-        command="bash benchmarks/gpu_check.sh (GPU) -> $OUT/gpu_check.json -> benchmarks/results/",
+        command="OUT=DIR bash benchmarks/gpu_check.sh (on a CUDA GPU), then cp DIR/gpu_check.json benchmarks/results/",
     ),
 )

@@ -245,6 +245,6 @@ GPU = dataclasses.replace(
     title="Tuned comparison on a GPU: full Fashion-MNIST, 30 epochs",
     settings=SETTINGS | {"epochs": [30], "workers": 8, "fixed": GPU_FIXED, "best_from": BEST},
     figure=lambda result, folder: figure(result, folder, "tuned_parity_gpu"),
-    command="python -m benchmarks run tuned_parity_gpu  # on a machine with one CUDA GPU",
+    command="python -m benchmarks run tuned_parity_gpu (on a CUDA GPU)",
 )
 EXPERIMENTS = (CPU, GPU)
