@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from pathlib import Path
 
 import yaml
 
@@ -36,11 +37,12 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def list_experiments() -> None:
-    for experiment in every():
-        how = experiment.command or f"python -m benchmarks run {experiment.name}"
-        print(f"{experiment.name}: {experiment.title}\n  run:         {how}")
-        print(f"  workload:    {experiment.workload}\n  arms:        {', '.join(experiment.arms)}")
-        print(f"  measurement: {experiment.measurement}\n  settings:    {experiment.settings}\n")
+    for e in every():
+        print(
+            f"{e.name}: {e.title}\n  run:         {e.command or 'python -m benchmarks run ' + e.name}"
+        )
+        print(f"  workload:    {e.workload}\n  arms:        {', '.join(e.arms)}")
+        print(f"  measurement: {e.measurement}\n  settings:    {e.settings}\n")
 
 
 def run(names: list[str], quick: bool, overrides: dict) -> int:
@@ -87,8 +89,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "list":
         list_experiments()
     elif args.command == "render":
-        from pathlib import Path
-
         render(Path(args.results), Path(args.output))
         print(f"wrote {args.output}")
     else:

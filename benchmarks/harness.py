@@ -16,6 +16,7 @@ touches what is committed. :mod:`benchmarks.render` builds RESULTS.md from those
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import math
 import os
@@ -42,10 +43,8 @@ Result = dict[str, Any]
 
 
 def work_dir() -> Path:
-    """Scratch folder of benchmark runs: ``$O2NC_BENCH_WORK_DIR`` or ``benchmarks/_work``.
-
-    Read at call time, so tests (and the worker processes they spawn) can redirect it.
-    """
+    """Scratch folder of benchmark runs: ``$O2NC_BENCH_WORK_DIR`` (read at call time, so tests and
+    the processes they spawn can redirect it) or ``benchmarks/_work``."""
     return Path(os.environ.get("O2NC_BENCH_WORK_DIR") or WORK_DIR)
 
 
@@ -85,25 +84,17 @@ def command_text(name: str, quick: bool, overrides: dict[str, Any]) -> str:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 def _commit() -> str | None:
+    git = ["git", "rev-parse", "--short", "HEAD"]
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        return subprocess.run(git, cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git: the result says so
         return None
 
 
@@ -111,23 +102,17 @@ def environment() -> dict[str, Any]:
     """What a result was measured on: torch, CPU, threads, GPU, commit, read at run time."""
     import torch
 
-    env: dict[str, Any] = {
+    return {
         "date (UTC)": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "torch": torch.__version__,
+        "lightning": importlib.metadata.version("lightning"),
         "CPU": f"{_cpu_model()}, {len(os.sched_getaffinity(0))} usable cores",
         "threads": torch.get_num_threads(),
         "GPU": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "python": sys.version.split()[0],
         "host": f"{platform.system()} {platform.release()} {platform.machine()}",
-        "commit": _commit(),
+        "commit": _commit() or None,
     }
-    try:
-        import lightning
-
-        env["lightning"] = lightning.__version__
-    except ImportError:
-        pass
-    return env
 
 
 def _finite(value: Any) -> Any:

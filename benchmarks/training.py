@@ -24,8 +24,6 @@ import copy
 import itertools
 import math
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,67 +41,15 @@ QUIET_TRAINER: dict[str, Any] = {
     "enable_progress_bar": False,
     "enable_model_summary": False,
 }
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 DATA_ROOT = WORK_DIR / "data"
-HOW_TO_GET_FASHION_MNIST = (
-    "Fashion-MNIST is missing. On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` "
-    f"(files in {DEBIAN_FASHION_MNIST}); elsewhere copy the four idx files "
-    f"({', '.join(FASHION_FILES)}, .gz or not) into {DATA_ROOT / 'FashionMNIST' / 'raw'}, or set "
-    "O2NC_FASHION_MNIST_DIR to a folder that holds them."
-)
 
 
 def fashion_mnist_dirs() -> list[Path]:
-    """Folders that may hold the Fashion-MNIST idx files, in order of preference."""
-    dirs = []
-    if os.environ.get("O2NC_FASHION_MNIST_DIR"):
-        dirs.append(Path(os.environ["O2NC_FASHION_MNIST_DIR"]))
-    dirs += [DATA_ROOT / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
-    return dirs
-
-
-def fashion_mnist_available() -> bool:
-    """All four idx files (plain or ``.gz``) are in one of :func:`fashion_mnist_dirs`."""
-    return any(
-        all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in FASHION_FILES)
-        for d in fashion_mnist_dirs()
-    )
-
-
-def ensure_fashion_mnist(install: bool = True) -> str | None:
-    """Make Fashion-MNIST available; return None when it is, else the reason it is not.
-
-    With ``install`` and apt-get on the machine, installs Debian's ``dataset-fashion-mnist`` (with
-    sudo when not root and sudo exists).
-    """
-    if fashion_mnist_available():
-        return None
-    if install and shutil.which("apt-get"):
-        sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
-        if sudo is not None:
-            print(
-                "Fashion-MNIST: installing Debian's dataset-fashion-mnist with apt-get", flush=True
-            )
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            subprocess.run(
-                [*sudo, "apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], env=env
-            )
-            if not fashion_mnist_available():
-                subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env)
-                subprocess.run(
-                    [*sudo, "apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], env=env
-                )
-    return None if fashion_mnist_available() else HOW_TO_GET_FASHION_MNIST
-
-
-#: The hyper-parameters a benchmark takes from ``lightning_o2nc/configs/train/<dataset>_sgdm.yaml`` when not given.
-TRAIN_HYPERPARAMETERS = ("lr", "beta", "weight_decay", "batch_size")
+    """Folders that may hold the Fashion-MNIST idx files, in order of preference:
+    ``$O2NC_FASHION_MNIST_DIR``, the work folder's copy, Debian's ``dataset-fashion-mnist``."""
+    chosen = os.environ.get("O2NC_FASHION_MNIST_DIR")
+    debian = Path("/usr/share/datasets/fashion-mnist")
+    return [*([Path(chosen)] if chosen else []), DATA_ROOT / "FashionMNIST" / "raw", debian]
 
 
 def train_hyperparameters(dataset: str) -> dict[str, Any]:
@@ -114,28 +60,8 @@ def train_hyperparameters(dataset: str) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"no train config {path} for dataset {dataset!r}")
     config = yaml.safe_load(path.read_text())
-    model = config["model"]
-    return {
-        "lr": model["lr"],
-        "beta": model["beta"],
-        "weight_decay": model["weight_decay"],
-        "batch_size": config["data"]["init_args"]["batch_size"],
-    }
-
-
-def with_train_hyperparameters(config: Any) -> Any:
-    """``config`` (a dataclass with ``dataset``) with every unset (None) training hyper-parameter
-    taken from the dataset's train config."""
-    import dataclasses
-
-    known = train_hyperparameters(config.dataset)
-    unset = {k: known[k] for k in TRAIN_HYPERPARAMETERS if getattr(config, k) is None}
-    return dataclasses.replace(config, **unset)
-
-
-def module_hyperparameters(config: Any) -> dict[str, Any]:
-    """The model's share of ``config``'s training hyper-parameters (all but the batch size)."""
-    return {k: getattr(config, k) for k in TRAIN_HYPERPARAMETERS if k != "batch_size"}
+    hyperparameters = {key: config["model"][key] for key in ("lr", "beta", "weight_decay")}
+    return {**hyperparameters, "batch_size": config["data"]["init_args"]["batch_size"]}
 
 
 def make_datamodule(dataset: str, batch_size: int, seed: int = 0, num_workers: int = 0) -> Any:
@@ -183,12 +109,9 @@ class HorizonAverages(Callback):
         self.averages: dict[float, list[torch.Tensor]] = {}
         self.weight_sums = dict.fromkeys(self.betas, 0.0)
 
-    def _parameters(self, module: nn.Module) -> list[torch.Tensor]:
-        return [p for p in module.parameters() if p.requires_grad]
-
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        params = self._parameters(pl_module)
+        params = [p for p in pl_module.parameters() if p.requires_grad]
         for b in self.betas:
             self.weight_sums[b] = b * self.weight_sums[b] + 1.0
             if b not in self.averages:
@@ -303,11 +226,8 @@ def train_config(
     if trace.diverged_at is None:
         datamodule.setup("test")
         limit = trainer.limit_test_batches
-        test_batches = list(
-            itertools.islice(
-                datamodule.test_dataloader(), limit if isinstance(limit, int) else None
-            )
-        )
+        limit = limit if isinstance(limit, int) else None
+        test_batches = list(itertools.islice(datamodule.test_dataloader(), limit))
         train_batches = list(itertools.islice(datamodule.train_dataloader(), BN_UPDATE_BATCHES))
         result["test_acc"] = accuracy(model, test_batches)
         result["test_acc_avg"] = None
@@ -326,13 +246,9 @@ def train_config(
         result["test_acc_avg"] = chance if config["model"].get("average") else None
         result["test_acc_horizon"] = {str(b): chance for b in horizons}
     result["seconds"] = time.perf_counter() - started
-    horizons_text = "".join(f", x̄({b}) {acc:.4f}" for b, acc in result["test_acc_horizon"].items())
-    print(
-        f"{label}: test acc x {result['test_acc']:.4f}"
-        + (f", x̄ {result['test_acc_avg']:.4f}" if result["test_acc_avg"] is not None else "")
-        + horizons_text
-        + (f", diverged at step {trace.diverged_at}" if trace.diverged_at else "")
-        + f" ({result['seconds']:.0f} s)",
-        flush=True,
-    )
+    at_horizons = {f"x̄({b})": acc for b, acc in result["test_acc_horizon"].items()}
+    found = {"x": result["test_acc"], "x̄": result["test_acc_avg"], **at_horizons}
+    text = ", ".join(f"{name} {acc:.4f}" for name, acc in found.items() if acc is not None)
+    diverged = f", diverged at step {trace.diverged_at}" if trace.diverged_at else ""
+    print(f"{label}: test acc {text}{diverged} ({result['seconds']:.0f} s)", flush=True)
     return result
