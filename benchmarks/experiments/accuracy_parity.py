@@ -16,10 +16,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from tbparse import SummaryReader
+
+from lightning_o2nc.lightning.cli import build_run
+from lightning_o2nc.shipped_configs import shipped_configs
 
 from ..harness import RESULTS_DIR, Experiment, quick_dir, read_result, run_jobs, work_dir
 from ..stats import difference_text, markdown_table, mean_std
+from ..training import DATA_ROOT, QUIET_TRAINER, fashion_mnist_dirs, train_hyperparameters
 
 ARMS: dict[str, dict[str, Any]] = {
     "SGDM": {"optimizer": "sgdm", "average": False},
@@ -42,13 +51,6 @@ def config_run(recipe: str, arm: str, seed: int, work: Path, overrides: dict) ->
     """Fit and test the train config ``recipe`` with ``seed``, its ``model``, ``data`` and
     ``trainer`` arguments updated by ``overrides``, logged to TensorBoard: accuracy at x and
     (``average``) x̄, and the curves."""
-    import torch
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from tbparse import SummaryReader
-
-    from lightning_o2nc.lightning.cli import build_run
-    from lightning_o2nc.shipped_configs import shipped_configs
-
     config = yaml.safe_load(shipped_configs("train")[recipe].read_text())
     config["model"] |= overrides["model"]
     config["data"]["init_args"] |= overrides["data"]
@@ -77,8 +79,6 @@ def config_run(recipe: str, arm: str, seed: int, work: Path, overrides: dict) ->
 def run_parity(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     """Every (seed, arm) of the dataset's SGDM train config with SmallCNN(width) and the settings'
     values (None: the config's), on ``workers`` processes, finished runs cached under ``work``."""
-    from ..training import DATA_ROOT, QUIET_TRAINER, fashion_mnist_dirs, train_hyperparameters
-
     known = train_hyperparameters(settings["dataset"])
     c = {**settings, **{k: v for k, v in known.items() if settings[k] is None}}
     data = {"batch_size": c["batch_size"], "num_workers": 0}
@@ -169,8 +169,6 @@ def render_parity(result: dict[str, Any]) -> str:
 def figure_parity(result: dict[str, Any], folder: Path) -> list[str]:
     """Training loss (mean over quarter epochs of the logged steps) and validation accuracy per
     epoch, mean ± 1 std over seeds; the panel: ‖m̂‖, V and the certificate per logged step."""
-    import numpy as np
-    from matplotlib.figure import Figure
 
     def band(ax, x, values, label, color, style="-", **marker):
         mean, std = np.mean(values, 0), np.std(values, 0, ddof=1) if len(values) > 1 else 0
@@ -212,8 +210,6 @@ def figure_parity(result: dict[str, Any], folder: Path) -> list[str]:
 
 def write_tiny_cifar10(root: Path) -> Path:
     """A CIFAR-10 archive in the python format, 16 random images a file, for pipeline checks."""
-    import numpy as np
-
     folder, rng = root / "cifar-10-batches-py", np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:

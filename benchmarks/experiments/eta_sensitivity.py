@@ -17,8 +17,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
+from lightning_o2nc.sweeps.config import load_sweep_config
+
 from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import markdown_table
+from ..training import train_config
 
 SWEEP_FILES = {
     "digits": "lightning_o2nc/configs/sweeps/digits.yaml",
@@ -33,10 +38,6 @@ FIXED["trainer.enable_checkpointing"] = False
 
 def grid_run(dataset: str, arm: str, eta: float, seed: int, overrides: dict) -> dict[str, Any]:
     """One grid point: the sweep file's trial config with ours on top, with its blow-up step."""
-    from lightning_o2nc.sweeps.config import load_sweep_config
-
-    from ..training import train_config
-
     values = {**FIXED, "model.lr": eta, "model.scaling": ARMS[arm], "seed_everything": seed}
     values |= {"model.seed": seed, "data.init_args.seed": seed, **overrides}
     trial = load_sweep_config(REPO_ROOT / SWEEP_FILES[dataset]).trial_config(values)
@@ -151,8 +152,6 @@ def render(result: dict[str, Any]) -> str:
 
 def figure(result: dict[str, Any], folder: Path) -> list[str]:
     """Test accuracy against η, one curve per arm (mean over seeds, a dot per seed), per dataset."""
-    from matplotlib.figure import Figure
-
     datasets = result["config"]["datasets"]
     fig = Figure(figsize=(5 * len(datasets), 3.6), dpi=90, layout="tight")
     for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
