@@ -1,29 +1,34 @@
 """SGDM against O2NC at one shared (η, β): the fixed-η parity run and the paper's CIFAR-10 run.
 
-Both train a train config as ``o2nc-train`` builds it (:func:`config_run`) and compare test
-accuracy over seeds, each O2NC arm against SGDM with Welch's test; only the random scaling differs.
-**Parity**: SmallCNN(width) at SGDM's (η, β), weight decay and a cosine schedule; SGDM
-(``scaling="none"``: torch SGD's update), O2NC with s ~ Exp(1) (the paper's), with s ~ U(0, 2)
-and the importance weight 2 − s, and the exponential runs read at x̄ by ``AveragedIterate``. The
-first exponential seed logs O2NCMonitor's ‖m̂‖, V and certificate ‖m̂‖ + c·V (the panel).
-**CIFAR-10**: ``cifar10_resnet18_{sgdm,o2nc}.yaml`` (ResNet-18, η 0.1, β 0.9, 200 epochs) on a
-GPU; rows of earlier runs are kept. Its quick run trains a tiny random CIFAR-format archive.
+Each fits train configs as ``o2nc-train`` builds them and compares test accuracy over seeds, each
+O2NC arm against SGDM with Welch's test; only the random scaling differs: s = 1 (SGDM), s ~ Exp(1)
+(the paper's, also read at x̄), s ~ U(0, 2) with the importance weight 2 − s. The first exponential
+seed logs O2NCMonitor's ‖m̂‖, V and certificate ‖m̂‖ + c·V: the stationarity panel.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import pickle
-import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from tbparse import SummaryReader
 
-from ..harness import REPO_ROOT, RESULTS_DIR, Experiment, quick_dir, read_result, run_jobs, work_dir
+from lightning_o2nc.lightning.cli import build_run
+from lightning_o2nc.shipped_configs import shipped_configs
+
+from ..harness import RESULTS_DIR, Experiment, quick_dir, read_result, run_jobs, work_dir
 from ..stats import difference_text, markdown_table, mean_std
+from ..training import DATA_ROOT, QUIET_TRAINER, fashion_mnist_dirs, train_hyperparameters
 
 ARMS: dict[str, dict[str, Any]] = {
     "SGDM": {"optimizer": "sgdm", "average": False},
@@ -31,82 +36,69 @@ ARMS: dict[str, dict[str, Any]] = {
     "O2NC (uniform)": {"optimizer": "o2nc", "scaling": "uniform", "average": False},
 }
 AVERAGED_ARM = "O2NC at x̄ (exponential runs)"
+PANEL_ARM = "O2NC (exponential)"  # its first seed logs the stationarity panel
 PANEL_TAGS = {
     "o2nc/grad_ema_norm": "‖m̂‖ (normalized gradient EMA)",
     "o2nc/iterate_variance": "V (iterate variance around x̄)",
     "o2nc/stationarity_certificate": "certificate ‖m̂‖ + c·V",
 }
 CURVE_TAGS = ("train/loss", "val/acc", "val/acc_avg", *PANEL_TAGS)
-SMALL_CNN = "lightning_o2nc.lightning.backbones.SmallCNN"
-TRAIN_CONFIGS = REPO_ROOT / "lightning_o2nc" / "configs" / "train"
 CIFAR_ARMS = {"sgdm": "SGDM", "o2nc": "O2NC (exponential)"}
 CIFAR_COMMAND = "python -m benchmarks run cifar10_resnet18 --set data_root=DATA"
 
 
-def config_run(config: dict[str, Any], name: str, seed: int, work: Path, trainer: dict) -> dict:
-    """Fit and test ``config`` (its Trainer arguments updated by ``trainer``) with ``seed``, logged
-    to TensorBoard under ``work``: accuracy at x and (``average``) x̄, and the curves read back."""
-    import torch
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from tbparse import SummaryReader
-
-    from lightning_o2nc.lightning.cli import build_run
-
+def config_run(recipe: str, arm: str, seed: int, work: Path, overrides: dict) -> dict[str, Any]:
+    """Fit and test the train config ``recipe`` with ``seed``, its ``model``, ``data`` and
+    ``trainer`` arguments updated by ``overrides``, logged to TensorBoard: accuracy at x and
+    (``average``) x̄, and the curves."""
+    config = yaml.safe_load(shipped_configs("train")[recipe].read_text())
+    config["model"] |= overrides["model"]
+    config["data"]["init_args"] |= overrides["data"]
+    config["trainer"] |= overrides["trainer"]
     config["seed_everything"] = config["model"]["seed"] = config["data"]["init_args"]["seed"] = seed
-    shutil.rmtree(work / "tensorboard" / name / f"seed{seed}", ignore_errors=True)
-    logger = TensorBoardLogger(work / "tensorboard", name, f"seed{seed}", default_hp_metric=False)
-    trainer, model, datamodule = build_run(config, logger=logger, trainer_overrides=trainer)
+    logger = TensorBoardLogger(work / "tensorboard" / arm, f"seed{seed}", default_hp_metric=False)
+    trainer, module, datamodule = build_run(config, logger=logger)
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    trainer.test(model, datamodule=datamodule, verbose=False)
+    trainer.fit(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)
     metrics, device = trainer.callback_metrics, trainer.strategy.root_device
     frame = SummaryReader(logger.log_dir).scalars
     curves = frame[frame["tag"].isin(CURVE_TAGS)].sort_values("step").groupby("tag")
-    result = {"seed": seed, "epochs": trainer.current_epoch, "test_acc": float(metrics["test/acc"])}
+    eta, beta, epochs = config["model"]["lr"], config["model"]["beta"], trainer.current_epoch
+    result = {"arm": arm, "seed": seed, "eta": eta, "beta": beta, "epochs": epochs}
+    result["test_acc"] = float(metrics["test/acc"])
     result["test_acc_avg"] = float(metrics["test/acc_avg"]) if "test/acc_avg" in metrics else None
-    steps = trainer.global_step // max(trainer.current_epoch, 1)
-    result |= {"seconds": time.perf_counter() - started, "steps_per_epoch": steps}
+    result |= {"seconds": time.perf_counter() - started, "date": dt.date.today().isoformat()}
     result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    result["steps_per_epoch"] = trainer.global_step // max(epochs, 1)
     result["curves"] = {tag: [f["step"].tolist(), f["value"].tolist()] for tag, f in curves}
-    print(f"{name} seed {seed}: test acc {result['test_acc']:.4f}", flush=True)
+    print(f"{arm} seed {seed}: test acc {result['test_acc']:.4f}", flush=True)
     return result
 
 
-def parity_run(c: dict[str, Any], arm: str, seed: int, work: Path) -> dict[str, Any]:
-    """One (arm, seed): the dataset's SGDM train config with SmallCNN(width) and ``c``'s values."""
-    from ..training import DATA_ROOT, QUIET_TRAINER, fashion_mnist_dirs
-
-    config = yaml.safe_load((TRAIN_CONFIGS / f"{c['dataset']}_sgdm.yaml").read_text())
-    model, data = config["model"], config["data"]["init_args"]
-    model |= {k: c[k] for k in ("lr", "beta", "weight_decay", "certificate_c")} | ARMS[arm]
-    panel = ARMS[arm].get("scaling") == "exponential" and seed == c["seeds"][0]
-    model |= {"schedules": {"lr": {"shape": c["lr_schedule"]}}, "monitor": panel}
-    cnn = {"in_channels": 1, "num_classes": 10, "width": c["width"]}  # digits and Fashion-MNIST
-    model["backbone"] = {"class_path": SMALL_CNN, "init_args": cnn}
-    data |= {"batch_size": c["batch_size"], "num_workers": 0}
+def run_parity(settings: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Every (seed, arm) of the dataset's SGDM train config with SmallCNN(width) and the settings'
+    values (None: the config's), on ``workers`` processes, finished runs cached under ``work``."""
+    known = train_hyperparameters(settings["dataset"])
+    c = {**settings, **{k: v for k, v in known.items() if settings[k] is None}}
+    data = {"batch_size": c["batch_size"], "num_workers": 0}
     if c["dataset"] == "fashion_mnist":
         data |= {"root": str(DATA_ROOT), "system_dirs": [str(d) for d in fashion_mnist_dirs()]}
     trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": c["epochs"], **QUIET_TRAINER}
     trainer |= {"limit_train_batches": c["limit_train_batches"] or 1.0, "num_sanity_val_steps": 0}
     trainer |= {"limit_val_batches": c["val_batches"], "log_every_n_steps": c["log_every_n_steps"]}
-    result = config_run(config, ARMS[arm].get("scaling", "sgdm"), seed, work, trainer)
-    if panel and (missing := set(PANEL_TAGS) - set(result["curves"])):
-        raise RuntimeError(f"{sorted(missing)} not logged: is O2NCMonitor on?")
-    return {"arm": arm, **result}
-
-
-def run_parity(settings: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Every (seed, arm) on ``workers`` processes (finished runs cached under ``work``); unset
-    (None) hyper-parameters are the dataset's SGDM train config's."""
-    from ..training import train_hyperparameters
-
-    known = train_hyperparameters(settings["dataset"])
-    c = {**settings, **{k: v for k, v in known.items() if settings[k] is None}}
-    tasks = [(c, arm, seed, work) for seed in c["seeds"] for arm in ARMS]
-    runs = run_jobs(parity_run, tasks, c["workers"], work / "jobs")
+    model = {k: c[k] for k in ("lr", "beta", "weight_decay", "certificate_c")}
+    model["schedules"] = {"lr": {"shape": c["lr_schedule"]}}
+    cnn = {"in_channels": 1, "num_classes": 10, "width": c["width"]}  # digits and Fashion-MNIST
+    model["backbone"] = {"class_path": "lightning_o2nc.SmallCNN", "init_args": cnn}
+    shared, tasks = {"data": data, "trainer": trainer}, []
+    for seed, arm in itertools.product(c["seeds"], ARMS):
+        arm_model = model | ARMS[arm] | {"monitor": arm == PANEL_ARM and seed == c["seeds"][0]}
+        tasks.append((f"{c['dataset']}_sgdm", arm, seed, work, {**shared, "model": arm_model}))
+    runs = run_jobs(config_run, tasks, c["workers"], work / "jobs")
     accuracies = {arm: [r["test_acc"] for r in runs if r["arm"] == arm] for arm in ARMS}
     accuracies[AVERAGED_ARM] = [r["test_acc_avg"] for r in runs if r["test_acc_avg"] is not None]
-    panel = next(r["curves"] for r in runs if set(PANEL_TAGS) <= set(r["curves"]))
+    panel = next(r["curves"] for r in runs if r["arm"] == PANEL_ARM)  # the first seed's
     result = {"config": c, "accuracies": accuracies, "runs": len(runs)}
     result["median_run_seconds"] = statistics.median(r["seconds"] for r in runs)
     result["stationarity"] = {tag: [panel[tag][1][0], panel[tag][1][-1]] for tag in PANEL_TAGS}
@@ -118,12 +110,11 @@ def comparison(accuracies: dict[str, list[float]]) -> list[tuple[str, ...]]:
     """(arm, mean ± std, Δ vs SGDM ± SE, Welch, |Δ| ≤ 0.3 verdict) per arm that has runs."""
     baseline, rows = accuracies.get("SGDM", []), []
     for arm, values in ((arm, values) for arm, values in accuracies.items() if values):
-        if arm == "SGDM" or not baseline:
-            rows.append((arm, mean_std(values, 100), "—", "—", "—"))
-            continue
-        delta, test = difference_text(values, baseline)
-        met = abs(100 * (statistics.fmean(values) - statistics.fmean(baseline))) <= 0.3
-        rows.append((arm, mean_std(values, 100), delta, test, "met" if met else "**missed**"))
+        cells = ("—", "—", "—")
+        if arm != "SGDM" and baseline:
+            met = abs(100 * (statistics.fmean(values) - statistics.fmean(baseline))) <= 0.3
+            cells = (*difference_text(values, baseline), "met" if met else "**missed**")
+        rows.append((arm, mean_std(values, 100), *cells))
     return rows
 
 
@@ -178,11 +169,6 @@ def render_parity(result: dict[str, Any]) -> str:
 def figure_parity(result: dict[str, Any], folder: Path) -> list[str]:
     """Training loss (mean over quarter epochs of the logged steps) and validation accuracy per
     epoch, mean ± 1 std over seeds; the panel: ‖m̂‖, V and the certificate per logged step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
     def band(ax, x, values, label, color, style="-", **marker):
         mean, std = np.mean(values, 0), np.std(values, 0, ddof=1) if len(values) > 1 else 0
@@ -190,7 +176,8 @@ def figure_parity(result: dict[str, Any], folder: Path) -> list[str]:
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
 
     c, runs = result["config"], result["curves"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=90)
+    fig = Figure(figsize=(10, 3.8), dpi=90, layout="tight")
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for i, arm in enumerate(ARMS):
         mine = [{k: np.array(v) for k, v in r["curves"].items()} for r in runs if r["arm"] == arm]
         quarter = np.floor(4 * mine[0]["train/loss"][0] / runs[0]["steps_per_epoch"])
@@ -199,56 +186,38 @@ def figure_parity(result: dict[str, Any], folder: Path) -> list[str]:
         band(ax_loss, (quarters + 0.5) / 4, loss, arm, f"C{i}")
         series = [("val/acc", arm, f"C{i}", "-"), ("val/acc_avg", AVERAGED_ARM, "C3", "--")]
         for tag, label, color, style in series[: 1 + ARMS[arm]["average"]]:
-            values = [100 * r[tag][1] for r in mine]
-            epochs = range(1, len(values[0]) + 1)
-            band(ax_acc, epochs, values, label, color, style, marker="o", ms=3)
+            acc = [100 * r[tag][1] for r in mine]
+            band(ax_acc, range(1, len(acc[0]) + 1), acc, label, color, style, marker="o", ms=3)
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="held-out validation accuracy")
     fig.suptitle(f"{c['dataset']}: SmallCNN(width={c['width']}), mean ± 1 std over seeds")
     ax_loss.legend(fontsize=8)
     ax_acc.legend(fontsize=8)
-    figures = [(fig, f"parity_{c['dataset']}.png")]
-    for panel in [r for r in runs if set(PANEL_TAGS) <= set(r["curves"])][:1]:
-        fig, axes = plt.subplots(1, 3, figsize=(11, 3.3), dpi=90)
-        for ax, (tag, title) in zip(axes, PANEL_TAGS.items(), strict=True):
+    names = [f"parity_{c['dataset']}.png"]
+    fig.savefig(folder / names[0])
+    if panel := next((r for r in runs if set(PANEL_TAGS) <= set(r["curves"])), None):
+        fig = Figure(figsize=(11, 3.3), dpi=90, layout="tight")
+        for ax, (tag, title) in zip(fig.subplots(1, 3), PANEL_TAGS.items(), strict=True):
             ax.plot(*panel["curves"][tag], lw=1)
             ax.set(title=title, xlabel="step", yscale="log")
             for epoch in range(1, c["epochs"]):
                 ax.axvline(epoch * panel["steps_per_epoch"], color="0.8", lw=0.6, zorder=0)
         fig.suptitle(f"O2NC (exponential) on {c['dataset']}, seed {panel['seed']}; grey: epochs")
-        figures.append((fig, f"stationarity_{c['dataset']}.png"))
-    for fig, name in figures:
-        fig.tight_layout()
-        fig.savefig(folder / name)
-        plt.close(fig)
-    return [name for _, name in figures]
+        names.append(f"stationarity_{c['dataset']}.png")
+        fig.savefig(folder / names[1])
+    return names
 
 
-def write_tiny_cifar10(root: Path, per_batch: int = 16, n_test: int = 16, seed: int = 0) -> Path:
-    """A CIFAR-10 archive in the python format with random images, for pipeline checks."""
-    import numpy as np
-
-    folder, rng = Path(root) / "cifar-10-batches-py", np.random.default_rng(seed)
+def write_tiny_cifar10(root: Path) -> Path:
+    """A CIFAR-10 archive in the python format, 16 random images a file, for pipeline checks."""
+    folder, rng = root / "cifar-10-batches-py", np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
-        batch = {"batch_label": name, "labels": rng.integers(0, 10, n).tolist()}
-        batch["data"] = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    meta = {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
-    return Path(root)
-
-
-def cifar_run(settings: dict[str, Any], arm: str, seed: int, data: dict, work: Path) -> dict:
-    """One (arm, seed) of the recipe ``cifar10_resnet18_<arm>.yaml``: its row."""
-    config = yaml.safe_load((TRAIN_CONFIGS / f"cifar10_resnet18_{arm}.yaml").read_text())
-    config["model"] |= settings["model"]
-    config["data"]["init_args"] |= data
-    trainer = {"enable_progress_bar": False, "devices": 1, **settings["trainer"]}
-    result = config_run(config, arm, seed, work, trainer)
-    row = {"arm": arm, "eta": config["model"]["lr"], "beta": config["model"]["beta"]}
-    row |= {k: result[k] for k in ("seed", "epochs", "test_acc", "test_acc_avg", "device")}
-    return row | {"minutes": result["seconds"] / 60, "date": dt.date.today().isoformat()}
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {"labels": rng.integers(0, 10, 16).tolist()}
+        batch["data"] = rng.integers(0, 256, (16, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list("0123456789")}))
+    return root
 
 
 def run_cifar(settings: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -266,9 +235,13 @@ def run_cifar(settings: dict[str, Any], work: Path) -> dict[str, Any]:
             f"cifar10_resnet18: data_root {data['root']!r} holds no cifar-10-batches-py/ folder "
             "(extract cifar-10-python.tar.gz there, or --set data_root=FOLDER)"
         )
-    tasks = [(settings, a, s, data, work) for s in settings["seeds"] for a in settings["arms"]]
+    trainer = {"enable_progress_bar": False, "devices": 1, **settings["trainer"]}
+    overrides = {"model": settings["model"], "data": data, "trainer": trainer}
+    grid = itertools.product(settings["seeds"], settings["arms"])
+    tasks = [(f"cifar10_resnet18_{arm}", arm, seed, work, overrides) for seed, arm in grid]
     rows = (read_result("cifar10_resnet18", folder) or {}).get("rows", [])
-    rows += run_jobs(cifar_run, tasks, 0, work / "jobs")
+    for run in run_jobs(config_run, tasks, 0, work / "jobs"):
+        rows.append({k: v for k, v in run.items() if k not in ("steps_per_epoch", "curves")})
     return {"rows": list({(r["arm"], r["seed"], r["epochs"]): r for r in rows}.values())}
 
 
@@ -286,7 +259,7 @@ def render_cifar(result: dict[str, Any]) -> str:
         accuracies = {label: [r["test_acc"] for r in runs] for label, runs in by_arm.items()}
         accuracies[AVERAGED_ARM] = [r["test_acc_avg"] for r in by_arm["O2NC (exponential)"]]
         eta = ", ".join(sorted({f"{CIFAR_ARMS[r['arm']]} {r['eta']:.4g}" for r in rows}))
-        runs = f"median run {statistics.median(r['minutes'] for r in rows):.1f} min"
+        runs = f"median run {statistics.median(r['seconds'] for r in rows) / 60:.1f} min"
         where = ", ".join(sorted({f"{r['device']} ({r['date']})" for r in rows}))
         parts += [f"**{epochs} epochs**, η: {eta}; {runs} on {where}.", accuracy_tables(accuracies)]
     return "\n\n".join(parts)
@@ -305,9 +278,7 @@ PARITY_QUICK = {
 }
 CIFAR = {
     "data_root": "data", "seeds": [0, 1, 2], "arms": list(CIFAR_ARMS), "fixture": False,
-    "trainer": {},  # over the recipe's (and devices 1): max_epochs, precision, accelerator...
-    "model": {},  # over the recipe's model arguments, e.g. {"lr": 0.05}
-    "data": {},  # over the recipe's data arguments, e.g. {"num_workers": 8}
+    "trainer": {}, "model": {}, "data": {},  # over the recipe's, e.g. {"max_epochs": 30}
 }
 CIFAR_QUICK = {"fixture": True, "seeds": [0], "trainer": {
     "accelerator": "cpu", "max_epochs": 1, "limit_val_batches": 1, "log_every_n_steps": 1,

@@ -1,13 +1,12 @@
 """Accuracy against η for SGDM and O2NC, and where each stops training: the η-sensitivity grid.
 
-Each dataset trains the train config its sweep file fixes (digits: the MLP, 12 epochs;
-Fashion-MNIST: SmallCNN(width=8), ``fashion_epochs`` of 30 batches) with β = 0.9, μ = 0 and the
-config's own η schedule, for every arm (``model.scaling``), every η of a log grid and every seed.
-Per run: the test accuracy at x and the *blow-up step*, the first step whose training loss is
-non-finite or above ``BLOWUP_FACTOR`` · ln(10) (three times a uniform guess's), with the largest s
-of the ``LOOKBACK`` steps before it: had the Exp(1) tail caused the blow-up (P(s > t) = e^{-t}),
-that s would sit far in the tail. An arm *trains* at η when its mean accuracy is at least halfway
-from chance to the dataset's best mean.
+Each dataset trains its sweep file's train config (β = 0.9, μ = 0, the config's own η schedule)
+for every arm (``model.scaling``), every η of a log grid and every seed. Per run: the test
+accuracy at x and the *blow-up step*, the first step whose training loss is non-finite or above
+``BLOWUP_FACTOR`` · ln(10) (three times a uniform guess's), with the largest s of the ``LOOKBACK``
+steps before it: had the Exp(1) tail caused the blow-up (P(s > t) = e^{-t}), that s would sit far
+in the tail. An arm *trains* at η when its mean accuracy is at least halfway from chance to the
+dataset's best mean.
 """
 
 from __future__ import annotations
@@ -18,8 +17,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
+from lightning_o2nc.sweeps.config import load_sweep_config
+
 from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import markdown_table
+from ..training import train_config
 
 SWEEP_FILES = {
     "digits": "lightning_o2nc/configs/sweeps/digits.yaml",
@@ -33,19 +37,13 @@ FIXED["trainer.enable_checkpointing"] = False
 
 
 def grid_run(dataset: str, arm: str, eta: float, seed: int, overrides: dict) -> dict[str, Any]:
-    """Train one grid point (the sweep file's trial config with ours on top); its result with the
-    blow-up step and the s before it. Cached on these arguments alone (:func:`run`)."""
-    from lightning_o2nc.sweeps.config import load_sweep_config
-
-    from ..training import train_config
-
+    """One grid point: the sweep file's trial config with ours on top, with its blow-up step."""
     values = {**FIXED, "model.lr": eta, "model.scaling": ARMS[arm], "seed_everything": seed}
     values |= {"model.seed": seed, "data.init_args.seed": seed, **overrides}
     trial = load_sweep_config(REPO_ROOT / SWEEP_FILES[dataset]).trial_config(values)
     result = train_config(trial, label=f"{dataset} {arm} eta {eta:g} seed {seed}")
-    losses, scales = result.pop("losses"), result.pop("scales")
-    point = {"dataset": dataset, "arm": arm, "eta": eta, "seed": seed}
-    return {**point, **result, **blowup(losses, scales)}
+    result |= blowup(result.pop("losses"), result.pop("scales"))
+    return {"dataset": dataset, "arm": arm, "eta": eta, "seed": seed, **result}
 
 
 def blowup(losses: list[float], scales: list[float]) -> dict[str, Any]:
@@ -154,15 +152,9 @@ def render(result: dict[str, Any]) -> str:
 
 def figure(result: dict[str, Any], folder: Path) -> list[str]:
     """Test accuracy against η, one curve per arm (mean over seeds, a dot per seed), per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     datasets = result["config"]["datasets"]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), dpi=90)
-    axes = [axes] if len(datasets) == 1 else axes
-    for ax, dataset in zip(axes, datasets, strict=True):
+    fig = Figure(figsize=(5 * len(datasets), 3.6), dpi=90, layout="tight")
+    for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
         for i, (arm, row) in enumerate(curves(result, dataset).items()):
             etas = sorted(row)
             means = [100 * statistics.fmean(row[e]) for e in etas]
@@ -173,9 +165,7 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
         ax.set(title=f"{dataset}, β = {FIXED['model.beta']}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(folder / "eta_sensitivity.png")
-    plt.close(fig)
     return ["eta_sensitivity.png"]
 
 
