@@ -1,9 +1,5 @@
-"""The GPU check, in parts that ``benchmarks/gpu_check.sh`` runs as one process each under its own
-time limit. ``tests``: pytest on :data:`TESTS` (no host sync in any O2NC option, O2NC-AdamW under
-16-mixed and bf16-mixed, FSDP). ``sharded``: ``fully_shard`` on a mesh of 1 against the unsharded
-optimizer (the DTensor path on CUDA), the sharded step's time against AdamW's. ``step``,
-``train_lightning``: :mod:`.step_overhead` and :mod:`.throughput` on the GPU. ``run`` gathers the
-part files; ``--quick`` first runs the script's dry run (every part tiny on the CPU)."""
+"""The GPU check: the parts that ``benchmarks/gpu_check.sh`` runs (one process each, see there) and
+their merge (``run``; ``--quick`` first runs the script's dry run: every part tiny on the CPU)."""
 
 from __future__ import annotations
 
@@ -11,14 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from lightning_o2nc import ExponentiatedO2NC, O2NCAdamW
@@ -57,26 +50,25 @@ def mlp(mesh: object = None) -> nn.Module:
     torch.manual_seed(0)
     layers = [nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 10)]
     model = nn.Sequential(*layers).to(DEVICE)
-    for module in [*(m for m in model if isinstance(m, nn.Linear)), model] if mesh else []:
+    for module in [*model[::2], model] if mesh else []:  # the linear layers, then the whole
         fully_shard(module, mesh=mesh)
     return model
 
 
 def largest(plain: list, sharded: list) -> float:
-    """The largest difference between the plain tensors and the DTensors' whole values."""
     return max(float((a - b.full_tensor()).abs().max()) for a, b in zip(plain, sharded))
 
 
 def part_sharded() -> dict:
     dist.init_process_group(BACKEND, store=dist.HashStore(), rank=0, world_size=1)
-    mesh, found, steps = init_device_mesh(DEVICE, (1,)), {}, {}
+    mesh, found, steps = dist.init_device_mesh(DEVICE, (1,)), {}, {}
     for name in ("O2NCAdamW average=True", "ExponentiatedO2NC average=True"):
         models = (mlp(), mlp(mesh))
         optimizers = [SHARDED[name](model.parameters()) for model in models]
         for _ in range(20):
             x, y = torch.randn(32, 256, device=DEVICE), torch.randint(0, 10, (32,), device=DEVICE)
             for model, optimizer in zip(models, optimizers):
-                F.cross_entropy(model(x), y).backward()
+                nn.functional.cross_entropy(model(x), y).backward()
                 optimizer.step()
                 optimizer.zero_grad()
         found[name] = {"weights": largest(*(m.parameters() for m in models))}
@@ -100,17 +92,15 @@ def part_step() -> dict:
 def part_train_lightning() -> dict:
     settings = throughput.EXPERIMENTS[0].settings | {"backbone": "resnet18_cifar", "repeats": 3}
     settings |= {"accelerator": "gpu", "num_workers": 8, "warmup_batches": 10, "batches": 60}
-    if DRY_RUN:
-        settings |= {"dataset": "digits", "accelerator": "cpu", "num_workers": 0}
-        settings |= {"warmup_batches": 1, "batches": 1, "repeats": 1}
+    if DRY_RUN:  # throughput's quick settings
+        settings |= throughput.EXPERIMENTS[0].quick | {"accelerator": "cpu", "num_workers": 0}
     return throughput.run(settings, Path(os.environ.get("OUT", "."), "logs"))
 
 
 def part(name: str, out: str) -> None:
-    """Run part ``name`` and write ``out/part_<name>.json`` (what gpu_check.sh calls)."""
-    started = time.perf_counter()
-    found = globals()[f"part_{name}"]() | {"seconds": time.perf_counter() - started}
-    Path(out, f"part_{name}.json").write_text(json.dumps(found, indent=1, default=str))
+    """Run part ``name`` and write ``out/part_<name>.json`` (gpu_check.sh logs its seconds)."""
+    found = json.dumps(globals()[f"part_{name}"](), indent=1, default=str)
+    Path(out, f"part_{name}.json").write_text(found)
 
 
 def run(settings: dict, work: Path) -> Result:
@@ -125,11 +115,10 @@ def run(settings: dict, work: Path) -> Result:
 
 
 def render_sharded(part: dict) -> str:
-    found = part["largest_difference"].items()
+    found, step = part["largest_difference"].items(), part["step"].items()
     rows = [(n, f"{d['weights']:.1e}", f"{d['x_bar']:.1e}") for n, d in found]
     text = markdown_table(["optimizer", "largest weight difference", "largest x̄ difference"], rows)
-    iqr = {n: f"({r['ratio_q1']:.2f}–{r['ratio_q3']:.2f})" for n, r in part["step"].items()}
-    rows = [(n, f"{r['ratio']:.3f}× {iqr[n]}") for n, r in part["step"].items()]
+    rows = [(n, f"{r['ratio']:.3f}× ({r['ratio_q1']:.2f}–{r['ratio_q3']:.2f})") for n, r in step]
     return f"{text}\n\nThe step alone:\n\n{markdown_table(['arm', 'vs AdamW (IQR)'], rows)}"
 
 
@@ -150,7 +139,6 @@ def render(result: Result) -> str:
 
 
 def targets(result: Result) -> list[tuple[str, str, str]]:
-    """Zero host syncs, the step's bounds and O2NC's training speed, on the GPU."""
     parts, rows, verdict = result["parts"], [], {True: "met", False: "**missed**"}
     if "tests" in parts:
         status = parts["tests"]["tests"]
@@ -175,6 +163,7 @@ EXPERIMENTS = (
         settings={"parts": "benchmarks/_work/gpu_out", "dry_run": False},
         quick={"dry_run": True},
         targets=targets,
-        command="OUT=DIR bash benchmarks/gpu_check.sh (on a CUDA GPU), then cp DIR/gpu_check.json benchmarks/results/",
+        command="OUT=DIR bash benchmarks/gpu_check.sh (on a CUDA GPU), then cp DIR/gpu_check.json"
+        " benchmarks/results/",
     ),
 )

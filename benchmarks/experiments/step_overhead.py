@@ -1,10 +1,7 @@
-"""Optimizer step overhead: ExponentiatedO2NC against torch SGD(momentum), RandomScaling(AdamW)
-against AdamW, each arm with its own state on parameters with fixed random gradients: ``mlp`` (4
-tensors: Python overhead per call dominates), ``transformer`` (6 layers of width 128, 72 tensors),
-``resnet18`` (11.7 M floats: memory passes dominate). All (model, arm) pairs alternate in short
-blocks (:func:`benchmarks.timing.time_arms`); an arm's ratio is the median over rounds of its time
-over its baseline's in the same round: the faster SGD path (RandomScaling: ``AdamW foreach=True``).
-"""
+"""Optimizer step overhead of ExponentiatedO2NC against torch SGD(momentum), RandomScaling(AdamW)
+against AdamW, each arm with its own state, on fixed random gradients: ``mlp`` (4 tensors: per-call
+overhead dominates), ``transformer`` (6 layers, width 128, 72 tensors), ``resnet18`` (11.7 M floats:
+memory passes dominate). Ratios are paired per round with the faster SGD path (or AdamW foreach)."""
 
 from __future__ import annotations
 
@@ -24,13 +21,13 @@ from ..timing import print_comparison, summarize, time_arms
 
 LR, BETA = 1e-3, 0.9  # small steps: many thousands leave the weights in a normal range
 ADAMW = "AdamW foreach=True"  # the baseline of the RandomScaling arms
-TARGETS = (  # (arm, the most it may cost as a multiple of its baseline)
-    ("O2NC defaults", 1.00),
-    ("O2NC average=True", 1.5),
-    ("O2NC average=True + statistics()", 1.6),
-    ("RandomScaling(AdamW)", 1.35),
-    ("RandomScaling(AdamW) average=True", 1.5),
-)
+TARGETS = {  # arm -> the most it may cost as a multiple of its baseline
+    "O2NC defaults": 1.00,
+    "O2NC average=True": 1.5,
+    "O2NC average=True + statistics()": 1.6,
+    "RandomScaling(AdamW)": 1.35,
+    "RandomScaling(AdamW) average=True": 1.5,
+}
 MODELS = {
     "mlp": lambda: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)),
     "transformer": lambda: TransformerEncoder(TransformerEncoderLayer(128, 4, 512), 6, None, False),
@@ -63,18 +60,17 @@ def optimizers(params: list[Tensor], device: str) -> dict[str, torch.optim.Optim
     return found
 
 
-def state_sizes(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> tuple[int, list[int]]:
-    """Bytes of the state, and the distinct counts of parameter-shaped buffers per parameter."""
+def state_size(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> dict[str, Any]:
+    """State bytes over parameter bytes (SGD: 1), and the counts of parameter-shaped buffers."""
     states = [optimizer.state[p].values() for p in params]
     size = sum(v.numel() * v.element_size() for s in states for v in s if isinstance(v, Tensor))
     counts = {sum(getattr(v, "shape", 0) == p.shape for v in s) for p, s in zip(params, states)}
-    return size, sorted(counts)
+    size /= sum(p.numel() * p.element_size() for p in params)
+    return {"state_ratio": size, "buffers_per_param": sorted(counts)}
 
 
 def run(settings: dict[str, Any], work: Any) -> Result:
-    """Times every (model, arm) pair alternating; medians, paired ratios and state sizes."""
-    device, result = settings["device"], {"load_average": [os.getloadavg()[0]]}
-    arms, models, calls = {}, {}, {}
+    device, load, arms, models, calls = settings["device"], [os.getloadavg()[0]], {}, {}, {}
     for model in settings["models"]:
         params = model_parameters(model, device)
         arms[model] = (params, optimizers(params, device))
@@ -86,43 +82,37 @@ def run(settings: dict[str, Any], work: Any) -> Result:
     print_comparison(measured)
     for model, (params, found) in arms.items():
         mine = {name: measured[f"{model}: {name}"] for name in found}
-        alone = summarize(mine, {name: name for name in found})
+        alone = summarize(mine, dict(zip(found, found)))
         fastest = min((n for n in found if n[:3] == "SGD"), key=lambda n: alone[n]["median_us"])
         base = {n: ADAMW if n.startswith("RandomScaling") else fastest for n in found}
-        reference, rows = state_sizes(found["SGD foreach=False"], params)[0], []
-        for (name, optimizer), r in zip(found.items(), summarize(mine, base).values()):
-            size, buffers = state_sizes(optimizer, params)
-            r |= {"arm": name, "baseline": base[name], "ratio_iqr": [r["ratio_q1"], r["ratio_q3"]]}
-            rows.append(r | {"state_ratio": size / reference, "buffers_per_param": buffers})
-        size = sum(p.numel() for p in params)
+        rows = summarize(mine, base)
+        for n, row in rows.items():
+            row |= {"arm": n, "baseline": base[n]} | state_size(found[n], params)
+        size, rows = sum(p.numel() for p in params), list(rows.values())
         models[model] = {"num_params": size, "num_tensors": len(params), "rows": rows}
-    result["load_average"].append(os.getloadavg()[0])
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
-    return result | {"device_name": name, "cpu_count": os.cpu_count(), "models": models}
+    result = {"load_average": [*load, os.getloadavg()[0]], "device_name": name}
+    return result | {"cpu_count": os.cpu_count(), "models": models}
 
 
 def targets(result: Result) -> list[tuple[str, str, str]]:
-    """Each target of :data:`TARGETS` on each model: the measured ratio, met or missed."""
     found = []
     for model, summary in result["models"].items():
-        rows = {row["arm"]: row for row in summary["rows"]}
-        for arm, bound in ((a, b) for a, b in TARGETS if a in rows):
-            ratio, base = rows[arm]["ratio"], rows[arm]["baseline"]
+        for row in (row for row in summary["rows"] if row["arm"] in TARGETS):
+            arm, ratio, base = row["arm"], row["ratio"], row["baseline"]
             base = "the faster SGD path" if base.startswith("SGD") else base
-            verdict = "met" if ratio <= bound else "**missed**"
-            found.append((f"{arm} ≤ {bound}× {base} ({model})", f"{ratio:.3f}×", verdict))
+            verdict = "met" if ratio <= TARGETS[arm] else "**missed**"
+            found.append((f"{arm} ≤ {TARGETS[arm]}× {base} ({model})", f"{ratio:.3f}×", verdict))
     return found
 
 
 def render(result: Result) -> str:
-    """One table: each arm's paired ratio (its IQR) and median time per step, per model."""
     header, cells = [], {}
     for model, s in result["models"].items():
         header.append(f"{model} ({s['num_tensors']} tensors, {s['num_params'] / 1e6:.2f} M)")
         for row in s["rows"]:
-            low, high = row["ratio_iqr"]
-            text = f"{row['ratio']:.3f}× ({low:.2f}–{high:.2f}), {row['median_us']:.1f} µs"
-            cells.setdefault(row["arm"], []).append(text)
+            ratio = f"{row['ratio']:.3f}× ({row['ratio_q1']:.2f}–{row['ratio_q3']:.2f})"
+            cells.setdefault(row["arm"], []).append(f"{ratio}, {row['median_us']:.1f} µs")
     settings, (before, after) = result["settings"], result["load_average"]
     return (
         f"{result['device_name']}, {settings['threads']} thread(s), {settings['rounds']} rounds of "

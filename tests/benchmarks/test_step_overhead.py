@@ -46,7 +46,7 @@ def test_a_quick_run_renders_every_target_and_never_touches_the_committed_result
     assert [row[0] for row in targets] == [
         f"{arm} ≤ {bound}× {'AdamW foreach=True' if 'Scaling' in arm else 'the faster SGD path'} "
         "(mlp)"
-        for arm, bound in TARGETS
+        for arm, bound in TARGETS.items()
     ]
     assert targets[0][0] == "O2NC defaults ≤ 1.0× the faster SGD path (mlp)"
     assert all(verdict in ("met", "**missed**") for _, _, verdict in targets)
