@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -146,7 +145,7 @@ def render(result: dict[str, Any]) -> str:
             paired.append([budget, arm])
             for values in at[1:]:  # x̄ - x, paired over seeds: mean ± standard error
                 diffs = [100 * (a - x) for a, x in zip(values, at[0], strict=True)]
-                error = statistics.stdev(diffs) / math.sqrt(len(diffs)) if diffs[1:] else math.nan
+                error = statistics.stdev(diffs) / len(diffs) ** 0.5 if diffs[1:] else float("nan")
                 paired[-1].append(f"{statistics.fmean(diffs):+.2f} ± {error:.2f}")
     for study in sorted(studies, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"]))):
         values = study["best_values"]
