@@ -18,15 +18,13 @@ import yaml
 from lightning.pytorch import Callback
 
 from lightning_o2nc.lightning.cli import build_run
-from lightning_o2nc.sweeps import run_sweep
-from lightning_o2nc.sweeps.config import load_sweep_config
 from lightning_o2nc.sweeps.objective import FAIL_REASON
-from lightning_o2nc.sweeps.signals import INTERRUPTED_BY, TrialInterrupted
+from lightning_o2nc.sweeps.signals import INTERRUPTED_BY
 
 from ..harness import REPO_ROOT, Experiment, run_jobs, run_stoppable_jobs, stop_requested
 from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
 from ..training import QUIET_TRAINER, HorizonAverages
-from .tuned_parity import SEEDED
+from .tuned_parity import SEEDED, run_study, write_sweep
 
 SWEEP_FILE = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "shakespeare_char.yaml"
 TRAIN_CONFIGS = {"adamw": "shakespeare_char_adamw.yaml", "sgd": "shakespeare_char_o2nc.yaml"}
@@ -52,19 +50,14 @@ COMPARISONS = [("o2nc_adamw", "adamw"), ("o2nc", "sgdm")]
 
 
 def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> Any:
-    """One arm's study definition, written as ``<work>/<study>/sweep.yaml`` and loaded from there
-    (``o2nc-sweep --config`` that file continues the study)."""
+    """One arm's study: the sweep file with the arm's optimizer, space, steps and ``fixed`` set."""
     spec, family = yaml.safe_load(SWEEP_FILE.read_text()), ARMS[arm]["family"]
     spec["train_config"] = str(SWEEP_FILE.parents[1] / "train" / TRAIN_CONFIGS[family])
     spec["study_name"] = f"shakespeare-char-{arm}-{settings['steps']}steps"
     spec["n_trials"], spec["space"] = n_trials, SPACES[family]
-    spec["overrides"].update(settings["fixed"])
-    spec["overrides"].update({f"model.{key}": ARMS[arm][key] for key in ("optimizer", "scaling")})
-    spec["overrides"]["trainer.max_steps"] = settings["steps"]
-    path = work / spec["study_name"] / "sweep.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return load_sweep_config(path)
+    optimizer = {f"model.{key}": ARMS[arm][key] for key in ("optimizer", "scaling")}
+    spec["overrides"] |= settings["fixed"] | optimizer | {"trainer.max_steps": settings["steps"]}
+    return write_sweep(spec, work)
 
 
 def _counts(trials: list[Any]) -> dict[str, int]:
@@ -80,29 +73,22 @@ def _counts(trials: list[Any]) -> dict[str, int]:
 
 
 def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
-    """Run (or continue) one arm's study until it holds the trial and completion counts, or until
-    a stop request (:func:`benchmarks.harness.run_stoppable_jobs`)."""
+    """Run (or continue) one arm's study until it holds the trial and completion counts."""
     started, n_trials = time.perf_counter(), settings["min_trials"]
     while True:
-        if stop_requested(work):  # the comparison was stopped: start no study, no round
+        stopped = stop_requested(work)  # the comparison was stopped: start no study, no round
+        study = None if stopped else run_study(arm_sweep(settings, work, arm, n_trials), work)
+        if study is None:  # stopped before or during this round
             return {"arm": arm, "interrupted": True}
-        sweep = arm_sweep(settings, work, arm, n_trials)
-        logdir, storage = work / sweep.study_name, f"sqlite:///{work / sweep.study_name}/study.db"
-        try:
-            outcome = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False)
-        except TrialInterrupted:  # a stop request before the study was opened
-            outcome = None
-        if outcome is None or outcome.interrupted:  # its running trial was queued again
-            return {"arm": arm, "interrupted": True}
-        counts = _counts(outcome.study.trials)
+        counts = _counts(study.trials)
         missing = settings["min_complete"] - counts["completed"]
         if missing <= 0 or n_trials >= settings["max_trials"]:
             break
         n_trials = min(settings["max_trials"], n_trials + missing)  # the same rule for every arm
-    best, seconds = outcome.study.best_trial, time.perf_counter() - started
+    best, seconds = study.best_trial, time.perf_counter() - started
     print(f"tuned {arm}: best val/loss {best.value:.4f} with {best.params} {counts}", flush=True)
     found = {"best_value": best.value, "best": best.user_attrs["values"], "seconds": seconds}
-    return {"arm": arm, "study_name": sweep.study_name, **counts, **found}
+    return {"arm": arm, "study_name": study.study_name, **counts, **found}
 
 
 class ValidationCurve(Callback):
@@ -150,19 +136,16 @@ def seed_run(settings: dict, work: Path, arm: str, values: dict, seed: int) -> d
 
 
 def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Tune every arm, then train every (arm, seed) at the arm's best values."""
     if not settings["arms"] or set(settings["arms"]) - set(ARMS):
         raise ValueError(f"arms {settings['arms']}: choose one or more of {', '.join(ARMS)}")
     tasks = [(settings, work, arm) for arm in settings["arms"]]
     tuned = run_stoppable_jobs(tune, tasks, settings["workers"], work)
-    best = {t["arm"]: t["best"] for t in tuned}
     jobs = {k: settings[k] for k in ("steps", "min_trials", "horizons", "fixed")}  # a run's inputs
-    tasks = [(jobs, work, arm, best[arm], seed) for seed in settings["seeds"] for arm in best]
+    tasks = [(jobs, work, t["arm"], t["best"], seed) for seed in settings["seeds"] for t in tuned]
     runs = run_jobs(seed_run, tasks, settings["workers"], cache=work / "jobs")
-    arms = {}
+    arms, horizons = {}, [str(b) for b in settings["horizons"]]
     for study in tuned:
-        arm, horizons = study["arm"], [str(b) for b in settings["horizons"]]
-        mine = [r for r in runs if r["arm"] == arm]
+        arm, mine = study["arm"], [r for r in runs if r["arm"] == study["arm"]]
         arms[arm] = {key: study[key] for key in (*COUNTS, "best", "best_value")} | {"runs": mine}
         arms[arm] |= {"val_loss": [r["val_loss"] for r in mine], "tuning_seconds": study["seconds"]}
         arms[arm]["val_loss_avg"] = {b: [r["val_loss_avg"][b] for r in mine] for b in horizons}
@@ -187,7 +170,6 @@ def _best_text(best: dict[str, Any]) -> str:
 
 
 def render(result: dict[str, Any]) -> str:
-    """Counts and best values per arm, losses at x and x̄, Welch's tests, wall-clock."""
     arms, rows, tests = result["arms"], [], []
     first = next(iter(arms.values()))  # every arm has the same seeds and horizons
     horizons, seeds = list(first["val_loss_avg"]), len(first["val_loss"])
@@ -222,8 +204,7 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     fig = Figure(figsize=(6.5, 4), dpi=90, layout="tight")
     ax = fig.subplots()
     for index, (arm, data) in enumerate(result["arms"].items()):
-        points = [point[:2] for run in data["runs"] for point in run["curve"]]
-        points = [(int(s), loss) for s, loss in points if loss is not None and math.isfinite(loss)]
+        points = [(int(s), v) for run in data["runs"] for s, v, _ in run["curve"] if _finite([v])]
         steps = sorted({step for step, _ in points})
         losses = [[loss for s, loss in points if s == step] for step in steps]
         mean = np.array([statistics.fmean(at) for at in losses])

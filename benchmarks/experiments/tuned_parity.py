@@ -1,17 +1,14 @@
 """Does the random scale cost accuracy once every arm is tuned? An equal-budget tuned comparison.
 
-Per arm (:data:`ARMS`) and budget (``epochs``, the longer >= 3x the shorter), one ``o2nc-sweep``
-study of ``sweep_file`` differing only in ``model.scaling``, ``trainer.max_epochs`` and its name
-(SQLite in the work folder: a rerun continues it); then each best trial (or ``best_from``'s) is
-retrained with ``seeds`` and tested at x, at the optimizer's x̄ and at x̄ of each ``horizons``.
-"""
+Per arm and budget (``epochs``, the longer >= 3x the shortest) one ``o2nc-sweep`` study of
+``sweep_file`` (SQLite in the work folder: a rerun continues it); then each best trial (or
+``best_from``'s) retrained with ``seeds``, tested at x, the optimizer's x̄ and x̄ of ``horizons``."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -35,9 +32,26 @@ FINISHED = ("COMPLETE", "PRUNED")  # a trial's states that hold a result
 LIMITS = [f"trainer.limit_{split}_batches" for split in ("train", "val", "test")]
 
 
+def write_sweep(spec: dict[str, Any], work: Path) -> Any:
+    """``spec`` written to ``<work>/<study>/sweep.yaml`` (``o2nc-sweep --config`` it continues it)."""
+    path = work / spec["study_name"] / "sweep.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_sweep_config(path)
+
+
+def run_study(sweep: Any, work: Path) -> Any:
+    """Run (or continue) ``sweep``'s study in ``<work>/<study>``; None if a stop interrupted it."""
+    folder, quiet = work / sweep.study_name, {"progress": False, "plots": False}
+    try:
+        outcome = run_sweep(sweep, logdir=folder, storage=f"sqlite:///{folder}/study.db", **quiet)
+    except TrialInterrupted:  # a stop request before the study was opened
+        return None
+    return None if outcome.interrupted else outcome.study
+
+
 def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> Any:
-    """One (arm, budget) study: the sweep file with scaling, epochs and ``fixed`` set, written as
-    ``<work>/<study>/sweep.yaml`` and loaded from there (``o2nc-sweep --config`` it continues it)."""
+    """One (arm, budget) study: the sweep file with scaling, epochs and ``fixed`` set."""
     source = REPO_ROOT / settings["sweep_file"]
     spec = yaml.safe_load(source.read_text())
     spec["train_config"] = str(source.parent / spec["train_config"])
@@ -45,31 +59,20 @@ def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> An
     spec["n_trials"] = settings["n_trials"] or spec["n_trials"]
     spec["overrides"].update(settings["fixed"])
     spec["overrides"].update({"model.scaling": ARMS[arm], "trainer.max_epochs": epochs})
-    path = work / spec["study_name"] / "sweep.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return load_sweep_config(path)
+    return write_sweep(spec, work)
 
 
 def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[str, Any]:
-    """Run (or continue) one arm's study at one budget: its best trial and its trial counts, or
-    ``interrupted`` after a stop request (:func:`benchmarks.harness.run_stoppable_jobs`)."""
-    if stop_requested(work):  # the comparison was stopped before this study started
+    """Run (or continue) one arm's study at one budget: its best trial and its trial counts."""
+    stopped = stop_requested(work)  # the comparison was stopped before this study started
+    study = None if stopped else run_study(arm_sweep(settings, work, arm, epochs), work)
+    if study is None:
         return {"arm": arm, "epochs": epochs, "interrupted": True}
-    sweep = arm_sweep(settings, work, arm, epochs)
-    logdir, storage = work / sweep.study_name, f"sqlite:///{work / sweep.study_name / 'study.db'}"
-    try:
-        outcome = run_sweep(sweep, logdir=logdir, storage=storage, progress=False, plots=False)
-    except TrialInterrupted:  # a stop request before the study was opened
-        outcome = None
-    if outcome is None or outcome.interrupted:  # its running trial was queued again
-        return {"arm": arm, "epochs": epochs, "interrupted": True}
-    study = outcome.study
     states, best = [t.state.name for t in study.trials], study.best_trial
     # workers that start together draw the same first points from the seeded sampler
     done = {json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name in FINISHED}
     print(f"tuned {arm} {epochs} ep: val/acc {best.value:.4f} at {best.params}", flush=True)
-    result = {"arm": arm, "epochs": epochs, "study_name": sweep.study_name, "n_trials": len(states)}
+    result = {"arm": arm, "epochs": epochs, "study_name": study.study_name, "n_trials": len(states)}
     result |= {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED")}
     result |= {"failed": states.count("FAIL"), "distinct": len(done)}
     return result | {"best_value": best.value, "best_values": best.user_attrs["values"]}
@@ -86,11 +89,9 @@ def seed_run(settings: dict, work: Path, arm: str, epochs: int, values: dict, se
 
 
 def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Tune every (arm, budget), then train every (arm, budget, seed) at the best values."""
-    budgets, workers, seeds = settings["epochs"], settings["workers"], settings["seeds"]
-    if any(later < 3 * budgets[0] for later in budgets[1:]):
-        raise ValueError(f"epochs {budgets}: the longer budgets must be >= 3x the first")
-    epochs = sorted(budgets, reverse=True)  # the longest first: the workers end together
+    epochs = sorted(settings["epochs"], reverse=True)  # the longest first: the workers end together
+    if any(longer < 3 * epochs[-1] for longer in epochs[:-1]):
+        raise ValueError(f"epochs {settings['epochs']}: the longer must be >= 3x the shortest")
     jobs = {k: settings[k] for k in ("sweep_file", "n_trials", "fixed", "horizons")}  # run inputs
     if settings["best_from"]:  # each arm's study at its longest budget, as that of every budget
         old = json.loads((REPO_ROOT / settings["best_from"]).read_text())["studies"]
@@ -99,10 +100,10 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
         tuned = [{**s, **reused, "epochs": e} for e in epochs for s in old if s["epochs"] == last]
     else:
         tasks = [(settings, work, a, e) for e in epochs for a in ARMS]
-        tuned = run_stoppable_jobs(tune, tasks, workers, work)
+        tuned = run_stoppable_jobs(tune, tasks, settings["workers"], work)
     best = {(t["arm"], t["epochs"]): t["best_values"] for t in tuned}
-    tasks = [(jobs, work, a, e, best[a, e], s) for e in epochs for s in seeds for a in ARMS]
-    runs = run_jobs(seed_run, tasks, workers, cache=work / "jobs")
+    tasks = [(jobs, work, a, e, v, s) for (a, e), v in best.items() for s in settings["seeds"]]
+    runs = run_jobs(seed_run, tasks, settings["workers"], cache=work / "jobs")
     sweep = yaml.safe_load((REPO_ROOT / settings["sweep_file"]).read_text())
     result = {"config": settings, "fixed": {**sweep["overrides"], **settings["fixed"]}}
     result["sweep"] = {key: sweep[key] for key in ("space", "sampler", "pruner", "objective")}
@@ -122,7 +123,6 @@ def _budget(result: dict[str, Any], epochs: int) -> str:
 
 
 def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Each tuned O2NC arm within 0.3 points of tuned SGDM, at x, per budget."""
     rows = []
     for epochs, arm in itertools.product(result["config"]["epochs"], list(ARMS)[1:]):
         values, base = _accuracies(result, arm, epochs)[0], _accuracies(result, BASELINE, epochs)[0]
@@ -134,10 +134,8 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def render(result: dict[str, Any]) -> str:
-    """Protocol, the tuned configurations, test accuracy at x and x̄, Δ vs SGDM, x̄ horizons."""
     config, fixed, studies = result["config"], result["fixed"], result["studies"]
-    horizons = [str(h) for h in config["horizons"]]
-    rows, paired = [], []
+    rows, paired, best = [], [], []
     for epochs in config["epochs"]:
         base, budget = _accuracies(result, BASELINE, epochs)[0], _budget(result, epochs)
         for arm in ARMS:
@@ -147,9 +145,8 @@ def render(result: dict[str, Any]) -> str:
             paired.append([budget, arm])
             for values in at[1:]:  # x̄ - x, paired over seeds: mean ± standard error
                 diffs = [100 * (a - x) for a, x in zip(values, at[0], strict=True)]
-                error = statistics.stdev(diffs) / math.sqrt(len(diffs)) if diffs[1:] else math.nan
+                error = statistics.stdev(diffs) / len(diffs) ** 0.5 if diffs[1:] else float("nan")
                 paired[-1].append(f"{statistics.fmean(diffs):+.2f} ± {error:.2f}")
-    best = []  # budget, arm, η, β, μ, η schedule, best validation accuracy and trial counts
     for study in sorted(studies, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"]))):
         values = study["best_values"]
         schedule = values.get("model.schedules.lr") or {}
@@ -166,8 +163,9 @@ def render(result: dict[str, Any]) -> str:
     trials = "/".join(map(str, sorted({s["n_trials"] for s in studies})))
     reused = next((f", tuned at {s['tuned_at_epochs']} epochs in `{s['tuned_in']}`"
                    for s in studies if "tuned_in" in s), "")  # fmt: skip
-    averages = ["x̄ (β)", *(f"x̄ ({h})" for h in horizons)]
+    averages = ["x̄ (β)", *(f"x̄ ({h})" for h in config["horizons"])]
     columns = ["budget", "arm", "at x", *(f"at {a}" for a in averages)]
+    best_columns = ["budget", "arm", "η", "β", "μ", "η schedule", "best val acc %"]
     text = [
         f"Fashion-MNIST, SmallCNN(width={width}), batch 128; epochs of {train} batches, validation "
         f"on {val}, test on {test}. Per arm and budget one `o2nc-sweep` study of "
@@ -175,7 +173,7 @@ def render(result: dict[str, Any]) -> str:
         f"{sampler.get('options', {})} seed 0; pruner {pruner['name']} {pruner.get('options', {})};"
         f" objective val/acc at x), then seeds {config['seeds']} of its best trial, at x and x̄.",
         f"**Best configuration per arm** (from its own study{reused}):",
-        markdown_table(BEST_COLUMNS, best),
+        markdown_table([*best_columns, "trials done/pruned/failed"], best),
         "**Test accuracy at each arm's best configuration** (%, mean ± std; Δ: x − SGDM's x):",
         markdown_table([*columns, "Δ vs SGDM (x)", "Welch"], rows),
         "**Does a longer x̄ recover accuracy?** x̄ − x in points, paired over seeds, mean ± s.e.:",
@@ -185,10 +183,6 @@ def render(result: dict[str, Any]) -> str:
                 for r in result["runs"] if r["diverged_at"]]  # fmt: skip
     text += [f"Diverged seed runs (scored as chance): {', '.join(diverged)}."] * bool(diverged)
     return "\n\n".join(text)
-
-
-BEST_COLUMNS = ["budget", "arm", "η", "β", "μ", "η schedule", "best val acc %"]
-BEST_COLUMNS.append("trials done/pruned/failed")
 
 
 def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> list[str]:
