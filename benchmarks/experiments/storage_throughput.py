@@ -1,12 +1,11 @@
 """Trials per second each sweep storage sustains, with 1 to 16 worker processes on one study.
 
 Each storage is opened as an ``o2nc-sweep`` worker opens it (:func:`open_storage`): a SQLite file,
-a journal file (symlink lock), a throw-away PostgreSQL on loopback (:func:`local_postgres`), and
-that PostgreSQL behind ``o2nc-sweep serve`` (:func:`serve`, Optuna's gRPC proxy, in its own
-process). The objective is trivial (``x**2``, random sampler), so the figure is the storage's own
-cost per trial; databases keep o2nc-sweep's heartbeats. Every cell (storage, k workers) gets a
-fresh study, which its k workers load before starting together: trials/s = all their trials /
-the longest run. The study must then hold exactly the trials they report, all complete.
+a journal file (symlink lock), a throw-away PostgreSQL on loopback, and that PostgreSQL behind
+``o2nc-sweep serve`` (Optuna's gRPC proxy); databases keep o2nc-sweep's heartbeats. The objective
+is trivial (``x**2``, random sampler), so the figure is the storage's own cost per trial. Every
+cell (storage, k workers) gets a fresh study, which its k workers load before starting together:
+trials/s = all their trials / the longest run; the study must then hold exactly those trials.
 """
 
 import multiprocessing
@@ -14,6 +13,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections import Counter, defaultdict
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -90,29 +90,25 @@ def run(settings: dict, work: Path) -> dict:
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=work)))
         manager = stack.enter_context(multiprocessing.Manager())  # holds each cell's barrier
-        base = {"heartbeat": settings["heartbeat"], "seconds": seconds, "run": scratch.name}
         for storage, (url, storage_class) in open_targets(storages, scratch, stack).items():
             own = open_storage(url, storage_class=storage_class)
-            job = {**base, "url": url, "storage_class": storage_class}
+            job = {"url": url, "storage_class": storage_class, "run": scratch.name, **settings}
             for k in workers:
-                optuna.create_study(storage=own, study_name=(study := f"{storage}-{k}"))
-                cell = ({**job, "study": study}, manager.Barrier(k))
+                study = optuna.create_study(storage=own, study_name=f"{storage}-{k}")
+                cell = ({**job, "study": study.study_name}, manager.Barrier(k))
                 reports = run_jobs(cell_worker, [cell] * k, workers=k)
-                trials = optuna.load_study(study_name=study, storage=own).get_trials()
                 ran, wall = sum(r["trials"] for r in reports), max(r["seconds"] for r in reports)
-                complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-                if not ran == len(trials) == complete:
+                if (states := Counter(t.state.name for t in study.trials)) != Counter(COMPLETE=ran):
                     raise RuntimeError(f"{storage}, {k} workers: workers report {ran} trials, "
-                                       f"the study holds {len(trials)} ({complete} complete)")  # fmt: skip
+                                       f"the study holds {dict(states)}")  # fmt: skip
                 rows.append({"storage": storage, "workers": k, "trials": ran,
                              "seconds": round(wall, 3), "trials_per_s": round(ran / wall, 2)})  # fmt: skip
                 print(f"{LABELS[storage]:>26}  {k:>2} workers  {ran / wall:8.1f} trials/s")
     return {
-        # Every worker needs a core: other load on the machine lowers every figure.
         "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "seconds_per_cell": seconds, "database_heartbeats": settings["heartbeat"],
-        "objective": "x**2 with the random sampler (storage cost only)",
-        "optuna": optuna.__version__, "rows": rows,
+        "objective": "x**2 with the random sampler (storage cost only)", "rows": rows,
+        "optuna": optuna.__version__,
     }  # fmt: skip
 
 
@@ -120,10 +116,8 @@ def table(result: dict) -> str:
     """Markdown: one row per storage, one column per worker count, trials per second."""
     workers = sorted({row["workers"] for row in result["rows"]})
     cell = {(row["storage"], row["workers"]): row["trials_per_s"] for row in result["rows"]}
-    lines = [
-        "| storage | " + " | ".join(f"{k} worker{'s' * (k > 1)}" for k in workers) + " |",
-        "| --- |" + " ---: |" * len(workers),
-    ]
+    header = " | ".join(f"{k} worker{'s' * (k > 1)}" for k in workers)
+    lines = [f"| storage | {header} |", "| --- |" + " ---: |" * len(workers)]
     for storage in (s for s in LABELS if any(key[0] == s for key in cell)):
         values = [f"{cell[(storage, k)]:.1f}" if (storage, k) in cell else "-" for k in workers]
         lines.append(f"| {LABELS[storage]} | " + " | ".join(values) + " |")
@@ -131,26 +125,20 @@ def table(result: dict) -> str:
 
 
 def render(result: dict) -> str:
-    """The table, what it was measured on, and which storage to choose at which scale."""
+    """The table, its context (``env`` or the old ``machine``), and which storage at which scale."""
     cell = {(row["storage"], row["workers"]): row["trials_per_s"] for row in result["rows"]}
     few, many = min(w for _, w in cell), max(w for _, w in cell)
-
-    def rate(storage: str, workers: int) -> str:
-        return f"{cell[(storage, workers)]:.0f}" if (storage, workers) in cell else "-"
-
-    env = result.get("env", {})  # the old script's results name their machine instead
-    machine = result.get("machine") or {"CPU": env.get("CPU"), "optuna": result.get("optuna")}
-    load = result["load_average_1min"]
+    rate = defaultdict(lambda: "-", {key: f"{value:.0f}" for key, value in cell.items()})
+    machine = result.get("machine") or {"CPU": result["env"]["CPU"], "optuna": result["optuna"]}
     context = ", ".join(f"{key} {value}" for key, value in machine.items())
-    context += f"; 1-minute load average {load[0]} before, {load[1]} after"
     return f"""{table(result)}
 
-Trials per second, all workers together, {result["seconds_per_cell"]:g} s per cell ({context}). Every worker needs a core, so on a small machine the figures measure each storage's CPU cost per trial more than its I/O. Which storage at which scale:
+Trials per second, all workers together, {result["seconds_per_cell"]:g} s per cell ({context}; 1-minute load average {result["load_average_1min"][0]} before, {result["load_average_1min"][1]} after). Every worker needs a core, so on a small machine the figures measure each storage's CPU cost per trial more than its I/O. Which storage at which scale:
 
-- **One machine, a few workers: SQLite** (the default): {rate("sqlite", few)} trials/s with {few} worker, {rate("sqlite", many)} with {many} (one writer at a time).
-- **A shared file system without a database server: the journal file**: {rate("journal", few)} trials/s with {few} worker, {rate("journal", many)} with {many}, as every append waits for the one lock file (on NFS, a network round trip each).
-- **Several machines: PostgreSQL**: {rate("postgresql", few)} trials/s with {few} worker, {rate("postgresql", many)} with {many}; each worker runs its own SQL and holds its own connection pool.
-- **Many workers: PostgreSQL behind the gRPC proxy** (`o2nc-sweep serve`): {rate("grpc", many)} trials/s with {many} workers against {rate("postgresql", many)} direct, and {rate("grpc", few)} against {rate("postgresql", few)} with {few}. One process holds the database connections and runs the SQL; it is also the answer to PostgreSQL's connection limit at hundreds of workers.
+- **One machine, a few workers: SQLite** (the default): {rate["sqlite", few]} trials/s with {few} worker, {rate["sqlite", many]} with {many} (one writer at a time).
+- **A shared file system without a database server: the journal file**: {rate["journal", few]} trials/s with {few} worker, {rate["journal", many]} with {many}, as every append waits for the one lock file (on NFS, a network round trip each).
+- **Several machines: PostgreSQL**: {rate["postgresql", few]} trials/s with {few} worker, {rate["postgresql", many]} with {many}; each worker runs its own SQL and holds its own connection pool.
+- **Many workers: PostgreSQL behind the gRPC proxy** (`o2nc-sweep serve`): {rate["grpc", many]} trials/s with {many} workers against {rate["postgresql", many]} direct, and {rate["grpc", few]} against {rate["postgresql", few]} with {few}. One process holds the database connections and runs the SQL; it is also the answer to PostgreSQL's connection limit at hundreds of workers.
 
 A trial that trains for 10 s keeps 16 workers at 1.6 trials/s, below every rate above: the storage limits only sweeps of sub-second trials or of hundreds of workers."""
 
@@ -159,22 +147,20 @@ def figure(result: dict, folder: Path) -> list[str]:
     """Trials per second against worker count, one line per storage."""
     from matplotlib.figure import Figure  # no pyplot: no backend, no global figure to close
 
-    figure = Figure(figsize=(6, 4))
-    axes = figure.subplots()
+    axes = Figure(figsize=(6, 4)).subplots()
     for storage, label in LABELS.items():
         rows = sorted((r["workers"], r["trials_per_s"]) for r in result["rows"] if r["storage"] == storage)  # fmt: skip
         if rows:
             axes.plot(*zip(*rows, strict=True), marker="o", label=label)
     axes.set(xlabel="worker processes", ylabel="trials per second (all workers)",
-             title="Sweep storage throughput, trivial objective")  # fmt: skip
-    axes.set_xscale("log", base=2)
+             title="Sweep storage throughput, trivial objective", xscale="log")  # fmt: skip
     ticks = sorted({r["workers"] for r in result["rows"]})
     axes.set_xticks(ticks, [str(k) for k in ticks])
     axes.minorticks_off()
     axes.grid(True, alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(folder / "storage_throughput.png", dpi=120)
+    axes.figure.tight_layout()
+    axes.figure.savefig(folder / "storage_throughput.png", dpi=120)
     return ["storage_throughput.png"]
 
 
@@ -182,9 +168,8 @@ EXPERIMENTS = (
     Experiment(
         name="storage_throughput", title="Sweep storage throughput", run=run, render=render, figure=figure,
         workload="a trivial objective (x**2, random sampler) on one study, worker processes started together",
-        arms=tuple(LABELS.values()),
         measurement="trials per second of all workers together over `seconds` per cell, every trial checked",
         settings={"workers": [1, 4, 8, 16], "seconds": 5.0, "storages": [*LABELS], "heartbeat": True},
-        quick={"workers": [1, 2], "seconds": 0.5},
+        quick={"workers": [1, 2], "seconds": 0.5}, arms=tuple(LABELS.values()),
     ),
 )  # fmt: skip

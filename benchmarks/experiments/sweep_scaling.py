@@ -1,8 +1,7 @@
 """What a sweep costs on the digits demo: per trial against a bare loop, and with more workers.
 
-Every arm runs as its own processes (one torch thread each) on a fresh SQLite study, timed by the
-trials' own stamps (process start-up excluded). Overhead = median over rounds of median o2nc-sweep
-trial / median :func:`bare_worker` trial, the arms taking turns within each round.
+Each arm runs as its own processes (one torch thread each) on a fresh SQLite study, timed by its
+trials' stamps. Overhead = median over rounds (arms in turn) of median o2nc-sweep / bare trial.
 """
 
 import os
@@ -62,24 +61,21 @@ class BareClassifier(pl.LightningModule):  # the o2nc arm's backbone with torch 
 
 def bare_worker(logdir: str, trials: int, epochs: int) -> None:
     """The o2nc arm's data, storage and sampler, one validation per epoch, and nothing else."""
-
-    def objective(trial: optuna.Trial) -> float:
+    storage, sampler = f"sqlite:///{Path(logdir) / 'optuna.db'}", optuna.samplers.RandomSampler(0)
+    study = optuna.create_study(storage=storage, direction="maximize", sampler=sampler)
+    for _ in range(trials):
+        trial = study.ask()
         lr = trial.suggest_float("lr", 1e-2, 1.0, log=True)
         model = BareClassifier(lr=lr, momentum=trial.suggest_float("momentum", 0.5, 0.999))
         trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, **QUIET_TRAINER)
         trainer.fit(model, datamodule=DigitsDataModule(batch_size=64, seed=0))
-        return float(trainer.callback_metrics["val/acc"])
-
-    storage, sampler = f"sqlite:///{Path(logdir) / 'optuna.db'}", optuna.samplers.RandomSampler(0)
-    study = optuna.create_study(storage=storage, direction="maximize", sampler=sampler)
-    study.optimize(objective, n_trials=trials)
+        study.tell(trial, float(trainer.callback_metrics["val/acc"]))
 
 
 def run_arm(work: Path, label: str, command: list[str], workers: int = 1) -> dict:
     """Start ``workers`` copies of ``command`` together; what their study holds once they end."""
     logdir = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=work))  # a fresh study each time
-    env = {k: v for k, v in os.environ.items() if k != "O2NC_SWEEP_STORAGE"}
-    env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the cwd is on the path of `-m`/`-c`
+    env = {**os.environ, "O2NC_SWEEP_STORAGE": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     popen = partial(subprocess.Popen, [*command, str(logdir)], env=env, cwd=REPO_ROOT)
     started, log = time.perf_counter(), logdir / "workers.log"
     with log.open("w") as out:
@@ -93,20 +89,16 @@ def run_arm(work: Path, label: str, command: list[str], workers: int = 1) -> dic
                   for t in done if t.value is not None)  # fmt: skip
     # (seconds since the first start, best value so far) at each trial better than all before
     curve = [p for i, p in enumerate(ends) if all((p[1] > q[1]) == maximize for q in ends[:i])]
-    return {
-        "label": label, "workers": workers, "trials": len(done), "wall_s": wall,
-        "distinct": len({tuple(sorted(t.params.items())) for t in done}),
-        "duplicates_skipped": sum(DUPLICATE_OF in t.user_attrs for t in study.trials),
-        "best": curve[-1][1] if curve else None, "best_curve": curve,
-        "span_s": (max(t.datetime_complete for t in done) - first).total_seconds(),
-        "epochs": sum(int(t.user_attrs.get("epochs_trained", 0)) for t in done),
-        "trial_s": [(t.datetime_complete - t.datetime_start).total_seconds() for t in done
-                    if t.state == optuna.trial.TrialState.COMPLETE],
-    }  # fmt: skip
+    return {"label": label, "workers": workers, "trials": len(done), "wall_s": wall,
+            "distinct": len({tuple(sorted(t.params.items())) for t in done}),
+            "duplicates_skipped": sum(DUPLICATE_OF in t.user_attrs for t in study.trials),
+            "span_s": (max(t.datetime_complete for t in done) - first).total_seconds(),
+            "epochs": sum(int(t.user_attrs.get("epochs_trained", 0)) for t in done),
+            "trial_s": [t.duration.total_seconds() for t in done if t.state.name == "COMPLETE"],
+            "best": curve[-1][1] if curve else None, "best_curve": curve}  # fmt: skip
 
 
 def run(settings: dict, work: Path) -> dict:
-    """``settings``: overhead [trials, epochs, rounds], scaling and pruning [trials, epochs]."""
     sizes = [settings[k] for k in ("overhead", "scaling", "pruning")]
     if list(map(len, sizes)) != [3, 2, 2] or min(map(min, sizes)) < 1:
         raise ValueError(f"sweep_scaling: overhead is [trials, epochs, rounds], scaling and pruning [trials, epochs], all >= 1; got {sizes}")  # fmt: skip
@@ -114,18 +106,15 @@ def run(settings: dict, work: Path) -> dict:
     train = yaml.safe_load((DEMO.parent / yaml.safe_load(DEMO.read_text())["train_config"]).open())
     dense = {"trainer.log_every_n_steps": train["trainer"].get("log_every_n_steps", 50)}
     bare = f"import sys; from {__name__} import bare_worker; bare_worker(sys.argv[1], "
-    arms = {
-        "o2nc": partial(run_sweep, trials=trials, epochs=epochs, **RANDOM),
-        "o2nc_dense": partial(run_sweep, trials=trials, epochs=epochs, overrides=dense, **RANDOM),
-        "bare": partial(run_arm, command=[sys.executable, "-c", bare + f"{trials}, {epochs})"]),
-    }
+    arms = {"o2nc": partial(run_sweep, trials=trials, epochs=epochs, **RANDOM)}
+    arms["o2nc_dense"] = partial(arms["o2nc"], overrides=dense)
+    arms["bare"] = partial(run_arm, command=[sys.executable, "-c", bare + f"{trials}, {epochs})"])
     measured = []
     for i in range(rounds):  # each round starts with the next arm; the machine may be shared:
         load, order = os.getloadavg()[0], [*arms][i % 3 :] + [*arms][: i % 3]  # load at the start
         m = {n: statistics.median(arms[n](work, f"overhead_{n}_{i}")["trial_s"]) for n in order}
-        measured.append({"o2nc_median_s": m["o2nc"], "o2nc_dense_median_s": m["o2nc_dense"],
-                         "bare_median_s": m["bare"], "ratio": m["o2nc"] / m["bare"],
-                         "dense_ratio": m["o2nc_dense"] / m["bare"], "load_1min": load})  # fmt: skip
+        ratio = {"ratio": m["o2nc"] / m["bare"], "dense_ratio": m["o2nc_dense"] / m["bare"]}
+        measured.append({f"{n}_median_s": m[n] for n in arms} | ratio | {"load_1min": load})
     ratios = [r["ratio"] for r in measured]
     return {
         "overhead": {
@@ -144,34 +133,30 @@ def run(settings: dict, work: Path) -> dict:
 def targets(result: dict) -> list[tuple[str, str, str]]:
     o, one, two = result["overhead"], result["workers"]["one"], result["workers"]["two"]
     ratio, distinct = o["ratio_median"], all(t["distinct"] == t["trials"] for t in (one, two))
-    return [
-        ("o2nc-sweep trial ≤ 1.5× a bare Optuna + Lightning trial (median)",
-         f"{ratio:.2f}× ({o['ratio_min']:.2f}–{o['ratio_max']:.2f}×)", "met" if ratio <= 1.5 else "**missed**"),
-        ("2 workers never evaluate a configuration twice",
-         f"{two['distinct']} distinct of {two['trials']} (1 worker: {one['distinct']} of {one['trials']})",
-         "met" if distinct else "**missed**"),
-    ]  # fmt: skip
+    return [("o2nc-sweep trial ≤ 1.5× a bare Optuna + Lightning trial (median)",
+             f"{ratio:.2f}× ({o['ratio_min']:.2f}–{o['ratio_max']:.2f}×)",
+             "met" if ratio <= 1.5 else "**missed**"),
+            ("2 workers never evaluate a configuration twice",
+             f"{two['distinct']} distinct of {two['trials']} "
+             f"(1 worker: {one['distinct']} of {one['trials']})",
+             "met" if distinct else "**missed**")]  # fmt: skip
 
 
-def _value(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _best(sweep: dict, until: float = float("inf")) -> str:
+    return next((f"{v:.4f}" for at, v in reversed(sweep["best_curve"]) if at <= until + 1e-6), "-")
 
 
 def render(result: dict) -> str:
-    """The section, from the result alone (``env``, or the ``machine`` of the old script's)."""
     o, one, two = result["overhead"], result["workers"]["one"], result["workers"]["two"]
     pruned, unpruned = result["pruning"]["pruned"], result["pruning"]["unpruned"]
     cores = (result.get("env") or result["machine"])["CPU"].split(" usable cores")[0].split()[-1]
     horizon = min(one["span_s"], two["span_s"])
-    best = [_value(([None] + [b for at, b in t["best_curve"] if at <= horizon + 1e-6])[-1])
-            for t in (two, one)]  # fmt: skip
     rounds = [ROUND.format(i=i, **r).split("|") for i, r in enumerate(o["rounds"])]
     sweeps = []
     for t in (one, two, pruned, unpruned):
         hourly = {f"{k}_per_hour": 3600 * t[k] / t["span_s"] for k in ("trials", "distinct")}
-        sweeps.append(SWEEP.format(**t, **hourly, value=_value(t["best"])).split("|"))
-    return f"""\
-The digits demo sweep on {cores} CPU cores, one torch thread per process, SQLite storage. Times come from the trials' own start and end stamps in the study.
+        sweeps.append(SWEEP.format(**t, **hourly, value=_best(t)).split("|"))
+    return f"""The digits demo sweep on {cores} CPU cores, one torch thread per process, SQLite storage. Times come from the trials' own start and end stamps in the study.
 
 ### Per-trial overhead: o2nc-sweep against a bare Optuna + Lightning loop ({o["trials"]} trials × {o["epochs"]} epochs, no pruning)
 
@@ -184,8 +169,8 @@ The digits demo sweep on {cores} CPU cores, one torch thread per process, SQLite
 
 {markdown_table(["sweep", "workers", "trials", "distinct", "trial span (s)", "wall (s)", "trials/hour", "distinct/hour", "epochs", "best val/acc_avg"], sweeps)}
 
-- 2 workers against 1: **{two["distinct"] / two["span_s"] / (one["distinct"] / one["span_s"]):.2f}×** distinct configurations per hour ({two["trials"] / two["span_s"] / (one["trials"] / one["span_s"]):.2f}× trials per hour); best value within the first {horizon:.1f} s: {best[0]} with 2 workers, {best[1]} with 1.
-- Median pruning: **{1 - pruned["epochs"] / unpruned["epochs"]:.0%}** of the epochs saved ({pruned["epochs"]} against {unpruned["epochs"]}); best value {_value(pruned["best"])} with pruning, {_value(unpruned["best"])} without."""
+- 2 workers against 1: **{two["distinct"] / two["span_s"] / (one["distinct"] / one["span_s"]):.2f}×** distinct configurations per hour ({two["trials"] / two["span_s"] / (one["trials"] / one["span_s"]):.2f}× trials per hour); best value within the first {horizon:.1f} s: {_best(two, horizon)} with 2 workers, {_best(one, horizon)} with 1.
+- Median pruning: **{1 - pruned["epochs"] / unpruned["epochs"]:.0%}** of the epochs saved ({pruned["epochs"]} against {unpruned["epochs"]}); best value {_best(pruned)} with pruning, {_best(unpruned)} without."""
 
 
 EXPERIMENTS = (
