@@ -218,14 +218,11 @@ def stop_requested(work: Path) -> bool:
 def run_stoppable_jobs(
     function: Callable[..., Result], tasks: Sequence[Sequence[Any]], workers: int, work: Path
 ) -> list[Result]:
-    """:func:`run_jobs` for jobs that leave their state in order when stopped (an o2nc-sweep study
-    records its running trial and queues it again) and then return ``{"interrupted": True}``.
-
-    A KeyboardInterrupt here would make joblib kill the workers while they do that, so SIGINT and
-    SIGTERM are only recorded, as ``<work>/stop-requested``: the workers, in this process group, get
-    the signal themselves, and a job that starts afterwards returns at once
-    (:func:`stop_requested`). Then KeyboardInterrupt is raised, as after Ctrl-C: the runner exits
-    with 130 and what finished is kept.
+    """:func:`run_jobs` for jobs that put their state in order when stopped (a study queues its
+    running trial again) and return ``{"interrupted": True}``. SIGINT/SIGTERM here only write
+    ``<work>/stop-requested`` (joblib would kill the workers mid-way): the workers, in this process
+    group, get the signal themselves, a job started afterwards returns at once
+    (:func:`stop_requested`), and then KeyboardInterrupt ends the run (exit 130, finished jobs kept).
     """
     import signal
 
