@@ -1,5 +1,6 @@
-"""The fixed-η parity run and the CIFAR-10 experiment through the harness, on tiny settings: real
-Trainer fits, real TensorBoard files read back with tbparse, real JSON and PNG files.
+"""The fixed-η parity run and the CIFAR-10 experiment (the same run of another recipe) through the
+harness, on tiny settings: real Trainer fits, real TensorBoard files read back with tbparse, real
+JSON and PNG files; CIFAR-10 on a tiny archive in its python format.
 
 No test asserts a time or an accuracy: both depend on the machine and on tiny budgets.
 """
@@ -66,35 +67,36 @@ def test_the_committed_parity_result_renders_section_5_and_keeps_its_figures():
 
 
 @pytest.mark.slow
-def test_cifar_pipeline_runs_on_a_tiny_cifar_format_fixture_and_keeps_one_row_per_run():
+def test_cifar_quick_run_is_the_parity_run_of_the_resnet18_recipe_on_a_tiny_fixture(tmp_path):
     before = stored_results()
     cifar = get("cifar10_resnet18")
-    one_batch = {**cifar.quick["trainer"], "limit_train_batches": 1}
-    overrides = {"arms": ["o2nc"], "trainer": one_batch}
-    (first,) = json.loads(run_experiment(cifar, quick=True, overrides=overrides).read_text())[
-        "rows"
-    ]
-    assert first["arm"] == "o2nc" and first["epochs"] == 1 and first["device"] == "cpu"
-    assert 0.0 <= first["test_acc"] <= 1.0 and first["test_acc_avg"] is not None
-    # the same (arm, seed, epochs) replaces its row; another seed adds one
-    rerun = run_experiment(cifar, quick=True, overrides=overrides)
-    assert len(json.loads(rerun.read_text())["rows"]) == 1
-    rows = json.loads(
-        run_experiment(cifar, quick=True, overrides={**overrides, "seeds": [1]}).read_text()
-    )["rows"]
-    assert sorted(r["seed"] for r in rows) == [0, 1]
-    assert "| O2NC (exponential) |" in cifar.render({"rows": rows})
+    path = run_experiment(cifar, quick=True)
     assert stored_results() == before
+    result = json.loads(path.read_text())
+    config = result["config"]
+    assert config["recipe"] == "cifar10_resnet18_sgdm" and config["width"] is None
+    # the recipe's η and β, every arm on the one seed, x̄ read on the exponential run
+    assert (config["lr"], config["beta"]) == (0.1111111111, 0.9)
+    assert [len(v) for v in result["accuracies"].values()] == [1, 1, 1, 1]
+    assert all(0.0 <= v[0] <= 1.0 for v in result["accuracies"].values())
+    assert set(result["stationarity"]) == set(PANEL_TAGS)
+    assert result["figures"] == ["parity_cifar10.png", "stationarity_cifar10.png"]
+    section, rows = render_section(cifar, path.parent, tmp_path / "RESULTS.md")
+    assert (
+        "cifar10, ResNet-18 from `lightning_o2nc`" in section and "(on every parameter)" in section
+    )
+    assert "| O2NC (uniform) |" in section and [row[1:] for row in rows] == cifar.targets(result)
 
 
-def test_without_real_runs_the_cifar_section_says_so_instead_of_showing_numbers():
-    text = get("cifar10_resnet18").render({"rows": []})
-    assert "No CIFAR-10 rows yet" in text and "%" not in text
+def test_without_a_result_the_cifar_section_says_not_run_yet_and_how_to_run_it(tmp_path):
+    section, rows = render_section(get("cifar10_resnet18"), tmp_path, tmp_path / "RESULTS.md")
+    assert section.startswith("**Not run yet.**") and rows == []
+    assert "`python -m benchmarks run cifar10_resnet18 --set data_root=DATA`" in section
 
 
-def test_the_fixture_never_writes_into_the_stored_results():
+def test_a_full_run_refuses_the_fixture_and_leaves_the_stored_results_alone():
     before = stored_results()
-    with pytest.raises(ValueError, match="fixture rows never go into"):
+    with pytest.raises(ValueError, match="fixture is for --quick runs only"):
         run_experiment(get("cifar10_resnet18"), overrides={"fixture": True})
     assert stored_results() == before
 
