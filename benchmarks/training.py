@@ -26,7 +26,6 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,12 +43,12 @@ QUIET_TRAINER: dict[str, Any] = {
 DATA_ROOT = WORK_DIR / "data"
 
 
-def fashion_mnist_dirs() -> list[Path]:
-    """Folders that may hold the Fashion-MNIST idx files, in order of preference:
-    ``$O2NC_FASHION_MNIST_DIR``, the work folder's copy, Debian's ``dataset-fashion-mnist``."""
+def fashion_mnist_data() -> dict[str, Any]:
+    """Where a :class:`~lightning_o2nc.FashionMNISTDataModule` looks for the idx files: the work
+    folder, ``$O2NC_FASHION_MNIST_DIR`` (the GPU check's copy) and Debian's package."""
     chosen = os.environ.get("O2NC_FASHION_MNIST_DIR")
-    debian = Path("/usr/share/datasets/fashion-mnist")
-    return [*([Path(chosen)] if chosen else []), DATA_ROOT / "FashionMNIST" / "raw", debian]
+    debian = "/usr/share/datasets/fashion-mnist"
+    return {"root": str(DATA_ROOT), "system_dirs": [*([chosen] if chosen else []), debian]}
 
 
 def train_hyperparameters(dataset: str) -> dict[str, Any]:
@@ -68,18 +67,11 @@ def make_datamodule(dataset: str, batch_size: int, seed: int = 0, num_workers: i
     """``"digits"`` or ``"fashion_mnist"`` as the Lightning layer's data module."""
     from lightning_o2nc import DigitsDataModule, FashionMNISTDataModule
 
+    loader = {"batch_size": batch_size, "seed": seed, "num_workers": num_workers}
     if dataset == "digits":
-        return DigitsDataModule(batch_size=batch_size, seed=seed, num_workers=num_workers)
+        return DigitsDataModule(**loader)
     if dataset == "fashion_mnist":
-        return FashionMNISTDataModule(
-            root=str(DATA_ROOT),
-            system_dirs=[
-                str(d) for d in fashion_mnist_dirs() if d != DATA_ROOT / "FashionMNIST" / "raw"
-            ],
-            batch_size=batch_size,
-            seed=seed,
-            num_workers=num_workers,
-        )
+        return FashionMNISTDataModule(**fashion_mnist_data(), **loader)
     raise ValueError(f"Unknown dataset {dataset!r}; valid: digits, fashion_mnist")
 
 

@@ -25,7 +25,7 @@ from lightning_o2nc.shipped_configs import resolve_config
 
 from ..harness import Experiment, run_jobs, work_dir
 from ..stats import difference_text, markdown_table, mean_std
-from ..training import DATA_ROOT, QUIET_TRAINER, fashion_mnist_dirs
+from ..training import QUIET_TRAINER, fashion_mnist_data
 
 ARMS: dict[str, dict[str, Any]] = {
     "SGDM": {"optimizer": "sgdm", "average": False},
@@ -69,7 +69,7 @@ def run_parity(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     c["decay_bias_and_norm"] = model.get("decay_bias_and_norm", False)  # the recipe's, for the text
     data |= {"batch_size": c["batch_size"], "num_workers": c["num_workers"]}
     if c["dataset"] == "fashion_mnist":
-        data |= {"root": str(DATA_ROOT), "system_dirs": [str(d) for d in fashion_mnist_dirs()]}
+        data |= fashion_mnist_data()
     if c["dataset"] == "cifar10":  # the data, or (--quick only) a tiny archive in its format
         if c["fixture"] and work.parent != work_dir() / "quick":
             raise ValueError("cifar10_resnet18: the tiny fixture is for --quick runs only")
