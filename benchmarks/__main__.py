@@ -38,11 +38,10 @@ def _overrides(pairs: list[str]) -> dict:
 
 def list_experiments() -> None:
     for e in every():
-        print(
-            f"{e.name}: {e.title}\n  run:         {e.command or 'python -m benchmarks run ' + e.name}"
-        )
-        print(f"  workload:    {e.workload}\n  arms:        {', '.join(e.arms)}")
-        print(f"  measurement: {e.measurement}\n  settings:    {e.settings}\n")
+        how = e.command or f"python -m benchmarks run {e.name}"
+        print(f"{e.name}: {e.title}\n  run:         {how}\n  workload:    {e.workload}")
+        print(f"  arms:        {', '.join(e.arms)}\n  measurement: {e.measurement}")
+        print(f"  settings:    {e.settings}\n")
 
 
 def run(names: list[str], quick: bool, overrides: dict) -> int:
@@ -56,13 +55,11 @@ def run(names: list[str], quick: bool, overrides: dict) -> int:
     for experiment in experiments:
         print(f"\n=== {experiment.name} ===", flush=True)
         try:
-            path = run_experiment(experiment, quick, overrides)
+            outcome = f"wrote {run_experiment(experiment, quick, overrides)}"
         except Exception:
             traceback.print_exc()
-            print(f"=== {experiment.name}: FAILED ===", flush=True)
-            failed += 1
-            continue
-        print(f"=== {experiment.name}: wrote {path} ===", flush=True)
+            outcome, failed = "FAILED", failed + 1
+        print(f"=== {experiment.name}: {outcome} ===", flush=True)
     folder = quick_dir() if quick else RESULTS_DIR
     output = folder.parent / "RESULTS.md" if quick else RESULTS_PATH
     render(folder, output)

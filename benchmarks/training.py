@@ -198,45 +198,34 @@ def train_config(
     from lightning_o2nc.lightning.cli import build_run
 
     torch.set_num_threads(threads)
-    started = time.perf_counter()
-    trace = StepTrace()
-    averages = HorizonAverages(horizons)
+    started, trace, averages = time.perf_counter(), StepTrace(), HorizonAverages(horizons)
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False}
     trainer, model, datamodule = build_run(
-        config,
-        extra_callbacks=[trace, averages],
-        logger=False,
-        trainer_overrides={"enable_progress_bar": False, "enable_model_summary": False},
+        config, extra_callbacks=[trace, averages], logger=False, trainer_overrides=quiet
     )
     trainer.fit(model, datamodule=datamodule)
-    result: dict[str, Any] = {
-        "diverged_at": trace.diverged_at,
-        "steps": len(trace.losses),
-        "max_scale": max(trace.scales, default=1.0),
-        "losses": trace.losses,
-        "scales": trace.scales,
-    }
+    result: dict[str, Any] = {"diverged_at": trace.diverged_at, "steps": len(trace.losses)}
+    result |= {"max_scale": max(trace.scales, default=1.0), "losses": trace.losses}
+    result["scales"] = trace.scales
+    averaged = {str(b): averages.averaged(b) for b in averages.betas}  # x̄ per horizon
+    optimizer = trainer.optimizers[0]
+    if getattr(optimizer, "average", False):
+        averaged["optimizer"] = optimizer_average(model, optimizer)
     if trace.diverged_at is None:
         datamodule.setup("test")
         limit = trainer.limit_test_batches
-        limit = limit if isinstance(limit, int) else None
-        test_batches = list(itertools.islice(datamodule.test_dataloader(), limit))
-        train_batches = list(itertools.islice(datamodule.train_dataloader(), BN_UPDATE_BATCHES))
-        result["test_acc"] = accuracy(model, test_batches)
-        result["test_acc_avg"] = None
-        optimizer = trainer.optimizers[0]
-        if getattr(optimizer, "average", False):
-            result["test_acc_avg"] = accuracy_at(
-                model, optimizer_average(model, optimizer), train_batches, test_batches
+        test_batches = list(
+            itertools.islice(
+                datamodule.test_dataloader(), limit if isinstance(limit, int) else None
             )
-        result["test_acc_horizon"] = {
-            str(b): accuracy_at(model, averages.averaged(b), train_batches, test_batches)
-            for b in averages.betas
-        }
+        )
+        train_batches = list(itertools.islice(datamodule.train_dataloader(), BN_UPDATE_BATCHES))
+        at_x = accuracy(model, test_batches)
+        at = {k: accuracy_at(model, w, train_batches, test_batches) for k, w in averaged.items()}
     else:  # a diverged run predicts one class at best: score it as chance, not as an error
-        chance = 1.0 / datamodule.num_classes
-        result["test_acc"] = chance
-        result["test_acc_avg"] = chance if config["model"].get("average") else None
-        result["test_acc_horizon"] = {str(b): chance for b in horizons}
+        at_x = 1.0 / datamodule.num_classes
+        at = dict.fromkeys(averaged, at_x)
+    result |= {"test_acc": at_x, "test_acc_avg": at.pop("optimizer", None), "test_acc_horizon": at}
     result["seconds"] = time.perf_counter() - started
     at_horizons = {f"x̄({b})": acc for b, acc in result["test_acc_horizon"].items()}
     found = {"x": result["test_acc"], "x̄": result["test_acc_avg"], **at_horizons}
