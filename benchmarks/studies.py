@@ -1,6 +1,5 @@
 """Optuna studies that a stop request leaves resumable: each in ``<work>/<study name>/``
-(``sweep.yaml``, ``study.db``), continued by the same command or ``o2nc-sweep --config`` that file.
-"""
+(``sweep.yaml``, ``study.db``), continued by the same command or ``o2nc-sweep --config`` it."""
 
 from __future__ import annotations
 
