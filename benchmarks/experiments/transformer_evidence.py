@@ -21,10 +21,10 @@ from lightning_o2nc.lightning.cli import build_run
 from lightning_o2nc.sweeps.objective import FAIL_REASON
 from lightning_o2nc.sweeps.signals import INTERRUPTED_BY
 
-from ..harness import REPO_ROOT, Experiment, run_jobs, run_stoppable_jobs, stop_requested
+from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
+from ..studies import SEEDED, run_stoppable_jobs, run_study, write_sweep
 from ..training import QUIET_TRAINER, HorizonAverages
-from .tuned_parity import SEEDED, run_study, write_sweep
 
 SWEEP_FILE = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "shakespeare_char.yaml"
 TRAIN_CONFIGS = {"adamw": "shakespeare_char_adamw.yaml", "sgd": "shakespeare_char_o2nc.yaml"}
@@ -43,9 +43,7 @@ ARMS = {
     "sgdm": {"optimizer": "sgdm", "scaling": None, "family": "sgd"},
     "o2nc": {"optimizer": "o2nc", "scaling": "exponential", "family": "sgd"},
 }
-#: Trial counts per arm, by outcome (:func:`_counts`; ``interrupted`` is not stored).
 COUNTS = ("trials", "completed", "pruned", "diverged", "failed")
-#: (arm, its baseline) pairs compared with Welch's test.
 COMPARISONS = [("o2nc_adamw", "adamw"), ("o2nc", "sgdm")]
 
 
@@ -61,8 +59,8 @@ def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> 
 
 
 def _counts(trials: list[Any]) -> dict[str, int]:
-    """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, or the end of a
-    session) was queued again: it counts only as ``interrupted``, never as a trial or a failure."""
+    """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, session end) was
+    queued again: it counts only as ``interrupted`` (not stored), never as a trial or failure."""
     kept = [t for t in trials if INTERRUPTED_BY not in t.user_attrs]
     states, reasons = [t.state.name for t in kept], [t.user_attrs.get(FAIL_REASON) for t in kept]
     # the sweep fails a diverged trial with its reason ("non-finite training loss ...")
@@ -76,9 +74,8 @@ def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
     """Run (or continue) one arm's study until it holds the trial and completion counts."""
     started, n_trials = time.perf_counter(), settings["min_trials"]
     while True:
-        stopped = stop_requested(work)  # the comparison was stopped: start no study, no round
-        study = None if stopped else run_study(arm_sweep(settings, work, arm, n_trials), work)
-        if study is None:  # stopped before or during this round
+        study = run_study(work, arm_sweep, settings, work, arm, n_trials)
+        if study is None:  # a stop request came before or during this round
             return {"arm": arm, "interrupted": True}
         counts = _counts(study.trials)
         missing = settings["min_complete"] - counts["completed"]
@@ -145,11 +142,11 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     runs = run_jobs(seed_run, tasks, settings["workers"], cache=work / "jobs")
     arms, horizons = {}, [str(b) for b in settings["horizons"]]
     for study in tuned:
-        arm, mine = study["arm"], [r for r in runs if r["arm"] == study["arm"]]
-        arms[arm] = {key: study[key] for key in (*COUNTS, "best", "best_value")} | {"runs": mine}
-        arms[arm] |= {"val_loss": [r["val_loss"] for r in mine], "tuning_seconds": study["seconds"]}
-        arms[arm]["val_loss_avg"] = {b: [r["val_loss_avg"][b] for r in mine] for b in horizons}
-        seconds = statistics.fmean(r["seconds"] for r in mine)  # per run
+        arm, own = study["arm"], [r for r in runs if r["arm"] == study["arm"]]
+        arms[arm] = {key: study[key] for key in (*COUNTS, "best", "best_value")} | {"runs": own}
+        arms[arm] |= {"val_loss": [r["val_loss"] for r in own], "tuning_seconds": study["seconds"]}
+        arms[arm]["val_loss_avg"] = {b: [r["val_loss_avg"][b] for r in own] for b in horizons}
+        seconds = statistics.fmean(r["seconds"] for r in own)  # per run
         arms[arm] |= {"seconds": seconds, "optimizer": ARMS[arm]}
     sweep = {"sampler": yaml.safe_load(SWEEP_FILE.read_text())["sampler"], "spaces": SPACES}
     result = {"steps": settings["steps"], "config": settings, "sweep": sweep}
@@ -201,8 +198,7 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     """Validation loss at x against step, mean ± sd over seeds, one line per arm."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5, 4), dpi=90, layout="tight")
-    ax = fig.subplots()
+    ax = Figure(figsize=(6.5, 4), dpi=90, layout="tight").subplots()
     for index, (arm, data) in enumerate(result["arms"].items()):
         points = [(int(s), v) for run in data["runs"] for s, v, _ in run["curve"] if _finite([v])]
         steps = sorted({step for step, _ in points})
@@ -215,7 +211,7 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     ax.set_title("Character-level GPT, each arm at its tuned configuration (mean ± sd)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(folder / "transformer_evidence.png")
+    ax.figure.savefig(folder / "transformer_evidence.png")
     return ["transformer_evidence.png"]
 
 

@@ -15,39 +15,16 @@ from typing import Any
 
 import yaml
 
-from lightning_o2nc.sweeps import run_sweep
-from lightning_o2nc.sweeps.config import load_sweep_config
-from lightning_o2nc.sweeps.signals import TrialInterrupted
-
-from ..harness import REPO_ROOT, Experiment, run_jobs, run_stoppable_jobs, stop_requested
+from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import difference_text, markdown_table, mean_std
+from ..studies import SEEDED, run_stoppable_jobs, run_study, write_sweep
 from ..training import train_config
 
 #: Arm name -> ``model.scaling``. SGDM is the same optimizer with s = 1 (torch SGD's update).
 ARMS = {"SGDM": "none", "O2NC (exponential)": "exponential", "O2NC (uniform)": "uniform"}
 BASELINE = "SGDM"
-#: What a seed sets: the initialization, the data split and order, and the scalar stream.
-SEEDED = ("seed_everything", "model.seed", "data.init_args.seed")
 FINISHED = ("COMPLETE", "PRUNED")  # a trial's states that hold a result
 LIMITS = [f"trainer.limit_{split}_batches" for split in ("train", "val", "test")]
-
-
-def write_sweep(spec: dict[str, Any], work: Path) -> Any:
-    """``spec`` written to ``<work>/<study>/sweep.yaml`` (``o2nc-sweep --config`` it continues it)."""
-    path = work / spec["study_name"] / "sweep.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return load_sweep_config(path)
-
-
-def run_study(sweep: Any, work: Path) -> Any:
-    """Run (or continue) ``sweep``'s study in ``<work>/<study>``; None if a stop interrupted it."""
-    folder, quiet = work / sweep.study_name, {"progress": False, "plots": False}
-    try:
-        outcome = run_sweep(sweep, logdir=folder, storage=f"sqlite:///{folder}/study.db", **quiet)
-    except TrialInterrupted:  # a stop request before the study was opened
-        return None
-    return None if outcome.interrupted else outcome.study
 
 
 def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> Any:
@@ -64,9 +41,8 @@ def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> An
 
 def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[str, Any]:
     """Run (or continue) one arm's study at one budget: its best trial and its trial counts."""
-    stopped = stop_requested(work)  # the comparison was stopped before this study started
-    study = None if stopped else run_study(arm_sweep(settings, work, arm, epochs), work)
-    if study is None:
+    study = run_study(work, arm_sweep, settings, work, arm, epochs)
+    if study is None:  # a stop request came before or during the study
         return {"arm": arm, "epochs": epochs, "interrupted": True}
     states, best = [t.state.name for t in study.trials], study.best_trial
     # workers that start together draw the same first points from the seeded sampler

@@ -10,13 +10,8 @@ import pytest
 
 from benchmarks.experiments import get
 from benchmarks.experiments.transformer_evidence import _counts, tune
-from benchmarks.harness import (
-    RESULTS_DIR,
-    STOP_FILE,
-    read_result,
-    run_experiment,
-    run_stoppable_jobs,
-)
+from benchmarks.harness import RESULTS_DIR, read_result, run_experiment
+from benchmarks.studies import STOP_FILE, run_stoppable_jobs
 
 WORDS = [
     "to",
