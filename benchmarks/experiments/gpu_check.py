@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from lightning_o2nc import ExponentiatedO2NC, O2NCAdamW
@@ -22,8 +21,7 @@ from ..timing import summarize, time_arms
 from . import step_overhead, throughput
 
 DRY_RUN = os.environ.get("O2NC_GPU_CHECK_DRY_RUN", "") not in ("", "0")
-DEVICE, BACKEND = ("cpu", "gloo") if DRY_RUN else ("cuda", "nccl")
-ROUNDS, BLOCK = (2, 0.001) if DRY_RUN else (20, 0.05)  # of time_arms
+DEVICE, BACKEND, ROUNDS, BLOCK = ("cpu", "gloo", 2, 1e-3) if DRY_RUN else ("cuda", "nccl", 20, 0.05)
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.sh"
 TESTS = ("tests/optim/test_cuda_no_host_sync.py", "tests/lightning/test_wrapper_precision.py",
          "tests/optim/test_fsdp2.py", "tests/lightning/test_model_parallel.py")  # fmt: skip
@@ -45,39 +43,28 @@ def part_tests() -> dict:
     return {"tests": status, "failed": failed, "output": "\n".join(lines[-40:])}
 
 
-def mlp(mesh: object = None) -> nn.Module:
-    """A 256-512-512-10 MLP, seed 0; with a mesh, ``fully_shard`` per linear layer and whole."""
-    torch.manual_seed(0)
-    layers = [nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 10)]
-    model = nn.Sequential(*layers).to(DEVICE)
-    for module in [*model[::2], model] if mesh else []:  # the linear layers, then the whole
-        fully_shard(module, mesh=mesh)
-    return model
-
-
 def largest(plain: list, sharded: list) -> float:
     return max(float((a - b.full_tensor()).abs().max()) for a, b in zip(plain, sharded))
 
 
 def part_sharded() -> dict:
     dist.init_process_group(BACKEND, store=dist.HashStore(), rank=0, world_size=1)
-    mesh, found, steps = dist.init_device_mesh(DEVICE, (1,)), {}, {}
+    mesh, found = dist.init_device_mesh(DEVICE, (1,)), {}
     for name in ("O2NCAdamW average=True", "ExponentiatedO2NC average=True"):
-        models = (mlp(), mlp(mesh))
-        optimizers = [SHARDED[name](model.parameters()) for model in models]
+        torch.manual_seed(0)
+        plain, sharded = (step_overhead.MODELS["mlp"]().to(DEVICE) for _ in range(2))
+        sharded.load_state_dict(plain.state_dict())
+        fully_shard(sharded, mesh=mesh)
+        optimizers = [SHARDED[name](model.parameters()) for model in (plain, sharded)]
         for _ in range(20):
-            x, y = torch.randn(32, 256, device=DEVICE), torch.randint(0, 10, (32,), device=DEVICE)
-            for model, optimizer in zip(models, optimizers):
-                nn.functional.cross_entropy(model(x), y).backward()
-                optimizer.step()
+            x, y = torch.randn(32, 64, device=DEVICE), torch.randint(0, 10, (32,), device=DEVICE)
+            for model, optimizer in zip((plain, sharded), optimizers):
                 optimizer.zero_grad()
-        found[name] = {"weights": largest(*(m.parameters() for m in models))}
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+        found[name] = {"weights": largest(plain.parameters(), sharded.parameters())}
         found[name]["x_bar"] = largest(*(o.averaged_iterate() for o in optimizers))
-    for name, build in SHARDED.items():  # the step alone, on the gradients of one backward
-        model = mlp(mesh)
-        steps[name] = build(model.parameters()).step
-        model(torch.randn(64, 256, device=DEVICE)).square().mean().backward()
-        steps[name]()
+    steps = {n: b(sharded.parameters()).step for n, b in SHARDED.items()}  # on the last gradients
     timed = summarize(time_arms(steps, ROUNDS, BLOCK), dict.fromkeys(steps, "AdamW"))
     dist.destroy_process_group()
     return {"largest_difference": found, "step": timed}
@@ -90,17 +77,15 @@ def part_step() -> dict:
 
 
 def part_train_lightning() -> dict:
-    settings = throughput.EXPERIMENTS[0].settings | {"backbone": "resnet18_cifar", "repeats": 3}
-    settings |= {"accelerator": "gpu", "num_workers": 8, "warmup_batches": 10, "batches": 60}
-    if DRY_RUN:  # throughput's quick settings
-        settings |= throughput.EXPERIMENTS[0].quick | {"accelerator": "cpu", "num_workers": 0}
+    fit = throughput.EXPERIMENTS[0]
+    settings = fit.settings | {"backbone": "resnet18_cifar", "repeats": 3, "accelerator": DEVICE}
+    settings |= fit.quick | {"num_workers": 0} if DRY_RUN else {"num_workers": 8, "batches": 60}
     return throughput.run(settings, Path(os.environ.get("OUT", "."), "logs"))
 
 
 def part(name: str, out: str) -> None:
     """Run part ``name`` and write ``out/part_<name>.json`` (gpu_check.sh logs its seconds)."""
-    found = json.dumps(globals()[f"part_{name}"](), indent=1, default=str)
-    Path(out, f"part_{name}.json").write_text(found)
+    Path(out, f"part_{name}.json").write_text(json.dumps(globals()[f"part_{name}"](), default=str))
 
 
 def run(settings: dict, work: Path) -> Result:
@@ -122,17 +107,14 @@ def render_sharded(part: dict) -> str:
     return f"{text}\n\nThe step alone:\n\n{markdown_table(['arm', 'vs AdamW (IQR)'], rows)}"
 
 
-RENDER = {  # part -> (section title, its Markdown)
-    "tests": ("pytest on the GPU", lambda p: f"**{p['tests']}**; failed: {p['failed'] or 'none'}"),
-    "step": ("Step time on CUDA", step_overhead.render),
-    "sharded": ("fully_shard on a mesh of 1 against the unsharded optimizer", render_sharded),
-    "train_lightning": ("Lightning fit on the GPU (ResNet-18, Fashion-MNIST)", throughput.render),
-}
-
-
 def render(result: Result) -> str:
     parts, text = result["parts"], [f"GPU: {result.get('env', {}).get('GPU')}."]
-    for name, (title, body) in RENDER.items():
+    for name, title, body in (
+        ("tests", "pytest on CUDA", lambda p: f"**{p['tests']}**; failed: {p['failed'] or 'none'}"),
+        ("step", "Step time on CUDA", step_overhead.render),
+        ("sharded", "fully_shard on a mesh of 1 against the unsharded optimizer", render_sharded),
+        ("train_lightning", "Lightning fit on CUDA (ResNet-18)", throughput.render),
+    ):
         missing = f"Part `{name}` did not finish (see gpu_check.log)."
         text += [f"### {title}", body(parts[name]) if name in parts else missing]
     return "\n\n".join(text)
@@ -163,7 +145,6 @@ EXPERIMENTS = (
         settings={"parts": "benchmarks/_work/gpu_out", "dry_run": False},
         quick={"dry_run": True},
         targets=targets,
-        command="OUT=DIR bash benchmarks/gpu_check.sh (on a CUDA GPU), then cp DIR/gpu_check.json"
-        " benchmarks/results/",
+        command="OUT=DIR bash benchmarks/gpu_check.sh; cp DIR/gpu_check.json benchmarks/results/",
     ),
 )

@@ -1,6 +1,5 @@
-"""Training throughput of Lightning fits (same model, data and seed per repetition, arms in a fresh
-order): O2NC against SGDM (``scaling="none"``) and torch's SGD; samples/s after the warm-up (CUDA
-synchronized), ratios paired per repetition (a missed median whose range straddles 1 is noise)."""
+"""Lightning fit throughput, O2NC against SGDM (``scaling="none"``) and torch's SGD: samples/s after
+the warm-up (device synchronized), paired per repetition (same seed, arms in a fresh order)."""
 
 from __future__ import annotations
 
@@ -23,28 +22,24 @@ ARMS = ("O2NC", *BASELINES, "O2NC + average + monitor")  # the last: x_bar kept,
 
 
 class TorchSGDModule(O2NCModule):
-    """O2NCModule on torch's SGD: ``lr = zeta * eta``, ``momentum = zeta = beta / (1 + eta mu)``."""
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """torch's SGD: ``lr = zeta * eta``, ``momentum = zeta = beta / (1 + eta mu)``."""
         hp, groups = self.hparams, param_groups_weight_decay(self, self.hparams.weight_decay)
         zeta = hp.beta / (1.0 + hp.lr * hp.mu)
         return torch.optim.SGD(groups, lr=zeta * hp.lr, momentum=zeta, foreach=hp.foreach)
 
 
 def fit(config: dict, arm: str, seed: int, work: Path) -> float:
-    """One short fit of ``arm``: samples per second over the batches after the warm-up."""
+    def tick(trainer: pl.Trainer, module: O2NCModule, outputs: dict, batch: list, i: int) -> None:
+        outputs["loss"].item()  # a host sync: the clock reads once the device is done
+        ticks.append((time.perf_counter(), len(batch[1])))  # at each training batch's end
+
     pl.seed_everything(seed, workers=True, verbose=False)
     data = make_datamodule(config["dataset"], config["batch_size"], seed, config["num_workers"])
     net = make_backbone(config["backbone"], data.input_shape, data.num_classes, config["width"])
     kind, extra, ticks = TorchSGDModule if arm == BASELINES[1] else O2NCModule, arm == ARMS[-1], []
     hp = {k: config[k] for k in ("lr", "beta", "weight_decay")} | {"seed": seed, "monitor": extra}
     module = kind(net, optimizer="sgdm" if arm in BASELINES else "o2nc", average=extra, **hp)
-
-    def tick(trainer: pl.Trainer, module: O2NCModule, outputs: object, batch: list, i: int) -> None:
-        if module.device.type == "cuda":  # the clock reads once the device is done
-            torch.cuda.synchronize(module.device)
-        ticks.append((time.perf_counter(), len(batch[1])))  # at each training batch's end
-
     logger = extra and pl.loggers.TensorBoardLogger(str(work))  # O2NCMonitor logs through it
     options = {"max_steps": config["warmup_batches"] + config["batches"], "limit_val_batches": 0}
     options |= {"accelerator": config["accelerator"], "devices": 1, "logger": logger}
