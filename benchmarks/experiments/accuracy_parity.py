@@ -60,16 +60,14 @@ def config_run(config: dict[str, Any], arm: str, seed: int, work: Path) -> dict[
 
 
 def run_parity(settings: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Every (seed, arm) of the train config ``recipe`` with the settings that are not None (a
-    ``width``: SmallCNN(width) as backbone), on ``workers`` processes, cached under ``work``."""
+    """Every (seed, arm) of the train config ``recipe`` with the settings that are not None."""
     c = {**settings, "recipe": settings["recipe"] or f"{settings['dataset']}_sgdm"}
     recipe = yaml.safe_load(Path(resolve_config(c["recipe"], "train")).read_text())
     model, data, trainer = recipe["model"], recipe["data"]["init_args"], recipe["trainer"]
     c |= {k: v for k, v in (model | data).items() if k in c and c[k] is None}  # None: the recipe's
     c["decay_bias_and_norm"] = model.get("decay_bias_and_norm", False)  # the recipe's, for the text
     data |= {"batch_size": c["batch_size"], "num_workers": c["num_workers"]}
-    if c["dataset"] == "fashion_mnist":
-        data |= fashion_mnist_data()
+    data |= fashion_mnist_data() if c["dataset"] == "fashion_mnist" else {}
     if c["dataset"] == "cifar10":  # the data, or (--quick only) a tiny archive in its format
         if c["fixture"] and work.parent != work_dir() / "quick":
             raise ValueError("cifar10_resnet18: the tiny fixture is for --quick runs only")
@@ -83,7 +81,7 @@ def run_parity(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     trainer |= QUIET_TRAINER
     model |= {k: c[k] for k in ("lr", "beta", "weight_decay", "certificate_c")}
     model["schedules"] = {"lr": {"shape": c["lr_schedule"]}}
-    if c["width"]:  # digits and Fashion-MNIST: one channel
+    if c["width"]:  # SmallCNN(width) as backbone; digits and Fashion-MNIST: one channel
         cnn = {"in_channels": 1, "num_classes": 10, "width": c["width"]}
         model["backbone"] = {"class_path": "lightning_o2nc.SmallCNN", "init_args": cnn}
     tasks, panel_run = [], ("O2NC (exponential)", c["seeds"][0])  # it logs O2NCMonitor's panel
@@ -124,7 +122,6 @@ def parity_targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def render_parity(result: dict[str, Any]) -> str:
-    """The fixed-η tables and the stationarity panel's first and last values."""
     c, accuracies = result["config"], result["accuracies"]
     decay = "on every parameter" if c.get("decay_bias_and_norm") else "not on biases/BatchNorm"
     epochs = f"{c['epochs']} full epochs"
@@ -216,20 +213,17 @@ PARITY = {  # None: the recipe's (recipe: {dataset}_sgdm); workers: processes, n
     "certificate_c": 1.0, "log_every_n_steps": 10, "seeds": [0, 1, 2, 3, 4], "workers": 2,
     "num_workers": 0, "batch_size": None, "lr": None, "beta": None, "weight_decay": None,
 }
-PARITY_QUICK = {
-    "dataset": "digits", "epochs": 1, "limit_train_batches": 0, "batch_size": 64, "val_batches": 2,
-    "log_every_n_steps": 2, "seeds": [0, 1], "workers": 0,
-}
+PARITY_QUICK = {"dataset": "digits", "epochs": 1, "limit_train_batches": 0, "batch_size": 64,
+                "val_batches": 2, "log_every_n_steps": 2, "seeds": [0, 1], "workers": 0}
 CIFAR = {  # the recipe's backbone (ResNet-18) and epochs; one fit at a time
     **PARITY, "dataset": "cifar10", "recipe": "cifar10_resnet18_sgdm", "width": None, "epochs": 200,
     "limit_train_batches": 0, "val_batches": None, "log_every_n_steps": 50, "seeds": [0, 1, 2],
     "workers": 0, "accelerator": "auto", "num_workers": None, "data_root": "data", "fixture": False,
     "val_size": 5000,
 }
-CIFAR_QUICK = {
-    "fixture": True, "val_size": 16, "accelerator": "cpu", "epochs": 1, "limit_train_batches": 2,
-    "batch_size": 16, "val_batches": 1, "log_every_n_steps": 1, "seeds": [0], "num_workers": 0,
-}
+CIFAR_QUICK = {"fixture": True, "val_size": 16, "accelerator": "cpu", "epochs": 1, "seeds": [0],
+               "limit_train_batches": 2, "batch_size": 16, "val_batches": 1, "num_workers": 0,
+               "log_every_n_steps": 1}
 # fmt: on
 PARTS = {"arms": (*ARMS, AVERAGED_ARM), "run": run_parity, "render": render_parity}
 PARTS |= {"figure": figure_parity, "targets": parity_targets}

@@ -1,20 +1,17 @@
 """Accuracy against η for SGDM and O2NC, and where each stops training: the η-sensitivity grid.
 
-Each dataset trains its sweep file's train config (β = 0.9, μ = 0, the config's own η schedule)
-for every arm (``model.scaling``), every η of a log grid and every seed. Per run: the test
-accuracy at x and the *blow-up step*, the first step whose training loss is non-finite or above
-``BLOWUP_FACTOR`` · ln(10) (three times a uniform guess's), with the largest s of the ``LOOKBACK``
-steps before it: had the Exp(1) tail caused the blow-up (P(s > t) = e^{-t}), that s would sit far
-in the tail. An arm *trains* at η when its mean accuracy is at least halfway from chance to the
-dataset's best mean.
+A run's *blow-up step* is its first with a non-finite training loss or one above
+``BLOWUP_FACTOR`` · ln(10) (three times a uniform guess's). Had the Exp(1) tail caused it
+(P(s > t) = e^{-t}), the largest s of the ``LOOKBACK`` steps before would sit far in the tail. An
+arm *trains* at η when its mean accuracy is at least halfway from chance to the dataset's best.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from pathlib import Path
+from statistics import fmean, median
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -34,6 +31,9 @@ ARMS = {"SGDM": "none", "O2NC (exponential)": "exponential", "O2NC (uniform)": "
 BLOWUP_FACTOR, LOOKBACK, CHANCE = 3.0, 5, 0.1  # both datasets have 10 classes
 FIXED = {"model.beta": 0.9, "model.mu": 0.0, "model.average": False, "model.monitor": False}
 FIXED["trainer.enable_checkpointing"] = False
+HEADERS = ["arm", "best η", "acc at best η %", "largest η that trains", "runs that blew up"]
+HEADERS += ["largest s drawn", f"largest s in the {LOOKBACK} steps before a blow-up"]
+HEADERS += ["SGDM's best η / this arm's", "SGDM's largest η that trains / this arm's"]
 
 
 def grid_run(dataset: str, arm: str, eta: float, seed: int, overrides: dict) -> dict[str, Any]:
@@ -56,16 +56,14 @@ def blowup(losses: list[float], scales: list[float]) -> dict[str, Any]:
 
 
 def tail_of_largest(arm: str, s: float) -> float:
-    """P(the largest of LOOKBACK draws of the arm's scale is >= s): Exp(1): 1 - (1 - e^{-s})^k;
-    U(0, 2): 1 - (s / 2)^k. Draws far in the Exp(1) tail give a small value, ordinary ones ~0.5."""
-    if ARMS[arm] == "exponential":
-        return 1.0 - (1.0 - math.exp(-s)) ** LOOKBACK
-    return 1.0 - min(s / 2.0, 1.0) ** LOOKBACK
+    """P(the largest of k = LOOKBACK draws of the arm's scale is ≥ s) = 1 − F(s)^k, with F(s) =
+    1 − e^{-s} for Exp(1), s / 2 for U(0, 2): small far in the Exp(1) tail, ~0.5 for usual draws."""
+    cdf = 1.0 - math.exp(-s) if ARMS[arm] == "exponential" else min(s / 2.0, 1.0)
+    return 1.0 - cdf**LOOKBACK
 
 
 def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Every (dataset, η, seed, arm), largest η first; each finished run is cached under ``work``,
-    so a rerun (more seeds, more η) trains only what it lacks."""
+    """Every (dataset, η, seed, arm), largest η first, cached: a rerun trains only what it lacks."""
     if unknown := sorted(set(settings["datasets"]) - set(SWEEP_FILES)):
         raise ValueError(f"eta_sensitivity: unknown datasets {unknown}; valid: {list(SWEEP_FILES)}")
     epochs = {"fashion_mnist": {"trainer.max_epochs": settings["fashion_epochs"]}}
@@ -76,26 +74,20 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     return {"config": settings, "fixed": FIXED, "runs": runs}
 
 
-def curves(result: dict[str, Any], dataset: str) -> dict[str, dict[float, list[float]]]:
-    """arm -> η -> test accuracies over seeds."""
-    table: dict[str, dict[float, list[float]]] = {arm: {} for arm in ARMS}
+def summary(result: dict[str, Any], dataset: str) -> dict[str, dict[str, Any]]:
+    """Per arm: the test accuracies at each η (over seeds), the best η and its mean accuracy, the
+    largest η that trains, the blow-ups and the largest s drawn, overall and before a blow-up."""
+    out: dict[str, dict[str, Any]] = {arm: {"accuracies": {}} for arm in ARMS}
     for r in result["runs"]:
         if r["dataset"] == dataset:
-            table[r["arm"]].setdefault(r["eta"], []).append(r["test_acc"])
-    return table
-
-
-def summary(result: dict[str, Any], dataset: str) -> dict[str, dict[str, Any]]:
-    """Per arm: best η and its accuracy, the largest η that trains, the blow-ups and the s before."""
-    table = curves(result, dataset)
-    means = {arm: {e: statistics.fmean(v) for e, v in row.items()} for arm, row in table.items()}
+            out[r["arm"]]["accuracies"].setdefault(r["eta"], []).append(r["test_acc"])
+    means = {arm: {e: fmean(v) for e, v in o["accuracies"].items()} for arm, o in out.items()}
     threshold = CHANCE + 0.5 * (max(m for row in means.values() for m in row.values()) - CHANCE)
-    out = {}
     for arm, row in means.items():
         runs = [r for r in result["runs"] if r["dataset"] == dataset and r["arm"] == arm]
         blown = [r for r in runs if r["blowup_step"] is not None]
         before = [r["scale_before_blowup"] for r in blown if r["blowup_step"] > 1]
-        out[arm] = {
+        out[arm] |= {
             "best_eta": (best := max(row, key=row.get)),
             "best_acc": row[best],
             "largest_training_eta": max([e for e, m in row.items() if m >= threshold] or [None]),
@@ -110,7 +102,7 @@ def summary(result: dict[str, Any], dataset: str) -> dict[str, dict[str, Any]]:
 def _summary_row(arm: str, row: dict[str, Any], sgdm: dict[str, Any]) -> tuple:
     before, trains, tail = row["scales_before_blowup"], row["largest_training_eta"], "—"
     if before and ARMS[arm] != "none":
-        m = statistics.median(before)
+        m = median(before)
         tail = f"median {m:.2f}, max {max(before):.2f}; P(largest of {LOOKBACK} draws ≥ median) = "
         tail += f"{tail_of_largest(arm, m):.2f}"
     limit = sgdm["largest_training_eta"] / trains if trains and sgdm["largest_training_eta"] else 0
@@ -120,18 +112,12 @@ def _summary_row(arm: str, row: dict[str, Any], sgdm: dict[str, Any]) -> tuple:
     return (arm, *cells, row["blowups"], f"{row['max_scale']:.2f}", tail, *ratios)
 
 
-def _cell(table: dict, found: dict, arm: str, eta: float) -> str:
-    blown = found[arm]["blown_at"].count(eta)  # seeds that blew up
-    return f"{100 * statistics.fmean(table[arm][eta]):.1f}" + (f" ({blown}✗)" if blown else "")
-
-
-HEADERS = ["arm", "best η", "acc at best η %", "largest η that trains", "runs that blew up"]
-HEADERS += ["largest s drawn", f"largest s in the {LOOKBACK} steps before a blow-up"]
-HEADERS += ["SGDM's best η / this arm's", "SGDM's largest η that trains / this arm's"]
+def _cell(found: dict[str, Any], eta: float) -> str:
+    mean, blown = fmean(found["accuracies"][eta]), found["blown_at"].count(eta)
+    return f"{100 * mean:.1f}" + (f" ({blown}✗)" if blown else "")
 
 
 def render(result: dict[str, Any]) -> str:
-    """Accuracy against η per arm and dataset; best η, stability limit and the s before blow-ups."""
     config = result["config"]
     lines = [
         f"β = {FIXED['model.beta']}, μ = {FIXED['model.mu']}, each config's own η schedule (η is its "
@@ -141,9 +127,9 @@ def render(result: dict[str, Any]) -> str:
         "arm *trains* at η when its mean accuracy is at least halfway from chance to the best mean.",
     ]
     for dataset in config["datasets"]:
-        table, found = curves(result, dataset), summary(result, dataset)
-        etas = sorted({eta for row in table.values() for eta in row})
-        rows = [(f"{e:g}", *(_cell(table, found, a, e) for a in ARMS)) for e in etas]
+        found = summary(result, dataset)
+        etas = sorted({eta for row in found.values() for eta in row["accuracies"]})
+        rows = [(f"{e:g}", *(_cell(found[a], e) for a in ARMS)) for e in etas]
         summary_rows = [_summary_row(arm, row, found["SGDM"]) for arm, row in found.items()]
         lines += ["", f"**{dataset}**: mean test accuracy % over seeds (n✗: seeds that blew up)"]
         lines += ["", markdown_table(["η", *ARMS], rows), "", markdown_table(HEADERS, summary_rows)]
@@ -155,10 +141,10 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
     datasets = result["config"]["datasets"]
     fig = Figure(figsize=(5 * len(datasets), 3.6), dpi=90, layout="tight")
     for ax, dataset in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
-        for i, (arm, row) in enumerate(curves(result, dataset).items()):
+        for i, (arm, found) in enumerate(summary(result, dataset).items()):
+            row = found["accuracies"]
             etas = sorted(row)
-            means = [100 * statistics.fmean(row[e]) for e in etas]
-            ax.plot(etas, means, "-o", ms=3, color=f"C{i}", label=arm)
+            ax.plot(etas, [100 * fmean(row[e]) for e in etas], "-o", ms=3, color=f"C{i}", label=arm)
             dots = [(eta, 100 * v) for eta in etas for v in row[eta]]
             ax.scatter(*zip(*dots), s=6, color=f"C{i}", alpha=0.5)
         ax.set(xscale="log", xlabel="η (peak of the config's schedule)", ylabel="test accuracy (%)")
