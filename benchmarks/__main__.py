@@ -5,11 +5,10 @@
     python -m benchmarks run all [--quick]             # every experiment that runs here (make bench)
     python -m benchmarks render                        # RESULTS.md from benchmarks/results/*.json
 
-A full run stores ``benchmarks/results/NAME.json`` (and its figures) and re-renders RESULTS.md.
-``--quick`` runs tiny settings into ``benchmarks/_work/quick/`` and never touches either. ``--set``
-overrides one setting (a YAML value: ``--set seeds=[0,1]``); ``list`` shows the settings. An
-experiment that fails is reported and the others still run; the exit status is then 1, and 130
-after Ctrl-C.
+A full run stores ``benchmarks/results/NAME.json`` (and figures) and re-renders RESULTS.md;
+``--quick`` runs tiny settings into ``benchmarks/_work/quick/``. ``--set`` overrides one setting (a
+YAML value: ``--set seeds=[0,1]``). A failed experiment is reported and the others still run (exit
+status 1; 130 after Ctrl-C).
 """
 
 from __future__ import annotations

@@ -6,11 +6,10 @@ taken, and how), its settings, and three functions: ``run(settings, work) -> res
 ``render(result) -> Markdown`` and, optionally, ``figure(result, folder) -> [png names]`` and
 ``targets(result) -> [(target, measured, verdict)]``.
 
-:func:`run_experiment` resolves the settings (the committed run's, or ``quick`` ones for a
-smoke run), runs it, records the environment (torch, CPU, threads, commit) and the command next to
-the result, draws the figures from the result alone, and writes ``<name>.json``:
-``benchmarks/results/`` for a full run, the work folder for a quick one, which therefore never
-touches what is committed. :mod:`benchmarks.render` builds RESULTS.md from those files alone.
+:func:`run_experiment` resolves the settings (the committed run's, or ``quick`` ones), runs it,
+records the environment (torch, CPU, threads, commit) and the command, draws the figures from the
+result alone and writes ``<name>.json`` to ``benchmarks/results/`` (a quick run: to the work folder,
+never touching what is committed), from which :mod:`benchmarks.render` builds RESULTS.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """RESULTS.md, rendered from ``benchmarks/results/<name>.json`` alone, one section per experiment.
 
-Nothing is measured here and nothing is read back from Markdown. Each section is the experiment's
-own ``render`` of its result, then its command, duration and figures; a missing result says which
-command produces it, and a renderer that fails says so in its section while the others render.
-The targets of every section are gathered into one table at the top, and each result's
-environment into a list at the bottom.
-"""
+Nothing is measured and nothing is read back from Markdown. A section is the experiment's own
+``render`` of its result, then its command, duration and figures; a missing result names its
+command, and a failing renderer says so in its section only. Every section's targets make one table
+at the top, every result's environment a list at the bottom."""
 
 from __future__ import annotations
 

@@ -43,14 +43,6 @@ def time_arms(
     return measurements
 
 
-def quartiles(values: list[float]) -> tuple[float, float]:
-    """First and third quartile (the median of a single value for both)."""
-    if len(values) < 2:
-        return values[0], values[0]
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q3
-
-
 def summarize(
     measurements: Mapping[str, list[Measurement]], baseline: Mapping[str, str]
 ) -> dict[str, dict[str, float]]:
@@ -63,15 +55,11 @@ def summarize(
     for name, blocks in measurements.items():
         base = measurements[baseline[name]]
         ratios = [a.median / b.median for a, b in zip(blocks, base, strict=True)]
-        merged = Measurement.merge(blocks)[0]
-        q1, q3 = quartiles(ratios)
-        rows[name] = {
-            "ratio": statistics.median(ratios),
-            "ratio_q1": q1,
-            "ratio_q3": q3,
-            "median_us": merged.median * 1e6,
-            "rounds": len(blocks),
-        }
+        one_round = len(ratios) < 2  # its quartiles are its value
+        quartiles = ratios * 3 if one_round else statistics.quantiles(ratios, method="inclusive")
+        rows[name] = {"ratio": statistics.median(ratios), "rounds": len(blocks)}
+        rows[name] |= {"ratio_q1": quartiles[0], "ratio_q3": quartiles[2]}
+        rows[name]["median_us"] = Measurement.merge(blocks)[0].median * 1e6
     return rows
 
 

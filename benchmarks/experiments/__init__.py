@@ -1,8 +1,5 @@
-"""The experiments, in the order of RESULTS.md's sections.
-
-Each module holds ``EXPERIMENTS``, a tuple of :class:`benchmarks.harness.Experiment` (most hold
-one); :data:`SECTIONS` names each experiment and the module that holds it.
-"""
+"""The experiments: each module holds ``EXPERIMENTS``, a tuple of
+:class:`benchmarks.harness.Experiment`; :data:`SECTIONS` orders them as RESULTS.md does."""
 
 from __future__ import annotations
 
