@@ -14,8 +14,8 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _val_loss_sum_at_x_bar(trainer, model, stored_bn_state, dm, logits):
-    """Summed validation loss with the optimizer's x_bar swapped in and the stored BatchNorm
+def _loss_sum_at_x_bar(trainer, model, stored_bn_state, loader, logits):
+    """Summed loss over ``loader`` with the optimizer's x_bar swapped in and the stored BatchNorm
     statistics loaded; then the training weights come back (optimizer ``train()``) and the
     training BatchNorm buffers are put back."""
     training = _state(model)
@@ -24,8 +24,7 @@ def _val_loss_sum_at_x_bar(trainer, model, stored_bn_state, dm, logits):
     model.eval()
     with torch.no_grad():
         total = sum(
-            torch.nn.functional.cross_entropy(logits(x), y, reduction="sum")
-            for x, y in dm.val_dataloader()
+            torch.nn.functional.cross_entropy(logits(x), y, reduction="sum") for x, y in loader
         )
     trainer.optimizers[0].train()
     model.load_state_dict({**model.state_dict(), **{k: training[k] for k in stored_bn_state}})
@@ -165,7 +164,7 @@ def test_batch_norm_statistics_at_x_bar_are_recomputed_stored_and_used(make_data
     dm = make_data()
     dm.setup("fit")
     training_state = _state(model)
-    total = _val_loss_sum_at_x_bar(trainer, model, stored, dm, model)
+    total = _loss_sum_at_x_bar(trainer, model, stored, dm.val_dataloader(), model)
     assert trainer.callback_metrics["val/loss_avg"] == pytest.approx(
         total / len(dm.val_set), rel=1e-5
     )
@@ -189,17 +188,7 @@ def test_testing_after_fit_uses_the_batch_norm_statistics_at_x_bar_recomputed_in
         trainer.test(model, datamodule=dm, verbose=False)
     assert next(c for c in trainer.callbacks if isinstance(c, AveragedIterate)) is callback
     dm.setup("test")
-    test_state = _state(model)
-    trainer.optimizers[0].eval()
-    model.load_state_dict({**model.state_dict(), **stored})
-    model.eval()
-    with torch.no_grad():
-        total = sum(
-            torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
-            for x, y in dm.test_dataloader()
-        )
-    trainer.optimizers[0].train()
-    model.load_state_dict(test_state)
+    total = _loss_sum_at_x_bar(trainer, model, stored, dm.test_dataloader(), model)
     assert trainer.callback_metrics["test/loss_avg"] == pytest.approx(
         float(total) / len(dm.test_set), rel=1e-5
     )
@@ -276,5 +265,5 @@ def test_batch_norm_statistics_at_x_bar_come_from_forward_batch(
 
     dm = make_data()
     dm.setup("fit")
-    total = _val_loss_sum_at_x_bar(trainer, model, stored, dm, model.logits)
+    total = _loss_sum_at_x_bar(trainer, model, stored, dm.val_dataloader(), model.logits)
     assert float(trainer.callback_metrics["val/loss_avg"]) == pytest.approx(total, rel=1e-5)
