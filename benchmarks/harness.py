@@ -65,14 +65,21 @@ class Experiment:
     command: str | None = None  # how it runs when not through `run` (the GPU check)
 
     def resolve(self, quick: bool = False, overrides: dict[str, Any] | None = None) -> dict:
-        """The settings of a run: the full ones, then ``quick``'s, then ``overrides``."""
-        unknown = sorted(set(overrides or {}) - set(self.settings))
-        if unknown:
-            raise ValueError(
-                f"{self.name}: unknown setting(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(self.settings) or 'none'}"
+        """The settings of a run: the full ones, then ``quick``'s, then ``overrides``, each of the
+        type of the setting it replaces (a number for a float; anything for a None default)."""
+        overrides, valid = overrides or {}, ", ".join(self.settings) or "none"
+        for key, value in overrides.items():
+            if key not in self.settings:
+                raise ValueError(f"{self.name}: unknown setting {key}; valid: {valid}")
+            kinds = (
+                (int, float)
+                if isinstance(self.settings[key], float)
+                else (type(self.settings[key]),)
             )
-        return {**self.settings, **(self.quick if quick else {}), **(overrides or {})}
+            if self.settings[key] is not None and not isinstance(value, kinds):
+                names = " or ".join(kind.__name__ for kind in kinds)
+                raise ValueError(f"{self.name}: setting {key} takes {names}, got {value!r}")
+        return {**self.settings, **(self.quick if quick else {}), **overrides}
 
 
 def command_text(name: str, quick: bool, overrides: dict[str, Any]) -> str:
@@ -175,13 +182,6 @@ def run_experiment(
     return write_result(experiment.name, result, folder)
 
 
-def _single_threaded_call(function: Callable[..., Result], *args: Any) -> Result:
-    import torch
-
-    torch.set_num_threads(1)
-    return function(*args)
-
-
 def run_jobs(
     function: Callable[..., Result],
     tasks: Sequence[Sequence[Any]],
@@ -199,7 +199,5 @@ def run_jobs(
     call = joblib.Memory(cache, verbose=0).cache(function) if cache else function
     if not workers:
         return [call(*args) for args in tasks]
-    with joblib.parallel_config(backend="loky", inner_max_num_threads=1):
-        return joblib.Parallel(n_jobs=workers)(
-            joblib.delayed(_single_threaded_call)(call, *args) for args in tasks
-        )
+    with joblib.parallel_config(backend="loky", inner_max_num_threads=1):  # torch: 1 thread
+        return joblib.Parallel(n_jobs=workers)(joblib.delayed(call)(*args) for args in tasks)
