@@ -95,6 +95,7 @@ class O2NCMonitor(Callback):
             opt.tracks_statistics = True  # V costs a reduction per step: only when logged
             self._hooks.append(opt.register_step_post_hook(self._record_scale))
         self._axis.start(trainer, self._restored_step)
+        self._restored_step = None  # a checkpoint's count serves the fit that loaded it only
 
     def _record_scale(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._scales[id(optimizer)].append(optimizer.last_scale)

@@ -202,3 +202,23 @@ def test_monitor_reads_statistics_only_at_logging_steps(make_model, make_data, t
     assert trainer.global_step == 12
     assert len(calls) == 3
     assert not math.isnan(trainer.optimizers[0].last_scale)
+
+
+def test_a_module_fit_again_hands_back_its_callbacks_and_counts_steps_afresh(
+    make_model, make_data, trainer_kwargs, tmp_path
+):
+    """configure_callbacks returns the same callbacks for every stage (AveragedIterate keeps the
+    BatchNorm statistics of fit for test); the monitor's step count restored from a checkpoint
+    serves only the fit that loaded it, not a later fresh fit of the same module."""
+    model = make_model()
+    first = Trainer(**{**trainer_kwargs, "max_epochs": 1})
+    first.fit(model, datamodule=make_data())
+    first.save_checkpoint(tmp_path / "one.ckpt")
+    resumed = Trainer(**{**trainer_kwargs, "max_epochs": 2})
+    resumed.fit(model, datamodule=make_data(), ckpt_path=tmp_path / "one.ckpt")
+    monitor = next(c for c in resumed.callbacks if isinstance(c, O2NCMonitor))
+    assert monitor.state_dict()["batches_that_stepped"] == resumed.global_step
+    fresh = Trainer(**{**trainer_kwargs, "max_epochs": 1})
+    fresh.fit(model, datamodule=make_data())
+    assert next(c for c in fresh.callbacks if isinstance(c, O2NCMonitor)) is monitor
+    assert monitor.state_dict()["batches_that_stepped"] == fresh.global_step
