@@ -71,12 +71,9 @@ class Experiment:
         for key, value in overrides.items():
             if key not in self.settings:
                 raise ValueError(f"{self.name}: unknown setting {key}; valid: {valid}")
-            kinds = (
-                (int, float)
-                if isinstance(self.settings[key], float)
-                else (type(self.settings[key]),)
-            )
-            if self.settings[key] is not None and not isinstance(value, kinds):
+            default = self.settings[key]
+            kinds = (int, float) if isinstance(default, float) else (type(default),)
+            if default is not None and not isinstance(value, kinds):
                 names = " or ".join(kind.__name__ for kind in kinds)
                 raise ValueError(f"{self.name}: setting {key} takes {names}, got {value!r}")
         return {**self.settings, **(self.quick if quick else {}), **overrides}

@@ -44,7 +44,7 @@ def run_study(work: Path, sweep_of: Callable[..., Any], *args: Any) -> Any:
 
 
 def run_stoppable_jobs(function: Callable, tasks: Sequence, workers: int, work: Path) -> list[dict]:
-    """:func:`run_jobs` of jobs returning ``{"interrupted": True}`` once a stop request came.
+    """:func:`run_jobs` of jobs returning ``{"stopped": True}`` once a stop request came.
     SIGINT/SIGTERM only write ``<work>/stop-requested`` (joblib would kill the workers): workers,
     in this process group, get the signal too; then KeyboardInterrupt ends the run (exit 130)."""
     flag = work / STOP_FILE
@@ -57,11 +57,11 @@ def run_stoppable_jobs(function: Callable, tasks: Sequence, workers: int, work: 
             results = []
             for args in tasks:
                 results.append(function(*args))
-                if results[-1].get("interrupted"):
+                if results[-1].get("stopped"):
                     break
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if flag.exists() or any(result.get("interrupted") for result in results):
+    if flag.exists() or any(result.get("stopped") for result in results):
         raise KeyboardInterrupt("stopped: run the same command to continue")
     return results

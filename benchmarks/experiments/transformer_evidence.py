@@ -60,8 +60,10 @@ def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> 
 
 def _counts(trials: list[Any]) -> dict[str, int]:
     """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, session end) was
-    queued again: it counts only as ``interrupted`` (not stored), never as a trial or failure."""
-    kept = [t for t in trials if INTERRUPTED_BY not in t.user_attrs]
+    queued again, and one whose process died (failed for a stale heartbeat) Optuna retried: each
+    counts only as ``interrupted``, never as a trial or failure."""
+    retried = {t.system_attrs.get("failed_trial") for t in trials}  # RetryFailedTrialCallback's
+    kept = [t for t in trials if INTERRUPTED_BY not in t.user_attrs and t.number not in retried]
     states, reasons = [t.state.name for t in kept], [t.user_attrs.get(FAIL_REASON) for t in kept]
     # the sweep fails a diverged trial with its reason ("non-finite training loss ...")
     diverged = sum(s == "FAIL" and "finite" in str(r) for s, r in zip(states, reasons))
@@ -76,7 +78,7 @@ def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
     while True:
         study = run_study(work, arm_sweep, settings, work, arm, n_trials)
         if study is None:  # a stop request came before or during this round
-            return {"arm": arm, "interrupted": True}
+            return {"arm": arm, "stopped": True}
         counts = _counts(study.trials)
         missing = settings["min_complete"] - counts["completed"]
         if missing <= 0 or n_trials >= settings["max_trials"]:
@@ -133,8 +135,9 @@ def seed_run(settings: dict, work: Path, arm: str, values: dict, seed: int) -> d
 
 
 def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
-    if not settings["arms"] or set(settings["arms"]) - set(ARMS):
-        raise ValueError(f"arms {settings['arms']}: choose one or more of {', '.join(ARMS)}")
+    if not settings["arms"] or set(settings["arms"]) - set(ARMS) or not settings["seeds"]:
+        what = f"arms {settings['arms']}, seeds {settings['seeds']}"
+        raise ValueError(f"{what}: at least one seed, and arms from {', '.join(ARMS)}")
     tasks = [(settings, work, arm) for arm in settings["arms"]]
     tuned = run_stoppable_jobs(tune, tasks, settings["workers"], work)
     jobs = {k: settings[k] for k in ("steps", "min_trials", "horizons", "fixed")}  # a run's inputs

@@ -43,7 +43,7 @@ def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[st
     """Run (or continue) one arm's study at one budget: its best trial and its trial counts."""
     study = run_study(work, arm_sweep, settings, work, arm, epochs)
     if study is None:  # a stop request came before or during the study
-        return {"arm": arm, "epochs": epochs, "interrupted": True}
+        return {"arm": arm, "epochs": epochs, "stopped": True}
     states, best = [t.state.name for t in study.trials], study.best_trial
     # workers that start together draw the same first points from the seeded sampler
     done = {json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name in FINISHED}

@@ -98,27 +98,44 @@ def test_an_interrupted_trial_is_neither_a_trial_nor_a_failure_of_its_arm():
             trial.set_user_attr(key, value)
         value = 1.0 if state == "COMPLETE" else None
         study.tell(trial, value, state=getattr(optuna.trial.TrialState, state))
+    # a worker that died mid-trial: failed for its stale heartbeat, retried by Optuna, completed
+    died = study.ask()
+    study.tell(died, state=optuna.trial.TrialState.FAIL)
+    optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study.trials[died.number])
+    study.tell(study.ask(), 1.0)
     assert _counts(study.trials) == {
-        "trials": 5,
-        "completed": 2,
+        "trials": 6,
+        "completed": 3,
         "pruned": 1,
         "diverged": 1,
         "failed": 1,
-        "interrupted": 1,
+        "interrupted": 2,
     }
 
 
 def test_a_stop_request_ends_the_comparison_and_starts_no_further_study(tmp_path):
     settings = get("transformer_evidence").settings
     (tmp_path / STOP_FILE).touch()  # what a SIGINT or SIGTERM during the comparison leaves
-    assert tune(settings, tmp_path, "adamw") == {"arm": "adamw", "interrupted": True}
+    assert tune(settings, tmp_path, "adamw") == {"arm": "adamw", "stopped": True}
     assert [p.name for p in tmp_path.iterdir()] == [STOP_FILE]  # no study was created
     started = []
 
     def job(arm):
         started.append(arm)
-        return {"arm": arm, "interrupted": arm == "adamw"}
+        return {"arm": arm, "stopped": arm == "adamw", "interrupted": 2}  # 2: its study's count
 
     with pytest.raises(KeyboardInterrupt):  # the runner exits with 130, keeping what finished
         run_stoppable_jobs(job, [("adamw",), ("sgdm",)], 0, tmp_path)
     assert started == ["adamw"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_study_that_holds_interrupted_trials_does_not_stop_the_comparison(tmp_path, workers):
+    """An arm's counts include its study's interrupted trials (queued again by an earlier stop);
+    that count is not a stop request: every arm runs and the comparison goes on."""
+    tasks = [({"arm": arm, "trials": 16, "interrupted": 3},) for arm in ("adamw", "sgdm")]
+    try:
+        results = run_stoppable_jobs(dict, tasks, workers, tmp_path)
+    except KeyboardInterrupt:
+        pytest.fail("a study's count of interrupted trials was taken for a stop request")
+    assert results == [task[0] for task in tasks]
