@@ -37,8 +37,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 def list_experiments() -> None:
     for e in every():
-        how = e.command or f"python -m benchmarks run {e.name}"
-        print(f"{e.name}: {e.title}\n  run:         {how}\n  workload:    {e.workload}")
+        print(f"{e.name}: {e.title}\n  run:         {e.how_to_run}\n  workload:    {e.workload}")
         print(f"  arms:        {', '.join(e.arms)}\n  measurement: {e.measurement}")
         print(f"  settings:    {e.settings}\n")
 

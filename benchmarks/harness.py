@@ -64,6 +64,10 @@ class Experiment:
     targets: Callable[[Result], list[tuple[str, str, str]]] | None = None
     command: str | None = None  # how it runs when not through `run` (the GPU check)
 
+    @property
+    def how_to_run(self) -> str:
+        return self.command or f"python -m benchmarks run {self.name}"
+
     def resolve(self, quick: bool = False, overrides: dict[str, Any] | None = None) -> dict:
         """The settings of a run: the full ones, then ``quick``'s, then ``overrides``, each of the
         type of the setting it replaces (a number for a float; anything for a None default)."""

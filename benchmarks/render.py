@@ -28,17 +28,13 @@ def _unweighted_uniform_note(result: Result) -> str:
     )
 
 
-def _command(experiment: Experiment) -> str:
-    return experiment.command or f"python -m benchmarks run {experiment.name}"
-
-
 def render_section(
     experiment: Experiment, results_dir: Path, output: Path
 ) -> tuple[str, list[tuple[str, str, str, str]]]:
     """The Markdown of one section and its rows of the targets table."""
     result = read_result(experiment.name, results_dir)
     if result is None:
-        return f"**Not run yet.** `{_command(experiment)}` writes `{experiment.name}.json`.", []
+        return f"**Not run yet.** `{experiment.how_to_run}` writes `{experiment.name}.json`.", []
     try:
         body = experiment.render(result)
         targets = experiment.targets(result) if experiment.targets else []
@@ -49,7 +45,7 @@ def render_section(
     if result.get("seconds") is not None:
         meta += f" ({result['seconds'] / 60:.1f} min)"
     if result.get("command", "").split(" run ")[0] != "python -m benchmarks":
-        meta += f"; with this harness: `{_command(experiment)}`"
+        meta += f"; with this harness: `{experiment.how_to_run}`"
     figures = [
         f"![{Path(name).stem}]({os.path.relpath(results_dir / name, output.parent)})"
         for name in result.get("figures", [])
