@@ -12,13 +12,16 @@ import yaml
 
 from lightning_o2nc.sweeps import run_sweep
 from lightning_o2nc.sweeps.config import load_sweep_config
-from lightning_o2nc.sweeps.signals import STOP_SIGNALS, TrialInterrupted
+from lightning_o2nc.sweeps.objective import FAIL_REASON
+from lightning_o2nc.sweeps.signals import INTERRUPTED_BY, STOP_SIGNALS, TrialInterrupted
 
 from .harness import run_jobs
 
 STOP_FILE = "stop-requested"
 #: What a seed sets: the initialization, the data split and order, and the scalar stream.
 SEEDED = ("seed_everything", "model.seed", "data.init_args.seed")
+#: A study's trials by outcome, as :func:`trial_counts` counts them (and results store them).
+OUTCOMES = ("trials", "completed", "pruned", "diverged", "failed")
 
 
 def write_sweep(spec: dict[str, Any], work: Path) -> Any:
@@ -41,6 +44,37 @@ def run_study(work: Path, sweep_of: Callable[..., Any], *args: Any) -> Any:
     except TrialInterrupted:  # a stop request before the study was opened
         return None
     return None if outcome.interrupted else outcome.study
+
+
+def trial_counts(trials: list[Any]) -> dict[str, int]:
+    """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, session end) was
+    queued again, and one whose process died (failed for a stale heartbeat) Optuna retried: each
+    counts only as ``interrupted``, never as a trial or failure."""
+    retried = {t.system_attrs.get("failed_trial") for t in trials}  # RetryFailedTrialCallback's
+    kept = [t for t in trials if INTERRUPTED_BY not in t.user_attrs and t.number not in retried]
+    states, reasons = [t.state.name for t in kept], [t.user_attrs.get(FAIL_REASON) for t in kept]
+    # the sweep fails a diverged trial with its reason ("non-finite training loss ...")
+    diverged = sum(s == "FAIL" and "finite" in str(r) for s, r in zip(states, reasons))
+    counts = {"trials": len(kept), "completed": states.count("COMPLETE"), "diverged": diverged}
+    counts |= {"pruned": states.count("PRUNED"), "failed": states.count("FAIL") - diverged}
+    return counts | {"interrupted": len(trials) - len(kept)}
+
+
+def tune_to_counts(work: Path, sweep_of: Callable[..., Any], args: tuple, settings: dict) -> Any:
+    """Run (or continue) the study of ``sweep_of(*args, n_trials)`` until it holds
+    ``settings["min_trials"]`` trials of which ``min_complete`` completed: each round asks for as
+    many more trials as completions are missing, up to ``max_trials`` (the same rule for every
+    arm). ``(study, trial_counts)``, or None once a stop request came."""
+    n_trials = settings["min_trials"]
+    while True:
+        study = run_study(work, sweep_of, *args, n_trials)
+        if study is None:
+            return None
+        counts = trial_counts(study.trials)
+        missing = settings["min_complete"] - counts["completed"]
+        if missing <= 0 or n_trials >= settings["max_trials"]:
+            return study, counts
+        n_trials = min(settings["max_trials"], n_trials + missing)
 
 
 def run_stoppable_jobs(function: Callable, tasks: Sequence, workers: int, work: Path) -> list[dict]:

@@ -18,12 +18,10 @@ import yaml
 from lightning.pytorch import Callback
 
 from lightning_o2nc.lightning.cli import build_run
-from lightning_o2nc.sweeps.objective import FAIL_REASON
-from lightning_o2nc.sweeps.signals import INTERRUPTED_BY
 
 from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
-from ..studies import SEEDED, run_stoppable_jobs, run_study, write_sweep
+from ..studies import OUTCOMES, SEEDED, run_stoppable_jobs, tune_to_counts, write_sweep
 from ..training import QUIET_TRAINER, HorizonAverages
 
 SWEEP_FILE = REPO_ROOT / "lightning_o2nc" / "configs" / "sweeps" / "shakespeare_char.yaml"
@@ -43,7 +41,6 @@ ARMS = {
     "sgdm": {"optimizer": "sgdm", "scaling": None, "family": "sgd"},
     "o2nc": {"optimizer": "o2nc", "scaling": "exponential", "family": "sgd"},
 }
-COUNTS = ("trials", "completed", "pruned", "diverged", "failed")
 COMPARISONS = [("o2nc_adamw", "adamw"), ("o2nc", "sgdm")]
 
 
@@ -58,33 +55,14 @@ def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> 
     return write_sweep(spec, work)
 
 
-def _counts(trials: list[Any]) -> dict[str, int]:
-    """The study's trials by outcome. A trial a stop request interrupted (Ctrl-C, session end) was
-    queued again, and one whose process died (failed for a stale heartbeat) Optuna retried: each
-    counts only as ``interrupted``, never as a trial or failure."""
-    retried = {t.system_attrs.get("failed_trial") for t in trials}  # RetryFailedTrialCallback's
-    kept = [t for t in trials if INTERRUPTED_BY not in t.user_attrs and t.number not in retried]
-    states, reasons = [t.state.name for t in kept], [t.user_attrs.get(FAIL_REASON) for t in kept]
-    # the sweep fails a diverged trial with its reason ("non-finite training loss ...")
-    diverged = sum(s == "FAIL" and "finite" in str(r) for s, r in zip(states, reasons))
-    counts = {"trials": len(kept), "completed": states.count("COMPLETE"), "diverged": diverged}
-    counts |= {"pruned": states.count("PRUNED"), "failed": states.count("FAIL") - diverged}
-    return counts | {"interrupted": len(trials) - len(kept)}
-
-
 def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
     """Run (or continue) one arm's study until it holds the trial and completion counts."""
-    started, n_trials = time.perf_counter(), settings["min_trials"]
-    while True:
-        study = run_study(work, arm_sweep, settings, work, arm, n_trials)
-        if study is None:  # a stop request came before or during this round
-            return {"arm": arm, "stopped": True}
-        counts = _counts(study.trials)
-        missing = settings["min_complete"] - counts["completed"]
-        if missing <= 0 or n_trials >= settings["max_trials"]:
-            break
-        n_trials = min(settings["max_trials"], n_trials + missing)  # the same rule for every arm
-    best, seconds = study.best_trial, time.perf_counter() - started
+    started = time.perf_counter()
+    tuned = tune_to_counts(work, arm_sweep, (settings, work, arm), settings)
+    if tuned is None:  # a stop request came before or during a round
+        return {"arm": arm, "stopped": True}
+    (study, counts), seconds = tuned, time.perf_counter() - started
+    best = study.best_trial
     print(f"tuned {arm}: best val/loss {best.value:.4f} with {best.params} {counts}", flush=True)
     found = {"best_value": best.value, "best": best.user_attrs["values"], "seconds": seconds}
     return {"arm": arm, "study_name": study.study_name, **counts, **found}
@@ -146,7 +124,7 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     arms, horizons = {}, [str(b) for b in settings["horizons"]]
     for study in tuned:
         arm, own = study["arm"], [r for r in runs if r["arm"] == study["arm"]]
-        arms[arm] = {key: study[key] for key in (*COUNTS, "best", "best_value")} | {"runs": own}
+        arms[arm] = {key: study[key] for key in (*OUTCOMES, "best", "best_value")} | {"runs": own}
         arms[arm] |= {"val_loss": [r["val_loss"] for r in own], "tuning_seconds": study["seconds"]}
         arms[arm]["val_loss_avg"] = {b: [r["val_loss_avg"][b] for r in own] for b in horizons}
         seconds = statistics.fmean(r["seconds"] for r in own)  # per run
@@ -176,7 +154,7 @@ def render(result: dict[str, Any]) -> str:
     for arm, data in arms.items():
         every = (data["val_loss"], *data["val_loss_avg"].values())  # at x, then at each x̄
         losses = [mean_std(_finite(values), digits=3) for values in every]
-        counts, seconds = " / ".join(str(data[k]) for k in COUNTS), f"{data['seconds']:.1f}"
+        counts, seconds = " / ".join(str(data[k]) for k in OUTCOMES), f"{data['seconds']:.1f}"
         rows.append([f"`{arm}`", counts, *losses, seconds, _best_text(data["best"])])
     for arm, baseline in result.get("comparisons", []):
         a, b = (_finite(arms[name]["val_loss"]) if name in arms else [] for name in (arm, baseline))
@@ -184,7 +162,7 @@ def render(result: dict[str, Any]) -> str:
             (t, p), error = welch(a, b), standard_error_of_difference(a, b)
             delta = f"{statistics.fmean(a) - statistics.fmean(b):+.3f} ± {error:.3f}"
             tests.append([f"`{arm}` − `{baseline}`", delta, f"t = {t:.2f}, p = {p:.3f}"])
-    columns = ["arm", " / ".join(COUNTS), "val loss at x (nats/char)"]
+    columns = ["arm", " / ".join(OUTCOMES), "val loss at x (nats/char)"]
     columns += [*(f"at x̄ ({h})" for h in horizons), "s per run", "best configuration"]
     text = [
         "A 4-layer GPT (nanoGPT's CPU `shakespeare_char` recipe) on the 42 plays of the `shakespeare`"

@@ -17,7 +17,7 @@ import yaml
 
 from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import difference_text, markdown_table, mean_std
-from ..studies import SEEDED, run_stoppable_jobs, run_study, write_sweep
+from ..studies import OUTCOMES, SEEDED, run_stoppable_jobs, tune_to_counts, write_sweep
 from ..training import train_config
 
 #: Arm name -> ``model.scaling``. SGDM is the same optimizer with s = 1 (torch SGD's update).
@@ -27,30 +27,30 @@ FINISHED = ("COMPLETE", "PRUNED")  # a trial's states that hold a result
 LIMITS = [f"trainer.limit_{split}_batches" for split in ("train", "val", "test")]
 
 
-def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> Any:
-    """One (arm, budget) study: the sweep file with scaling, epochs and ``fixed`` set."""
+def arm_sweep(settings: dict[str, Any], work: Path, arm: str, epochs: int, n_trials: int) -> Any:
+    """One (arm, budget) study: the sweep file with scaling, epochs, trials and ``fixed`` set."""
     source = REPO_ROOT / settings["sweep_file"]
     spec = yaml.safe_load(source.read_text())
     spec["train_config"] = str(source.parent / spec["train_config"])
     spec["study_name"] += f"-{ARMS[arm]}-{epochs}ep"
-    spec["n_trials"] = settings["n_trials"] or spec["n_trials"]
+    spec["n_trials"] = n_trials
     spec["overrides"].update(settings["fixed"])
     spec["overrides"].update({"model.scaling": ARMS[arm], "trainer.max_epochs": epochs})
     return write_sweep(spec, work)
 
 
 def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[str, Any]:
-    """Run (or continue) one arm's study at one budget: its best trial and its trial counts."""
-    study = run_study(work, arm_sweep, settings, work, arm, epochs)
-    if study is None:  # a stop request came before or during the study
+    """Run (or continue) one arm's study at one budget until it holds the trial and completion
+    counts: its best trial and its trials by outcome."""
+    tuned = tune_to_counts(work, arm_sweep, (settings, work, arm, epochs), settings)
+    if tuned is None:  # a stop request came before or during the study
         return {"arm": arm, "epochs": epochs, "stopped": True}
-    states, best = [t.state.name for t in study.trials], study.best_trial
+    (study, counts), best = tuned, tuned[0].best_trial
     # workers that start together draw the same first points from the seeded sampler
     done = {json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name in FINISHED}
     print(f"tuned {arm} {epochs} ep: val/acc {best.value:.4f} at {best.params}", flush=True)
-    result = {"arm": arm, "epochs": epochs, "study_name": study.study_name, "n_trials": len(states)}
-    result |= {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED")}
-    result |= {"failed": states.count("FAIL"), "distinct": len(done)}
+    result = {"arm": arm, "epochs": epochs, "study_name": study.study_name, **counts}
+    result |= {"distinct": len(done), "best_trial": best.number}
     return result | {"best_value": best.value, "best_values": best.user_attrs["values"]}
 
 
@@ -58,7 +58,7 @@ def seed_run(settings: dict, work: Path, arm: str, epochs: int, values: dict, se
     """One seed of an arm's best configuration, tested at x, x̄ and the longer horizons."""
     values = {**values, **dict.fromkeys(SEEDED, seed), "model.average": True}
     values["trainer.limit_val_batches"] = 0  # the configuration is chosen: only the test counts
-    trial = arm_sweep(settings, work, arm, epochs).trial_config(values)
+    trial = arm_sweep(settings, work, arm, epochs, settings["min_trials"]).trial_config(values)
     result = train_config(trial, horizons=settings["horizons"], label=f"{arm} {epochs} ep {seed}")
     del result["losses"], result["scales"]
     return {"arm": arm, "epochs": epochs, "seed": seed, **result}
@@ -68,7 +68,7 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     epochs = sorted(settings["epochs"], reverse=True)  # the longest first: the workers end together
     if any(longer < 3 * epochs[-1] for longer in epochs[:-1]):
         raise ValueError(f"epochs {settings['epochs']}: the longer must be >= 3x the shortest")
-    jobs = {k: settings[k] for k in ("sweep_file", "n_trials", "fixed", "horizons")}  # run inputs
+    jobs = {k: settings[k] for k in ("sweep_file", "min_trials", "fixed", "horizons")}  # run inputs
     if settings["best_from"]:  # each arm's study at its longest budget, as that of every budget
         old = json.loads((REPO_ROOT / settings["best_from"]).read_text())["studies"]
         last = max(s["epochs"] for s in old)
@@ -129,14 +129,14 @@ def render(result: dict[str, Any]) -> str:
         arguments = ", ".join(f"{k} {v:.3g}" for k, v in schedule.items() if k != "shape")
         shape = schedule.get("shape", "config's") + (f" ({arguments})" if arguments else "")
         lr, beta, mu = (values[f"model.{k}"] for k in ("lr", "beta", "mu"))
-        counts = f"{study['complete']}/{study['pruned']}/{study['failed']}"
+        counts = " / ".join(str(study[key]) for key in OUTCOMES)
         counts += f" ({study['distinct']} distinct)" if "distinct" in study else ""
         cells = [f"{lr:.3g}", f"{beta:.3f}", f"{mu:.3g}", shape, f"{100 * study['best_value']:.2f}"]
         best.append([_budget(result, study["epochs"]), study["arm"], *cells, counts])
     width = fixed.get("model.backbone", {}).get("init_args", {}).get("width", "?")
     train, val, test = (fixed.get(key, "all") for key in LIMITS)
     sampler, pruner = result["sweep"]["sampler"], result["sweep"]["pruner"]
-    trials = "/".join(map(str, sorted({s["n_trials"] for s in studies})))
+    trials = "/".join(map(str, sorted({s["trials"] for s in studies})))
     reused = next((f", tuned at {s['tuned_at_epochs']} epochs in `{s['tuned_in']}`"
                    for s in studies if "tuned_in" in s), "")  # fmt: skip
     averages = ["x̄ (β)", *(f"x̄ ({h})" for h in config["horizons"])]
@@ -149,7 +149,7 @@ def render(result: dict[str, Any]) -> str:
         f"{sampler.get('options', {})} seed 0; pruner {pruner['name']} {pruner.get('options', {})};"
         f" objective val/acc at x), then seeds {config['seeds']} of its best trial, at x and x̄.",
         f"**Best configuration per arm** (from its own study{reused}):",
-        markdown_table([*best_columns, "trials done/pruned/failed"], best),
+        markdown_table([*best_columns, " / ".join(OUTCOMES)], best),
         "**Test accuracy at each arm's best configuration** (%, mean ± std; Δ: x − SGDM's x):",
         markdown_table([*columns, "Δ vs SGDM (x)", "Welch"], rows),
         "**Does a longer x̄ recover accuracy?** x̄ − x in points, paired over seeds, mean ± s.e.:",
@@ -188,9 +188,11 @@ def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> 
 #: ``best_from``: a tuned_parity.json (a path in the repository) whose best values are used, no
 #: tuning; ``fixed``: trial config fields (dotted paths) set in every study and seed run.
 SWEEP_FILE = "lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml"
-SETTINGS = {"sweep_file": SWEEP_FILE, "n_trials": None, "best_from": None, "fixed": {}}
-SETTINGS |= {"epochs": [2, 6], "seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "workers": 2}
-QUICK = {"epochs": [1, 3], "n_trials": 3, "seeds": [0, 1], "workers": 2}  # the GPU variant's too
+SETTINGS = {"sweep_file": SWEEP_FILE, "best_from": None, "fixed": {}, "epochs": [4]}
+SETTINGS |= {"min_trials": 16, "min_complete": 8, "max_trials": 40}
+SETTINGS |= {"seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "workers": 2}
+QUICK = {"epochs": [1, 3], "min_trials": 3, "min_complete": 1, "max_trials": 4, "seeds": [0, 1]}
+QUICK["workers"] = 2  # the GPU variant's too
 QUICK["fixed"] = dict(zip(LIMITS, (10, 4, 8)))
 CPU = Experiment(
     name="tuned_parity",

@@ -9,9 +9,9 @@ import random
 import pytest
 
 from benchmarks.experiments import get
-from benchmarks.experiments.transformer_evidence import _counts, tune
+from benchmarks.experiments.transformer_evidence import tune
 from benchmarks.harness import RESULTS_DIR, read_result, run_experiment
-from benchmarks.studies import STOP_FILE, run_stoppable_jobs
+from benchmarks.studies import STOP_FILE, run_stoppable_jobs, trial_counts
 
 WORDS = [
     "to",
@@ -103,7 +103,7 @@ def test_an_interrupted_trial_is_neither_a_trial_nor_a_failure_of_its_arm():
     study.tell(died, state=optuna.trial.TrialState.FAIL)
     optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study.trials[died.number])
     study.tell(study.ask(), 1.0)
-    assert _counts(study.trials) == {
+    assert trial_counts(study.trials) == {
         "trials": 6,
         "completed": 3,
         "pruned": 1,

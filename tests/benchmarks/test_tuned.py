@@ -48,12 +48,14 @@ def test_tuned_parity_quick_tunes_every_arm_alike_and_stores_every_seed_at_x_and
         "trainer.limit_test_batches": 1,
     }
     out = tmp_path / "results"
-    overrides = {"n_trials": 2, "workers": 0, "fixed": fixed}
+    overrides = {"min_trials": 2, "min_complete": 1, "max_trials": 3, "workers": 0, "fixed": fixed}
     run_experiment(experiment, quick=True, overrides=overrides, results_dir=out)
     result = read_result("tuned_parity", out)
     studies = {(s["arm"], s["epochs"]): s for s in result["studies"]}
     assert set(studies) == {(arm, e) for arm in ARMS for e in (1, 3)}
-    assert {s["n_trials"] for s in studies.values()} == {2}
+    for study in studies.values():  # 2 trials, and a third only while none completed
+        assert study["trials"] in (2, 3) and study["failed"] == 0
+        assert study["completed"] >= 1 or study["trials"] == 3
     assert len({s["study_name"] for s in studies.values()}) == 6
     runs = result["runs"]
     assert len(runs) == 3 * 2 * 2
