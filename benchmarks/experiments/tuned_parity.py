@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .. import studies
 from ..harness import REPO_ROOT, Experiment, run_jobs
 from ..stats import difference_text, markdown_table, mean_std
 from ..studies import OUTCOMES, SEEDED, run_stoppable_jobs, tune_to_counts, write_sweep
@@ -24,6 +25,7 @@ from ..training import train_config
 ARMS = {"SGDM": "none", "O2NC (exponential)": "exponential", "O2NC (uniform)": "uniform"}
 BASELINE = "SGDM"
 FINISHED = ("COMPLETE", "PRUNED")  # a trial's states that hold a result
+LR_TOLERANCE, LR_SAID = 0.005, "0.5 points of val acc"  # "as good as the best" trial
 LIMITS = [f"trainer.limit_{split}_batches" for split in ("train", "val", "test")]
 
 
@@ -50,7 +52,7 @@ def tune(settings: dict[str, Any], work: Path, arm: str, epochs: int) -> dict[st
     done = {json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name in FINISHED}
     print(f"tuned {arm} {epochs} ep: val/acc {best.value:.4f} at {best.params}", flush=True)
     result = {"arm": arm, "epochs": epochs, "study_name": study.study_name, **counts}
-    result |= {"distinct": len(done), "best_trial": best.number}
+    result |= {"distinct": len(done), "best_trial": best.number, "lr": studies.lr_points(study)}
     return result | {"best_value": best.value, "best_values": best.user_attrs["values"]}
 
 
@@ -110,8 +112,8 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def render(result: dict[str, Any]) -> str:
-    config, fixed, studies = result["config"], result["fixed"], result["studies"]
-    rows, paired, best = [], [], []
+    config, fixed, tuned = result["config"], result["fixed"], result["studies"]
+    rows, paired, best, lr_points = [], [], [], {}
     for epochs in config["epochs"]:
         base, budget = _accuracies(result, BASELINE, epochs)[0], _budget(result, epochs)
         for arm in ARMS:
@@ -123,7 +125,7 @@ def render(result: dict[str, Any]) -> str:
                 diffs = [100 * (a - x) for a, x in zip(values, at[0], strict=True)]
                 error = statistics.stdev(diffs) / len(diffs) ** 0.5 if diffs[1:] else float("nan")
                 paired[-1].append(f"{statistics.fmean(diffs):+.2f} ± {error:.2f}")
-    for study in sorted(studies, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"]))):
+    for study in sorted(tuned, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"]))):
         values = study["best_values"]
         schedule = values.get("model.schedules.lr") or {}
         arguments = ", ".join(f"{k} {v:.3g}" for k, v in schedule.items() if k != "shape")
@@ -133,12 +135,13 @@ def render(result: dict[str, Any]) -> str:
         counts += f" ({study['distinct']} distinct)" if "distinct" in study else ""
         cells = [f"{lr:.3g}", f"{beta:.3f}", f"{mu:.3g}", shape, f"{100 * study['best_value']:.2f}"]
         best.append([_budget(result, study["epochs"]), study["arm"], *cells, counts])
+        lr_points[f"{study['arm']}, {best[-1][0]}"] = study.get("lr")
     width = fixed.get("model.backbone", {}).get("init_args", {}).get("width", "?")
     train, val, test = (fixed.get(key, "all") for key in LIMITS)
     sampler, pruner = result["sweep"]["sampler"], result["sweep"]["pruner"]
-    trials = "/".join(map(str, sorted({s["trials"] for s in studies})))
+    trials = "/".join(map(str, sorted({s["trials"] for s in tuned})))
     reused = next((f", tuned at {s['tuned_at_epochs']} epochs in `{s['tuned_in']}`"
-                   for s in studies if "tuned_in" in s), "")  # fmt: skip
+                   for s in tuned if "tuned_in" in s), "")  # fmt: skip
     averages = ["x̄ (β)", *(f"x̄ ({h})" for h in config["horizons"])]
     columns = ["budget", "arm", "at x", *(f"at {a}" for a in averages)]
     best_columns = ["budget", "arm", "η", "β", "μ", "η schedule", "best val acc %"]
@@ -150,6 +153,7 @@ def render(result: dict[str, Any]) -> str:
         f" objective val/acc at x), then seeds {config['seeds']} of its best trial, at x and x̄.",
         f"**Best configuration per arm** (from its own study{reused}):",
         markdown_table([*best_columns, " / ".join(OUTCOMES)], best),
+        *studies.lr_section(lr_points, LR_TOLERANCE, LR_SAID, maximize=True),
         "**Test accuracy at each arm's best configuration** (%, mean ± std; Δ: x − SGDM's x):",
         markdown_table([*columns, "Δ vs SGDM (x)", "Welch"], rows),
         "**Does a longer x̄ recover accuracy?** x̄ − x in points, paired over seeds, mean ± s.e.:",

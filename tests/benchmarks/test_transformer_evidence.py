@@ -59,6 +59,10 @@ def test_quick_comparison_stores_counts_losses_at_x_and_x_bar_and_resumes(tmp_pa
         assert len(arm["val_loss"]) == 2
         assert set(arm["val_loss_avg"]) == {"0.99", "0.999"}
         assert all(len(v) == 2 for v in arm["val_loss_avg"].values())
+        # every completed or pruned trial as (η, loss, state); the best among them
+        assert len(arm["lr"]) == arm["completed"] + arm["pruned"]
+        assert [arm["best"]["model.lr"], arm["best_value"], "COMPLETE"] in arm["lr"]
+        assert arm["trial_seconds"] > 0
         # the optimizer's own x̄ (average_beta 0.99) is the benchmark's 0.99 horizon
         for run in arm["runs"]:
             assert abs(run["val_loss_avg_optimizer"] - run["val_loss_avg"]["0.99"]) < 1e-4
@@ -67,6 +71,7 @@ def test_quick_comparison_stores_counts_losses_at_x_and_x_bar_and_resumes(tmp_pa
     assert (out / "transformer_evidence.png").is_file()
     text = experiment.render(result)
     assert "`o2nc_adamw` − `adamw`" in text and "Welch" in text
+    assert "**Does x̄ help?**" in text and "| `adamw` | " in text.split("**How sensitive")[1]
 
     run_experiment(experiment, quick=True, overrides=overrides, results_dir=out)  # all done
     again = read_result("transformer_evidence", out)

@@ -70,6 +70,7 @@ def test_tuned_parity_quick_tunes_every_arm_alike_and_stores_every_seed_at_x_and
     assert {"torch", "CPU", "commit"} <= set(result["env"])
     text = experiment.render(result)
     assert text.count("| O2NC (exponential) |") == 2 * 3  # best config, accuracy, x̄ tables
+    assert text.count("| O2NC (exponential), ") == 2  # η's sensitivity in each budget's study
     assert len(experiment.targets(result)) == 2 * 2
     assert _committed_bytes() == committed
 
