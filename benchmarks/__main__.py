@@ -59,8 +59,7 @@ def run(names: list[str], quick: bool, overrides: dict) -> int:
             outcome, failed = "FAILED", failed + 1
         print(f"=== {experiment.name}: {outcome} ===", flush=True)
     folder = quick_dir() if quick else RESULTS_DIR
-    output = folder.parent / "RESULTS.md" if quick else RESULTS_PATH
-    render(folder, output)
+    render(folder, output := folder.parent / "RESULTS.md")  # beside the results, as RESULTS_PATH
     print(f"wrote {output}", flush=True)
     return failed
 
