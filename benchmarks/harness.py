@@ -157,15 +157,9 @@ def run_experiment(
     folder = results_dir or (quick_dir() if quick else RESULTS_DIR)
     work = work_dir() / ("quick" if quick else "") / experiment.name
     work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    result = experiment.run(settings, work)
-    result = {
-        **result,
-        "settings": settings,
-        "command": command_text(experiment.name, quick, overrides),
-        "seconds": time.perf_counter() - started,
-        "env": environment(),
-    }
+    command, started = command_text(experiment.name, quick, overrides), time.perf_counter()
+    result = {**experiment.run(settings, work), "settings": settings, "command": command}
+    result |= {"seconds": time.perf_counter() - started, "env": environment()}
     if experiment.figure is not None:
         folder.mkdir(parents=True, exist_ok=True)
         result["figures"] = experiment.figure(result, folder)

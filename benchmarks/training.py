@@ -42,13 +42,11 @@ QUIET_TRAINER: dict[str, Any] = {
 def fashion_mnist_data() -> dict[str, Any]:
     """Where a :class:`~lightning_o2nc.FashionMNISTDataModule` looks for the idx files: the work
     folder, ``$O2NC_FASHION_MNIST_DIR`` (the GPU check's copy) and Debian's package."""
-    chosen = os.environ.get("O2NC_FASHION_MNIST_DIR")
-    debian = "/usr/share/datasets/fashion-mnist"
-    return {"root": str(WORK_DIR / "data"), "system_dirs": [*([chosen] if chosen else []), debian]}
+    dirs = [os.environ.get("O2NC_FASHION_MNIST_DIR"), "/usr/share/datasets/fashion-mnist"]
+    return {"root": str(WORK_DIR / "data"), "system_dirs": [d for d in dirs if d]}
 
 
-#: BatchNorm statistics at each longer-horizon x̄ come from this many training batches
-#: (AveragedIterate's default for the optimizer's x̄).
+#: Training batches that recompute BatchNorm at each longer-horizon x̄ (AveragedIterate's default).
 BN_UPDATE_BATCHES = 8
 
 
@@ -103,12 +101,9 @@ def accuracy(model: nn.Module, batches: list) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) over ``batches``."""
     was_training = model.training
     model.eval()
-    correct = total = 0
-    for x, y in batches:
-        correct += int((model(x).argmax(dim=-1) == y).sum())
-        total += len(y)
+    correct = sum(int((model(x).argmax(dim=-1) == y).sum()) for x, y in batches)
     model.train(was_training)
-    return correct / max(total, 1)
+    return correct / max(sum(len(y) for _, y in batches), 1)
 
 
 @torch.no_grad()
