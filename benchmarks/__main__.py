@@ -59,8 +59,7 @@ def run(names: list[str], quick: bool, overrides: dict) -> int:
             outcome, failed = "FAILED", failed + 1
         print(f"=== {experiment.name}: {outcome} ===", flush=True)
     folder = quick_dir() if quick else RESULTS_DIR
-    output = folder.parent / "RESULTS.md" if quick else RESULTS_PATH
-    render(folder, output)
+    render(folder, output := folder.parent / "RESULTS.md")  # beside the results, as RESULTS_PATH
     print(f"wrote {output}", flush=True)
     return failed
 
@@ -72,9 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every experiment and what it measures")
     runner = commands.add_parser("run", help="run experiments and store their results")
-    runner.add_argument(
-        "names", nargs="+", metavar="NAME", help=f"all, or from: {', '.join(SECTIONS)}"
-    )
+    runner.add_argument("names", nargs="+", metavar="NAME", help=f"all | {' | '.join(SECTIONS)}")
     runner.add_argument("--quick", action="store_true", help="tiny settings, into the work folder")
     runner.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="pairs")
     renderer = commands.add_parser("render", help="RESULTS.md from the stored results")

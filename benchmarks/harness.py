@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import subprocess
@@ -122,25 +121,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: store them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_result(name: str, result: Result, folder: Path = RESULTS_DIR) -> Path:
-    """Write ``result`` as ``<folder>/<name>.json`` atomically (NaN/inf as null), recording what
-    uniform scaling meant (:data:`UNIFORM_SCALING`)."""
+    """Write ``result`` as ``<folder>/<name>.json`` atomically (NaN/inf as null: JSON has neither),
+    recording what uniform scaling meant (:data:`UNIFORM_SCALING`)."""
     result = {**result, "uniform_scaling": UNIFORM_SCALING}
+    finite = json.loads(json.dumps(result), parse_constant=lambda nan_or_infinity: None)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(_finite(result), indent=1) + "\n")
+    partial.write_text(json.dumps(finite, indent=1) + "\n")
     partial.replace(path)
     return path
 
@@ -168,15 +157,9 @@ def run_experiment(
     folder = results_dir or (quick_dir() if quick else RESULTS_DIR)
     work = work_dir() / ("quick" if quick else "") / experiment.name
     work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    result = experiment.run(settings, work)
-    result = {
-        **result,
-        "settings": settings,
-        "command": command_text(experiment.name, quick, overrides),
-        "seconds": time.perf_counter() - started,
-        "env": environment(),
-    }
+    command, started = command_text(experiment.name, quick, overrides), time.perf_counter()
+    result = {**experiment.run(settings, work), "settings": settings, "command": command}
+    result |= {"seconds": time.perf_counter() - started, "env": environment()}
     if experiment.figure is not None:
         folder.mkdir(parents=True, exist_ok=True)
         result["figures"] = experiment.figure(result, folder)

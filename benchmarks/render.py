@@ -29,10 +29,10 @@ def _unweighted_uniform_note(result: Result) -> str:
 
 
 def render_section(
-    experiment: Experiment, results_dir: Path, output: Path
+    experiment: Experiment, results_dir: Path, output: Path, result: Result | None = None
 ) -> tuple[str, list[tuple[str, str, str, str]]]:
-    """The Markdown of one section and its rows of the targets table."""
-    result = read_result(experiment.name, results_dir)
+    """The Markdown of one section and its rows of the targets table (``result``: when read)."""
+    result = result or read_result(experiment.name, results_dir)
     if result is None:
         return f"**Not run yet.** `{experiment.how_to_run}` writes `{experiment.name}.json`.", []
     try:
@@ -59,10 +59,10 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PATH) -> str:
     """Write ``output`` from every experiment's JSON in ``results_dir``; return the text."""
     sections, targets, machines = [], [], []
     for number, experiment in enumerate(every(), start=1):
-        text, rows = render_section(experiment, results_dir, output)
+        result = read_result(experiment.name, results_dir) or {}
+        text, rows = render_section(experiment, results_dir, output, result)
         sections += [f"## {number}. {experiment.title}", "", text, ""]
         targets += rows
-        result = read_result(experiment.name, results_dir) or {}
         env = result.get("env") or result.get("machine")  # "machine": results of the old scripts
         if env:
             machines += [f"`{experiment.name}.json`:", ""]

@@ -1,10 +1,7 @@
-"""What the accuracy experiments train: data, models and one measured run of a train config.
+"""One measured fit of a train config, as the accuracy experiments run it.
 
-Nothing here re-implements a data module or a model: the datasets are the Lightning layer's
-:class:`~lightning_o2nc.DigitsDataModule` and :class:`~lightning_o2nc.FashionMNISTDataModule`, the
-model its ``SmallCNN`` (narrowed to ``width`` channels so that 5 seeds x 3 arms fit 2 cores) or the
-CIFAR ResNet-18. :func:`train_config` fits one train config as ``o2nc-sweep`` builds a trial
-(:func:`lightning_o2nc.lightning.cli.build_run`) and measures it:
+:func:`train_config` builds the run as ``o2nc-sweep`` builds a trial
+(:func:`lightning_o2nc.lightning.cli.build_run`) and measures:
 
 - test accuracy (the first ``trainer.limit_test_batches`` of the test set) at the final weights x
   and, with ``model.average: true``, at the optimizer's own x̄ (``averaged_iterate()``);
@@ -32,7 +29,7 @@ import torch
 from lightning.pytorch import Callback
 from torch import nn
 
-from .harness import REPO_ROOT, WORK_DIR
+from .harness import WORK_DIR
 
 # A benchmark fit writes no checkpoint, draws no progress bar and prints no model summary.
 QUIET_TRAINER: dict[str, Any] = {
@@ -40,52 +37,16 @@ QUIET_TRAINER: dict[str, Any] = {
     "enable_progress_bar": False,
     "enable_model_summary": False,
 }
-DATA_ROOT = WORK_DIR / "data"
 
 
 def fashion_mnist_data() -> dict[str, Any]:
     """Where a :class:`~lightning_o2nc.FashionMNISTDataModule` looks for the idx files: the work
     folder, ``$O2NC_FASHION_MNIST_DIR`` (the GPU check's copy) and Debian's package."""
-    chosen = os.environ.get("O2NC_FASHION_MNIST_DIR")
-    debian = "/usr/share/datasets/fashion-mnist"
-    return {"root": str(DATA_ROOT), "system_dirs": [*([chosen] if chosen else []), debian]}
+    dirs = [os.environ.get("O2NC_FASHION_MNIST_DIR"), "/usr/share/datasets/fashion-mnist"]
+    return {"root": str(WORK_DIR / "data"), "system_dirs": [d for d in dirs if d]}
 
 
-def train_hyperparameters(dataset: str) -> dict[str, Any]:
-    """η, β, weight decay and batch size of ``lightning_o2nc/configs/train/<dataset>_sgdm.yaml``."""
-    import yaml
-
-    path = REPO_ROOT / "lightning_o2nc" / "configs" / "train" / f"{dataset}_sgdm.yaml"
-    if not path.is_file():
-        raise ValueError(f"no train config {path} for dataset {dataset!r}")
-    config = yaml.safe_load(path.read_text())
-    hyperparameters = {key: config["model"][key] for key in ("lr", "beta", "weight_decay")}
-    return {**hyperparameters, "batch_size": config["data"]["init_args"]["batch_size"]}
-
-
-def make_datamodule(dataset: str, batch_size: int, seed: int = 0, num_workers: int = 0) -> Any:
-    """``"digits"`` or ``"fashion_mnist"`` as the Lightning layer's data module."""
-    from lightning_o2nc import DigitsDataModule, FashionMNISTDataModule
-
-    loader = {"batch_size": batch_size, "seed": seed, "num_workers": num_workers}
-    if dataset == "digits":
-        return DigitsDataModule(**loader)
-    if dataset == "fashion_mnist":
-        return FashionMNISTDataModule(**fashion_mnist_data(), **loader)
-    raise ValueError(f"Unknown dataset {dataset!r}; valid: digits, fashion_mnist")
-
-
-def make_backbone(name: str, input_shape: tuple[int, ...], num_classes: int, width: int) -> Any:
-    """``"small_cnn"`` (the project's SmallCNN with ``width`` channels) or ``"resnet18_cifar"``."""
-    from lightning_o2nc.lightning.backbones import SmallCNN, build_backbone
-
-    if name == "small_cnn":
-        return SmallCNN(input_shape[0], num_classes, width=width)
-    return build_backbone(name, input_shape, num_classes)
-
-
-#: BatchNorm statistics at each longer-horizon x̄ come from this many training batches
-#: (AveragedIterate's default for the optimizer's x̄).
+#: Training batches that recompute BatchNorm at each longer-horizon x̄ (AveragedIterate's default).
 BN_UPDATE_BATCHES = 8
 
 
@@ -136,26 +97,21 @@ class StepTrace(Callback):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, loader: Any, max_batches: int | None = None) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) over the first ``max_batches`` of ``loader``."""
+def accuracy(model: nn.Module, batches: list) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) over ``batches``."""
     was_training = model.training
     model.eval()
-    correct = total = 0
-    for x, y in itertools.islice(loader, max_batches):
-        correct += int((model(x).argmax(dim=-1) == y).sum())
-        total += len(y)
+    correct = sum(int((model(x).argmax(dim=-1) == y).sum()) for x, y in batches)
     model.train(was_training)
-    return correct / max(total, 1)
+    return correct / max(sum(len(y) for _, y in batches), 1)
 
 
 @torch.no_grad()
 def accuracy_at(
     model: nn.Module, weights: list[torch.Tensor], train_batches: list, test_batches: list
 ) -> float:
-    """Test accuracy with ``weights`` in the trainable parameters and BatchNorm recomputed there.
-
-    The model's parameters and BatchNorm buffers are restored afterwards.
-    """
+    """Test accuracy with ``weights`` in the trainable parameters and BatchNorm recomputed there
+    (the model's parameters and buffers are restored afterwards)."""
     params = [p for p in model.parameters() if p.requires_grad]
     saved = copy.deepcopy(model.state_dict())
     for p, w in zip(params, weights, strict=True):
@@ -213,12 +169,8 @@ def train_config(
         averaged["optimizer"] = optimizer_average(model, optimizer)
     if trace.diverged_at is None:
         datamodule.setup("test")
-        limit = trainer.limit_test_batches
-        test_batches = list(
-            itertools.islice(
-                datamodule.test_dataloader(), limit if isinstance(limit, int) else None
-            )
-        )
+        limit = trainer.limit_test_batches if isinstance(trainer.limit_test_batches, int) else None
+        test_batches = list(itertools.islice(datamodule.test_dataloader(), limit))
         train_batches = list(itertools.islice(datamodule.train_dataloader(), BN_UPDATE_BATCHES))
         at_x = accuracy(model, test_batches)
         at = {k: accuracy_at(model, w, train_batches, test_batches) for k, w in averaged.items()}
@@ -227,8 +179,7 @@ def train_config(
         at = dict.fromkeys(averaged, at_x)
     result |= {"test_acc": at_x, "test_acc_avg": at.pop("optimizer", None), "test_acc_horizon": at}
     result["seconds"] = time.perf_counter() - started
-    at_horizons = {f"x̄({b})": acc for b, acc in result["test_acc_horizon"].items()}
-    found = {"x": result["test_acc"], "x̄": result["test_acc_avg"], **at_horizons}
+    found = {"x": at_x, "x̄": result["test_acc_avg"]} | {f"x̄({b})": acc for b, acc in at.items()}
     text = ", ".join(f"{name} {acc:.4f}" for name, acc in found.items() if acc is not None)
     diverged = f", diverged at step {trace.diverged_at}" if trace.diverged_at else ""
     print(f"{label}: test acc {text}{diverged} ({result['seconds']:.0f} s)", flush=True)

@@ -70,12 +70,10 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     """Every (dataset, η, seed, arm), largest η first, cached: a rerun trains only what it lacks."""
     if unknown := sorted(set(settings["datasets"]) - set(SWEEP_FILES)):
         raise ValueError(f"eta_sensitivity: unknown datasets {unknown}; valid: {list(SWEEP_FILES)}")
-    epochs = {
-        "fashion_mnist": {**FASHION_WORKLOAD, "trainer.max_epochs": settings["fashion_epochs"]}
-    }
+    extra = {"fashion_mnist": FASHION_WORKLOAD | {"trainer.max_epochs": settings["fashion_epochs"]}}
     etas = sorted(settings["etas"], reverse=True)
     grid = itertools.product(settings["datasets"], etas, settings["seeds"], ARMS)
-    tasks = [(d, a, e, s, {**settings["overrides"], **epochs.get(d, {})}) for d, e, s, a in grid]
+    tasks = [(d, a, e, s, {**settings["overrides"], **extra.get(d, {})}) for d, e, s, a in grid]
     runs = run_jobs(grid_run, tasks, settings["workers"], work / "jobs")
     return {"config": settings, "fixed": FIXED, "runs": runs}
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import TransformerEncoder, TransformerEncoderLayer
+from torch.utils.benchmark import Measurement
 from torchvision.models import resnet18
 
 from lightning_o2nc import ExponentiatedO2NC, RandomScaling
@@ -82,9 +83,8 @@ def run(settings: dict[str, Any], work: Any) -> Result:
     print_comparison(measured)
     for model, (params, found) in arms.items():
         mine = {name: measured[f"{model}: {name}"] for name in found}
-        alone = summarize(mine, dict(zip(found, found)))
-        fastest = min((n for n in found if n[:3] == "SGD"), key=lambda n: alone[n]["median_us"])
-        base = {n: ADAMW if n.startswith("RandomScaling") else fastest for n in found}
+        sgd = {n: Measurement.merge(mine[n])[0].median for n in found if n.startswith("SGD")}
+        base = {n: ADAMW if n.startswith("RandomScaling") else min(sgd, key=sgd.get) for n in found}
         rows = summarize(mine, base)
         for n, row in rows.items():
             row |= {"arm": n, "baseline": base[n]} | state_size(found[n], params)

@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import optuna
+from matplotlib.figure import Figure  # no pyplot: no backend, no global figure to close
 
 from lightning_o2nc.sweeps.grpc_proxy import open_grpc_proxy, serve
 from lightning_o2nc.sweeps.local_postgres import PostgresUnavailable, free_port, local_postgres
@@ -145,9 +146,7 @@ A trial that trains for 10 s keeps 16 workers at 1.6 trials/s, below every rate 
 
 def figure(result: dict, folder: Path) -> list[str]:
     """Trials per second against worker count, one line per storage."""
-    from matplotlib.figure import Figure  # no pyplot: no backend, no global figure to close
-
-    axes = Figure(figsize=(6, 4)).subplots()
+    axes = Figure(figsize=(6, 4), layout="tight").subplots()
     for storage, label in LABELS.items():
         rows = sorted((r["workers"], r["trials_per_s"]) for r in result["rows"] if r["storage"] == storage)  # fmt: skip
         if rows:
@@ -159,7 +158,6 @@ def figure(result: dict, folder: Path) -> list[str]:
     axes.minorticks_off()
     axes.grid(True, alpha=0.3)
     axes.legend()
-    axes.figure.tight_layout()
     axes.figure.savefig(folder / "storage_throughput.png", dpi=120)
     return ["storage_throughput.png"]
 

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import yaml
 
-from lightning_o2nc import O2NCModule, param_groups_weight_decay
+from lightning_o2nc import DigitsDataModule, O2NCModule, SmallCNN, param_groups_weight_decay
+from lightning_o2nc.lightning.image_datasets import FashionMNISTDataModule
+from lightning_o2nc.shipped_configs import resolve_config
 
 from ..harness import Experiment, Result
 from ..stats import markdown_table, mean_std
-from ..training import QUIET_TRAINER, make_backbone, make_datamodule, train_hyperparameters
+from ..training import QUIET_TRAINER, fashion_mnist_data
 
 BASELINES = ("SGDM (factory)", "torch.optim.SGD")
 ARMS = ("O2NC", *BASELINES, "O2NC + average + monitor")  # the last: x_bar kept, O2NCMonitor on
@@ -35,8 +38,13 @@ def fit(config: dict, arm: str, seed: int, work: Path) -> float:
         ticks.append((time.perf_counter(), len(batch[1])))  # at each training batch's end
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    data = make_datamodule(config["dataset"], config["batch_size"], seed, config["num_workers"])
-    net = make_backbone(config["backbone"], data.input_shape, data.num_classes, config["width"])
+    loader = {k: config[k] for k in ("batch_size", "num_workers")} | {"seed": seed}
+    fashion = fashion_mnist_data() if config["dataset"] == "fashion_mnist" else None  # or digits
+    data = FashionMNISTDataModule(**fashion, **loader) if fashion else DigitsDataModule(**loader)
+    if config["backbone"] == "small_cnn":
+        net = SmallCNN(data.input_shape[0], data.num_classes, width=config["width"])
+    else:  # resnet18_cifar (the GPU check's): the module builds it for the data module's shapes
+        net = config["backbone"]
     kind, extra, ticks = TorchSGDModule if arm == BASELINES[1] else O2NCModule, arm == ARMS[-1], []
     hp = {k: config[k] for k in ("lr", "beta", "weight_decay")} | {"seed": seed, "monitor": extra}
     module = kind(net, optimizer="sgdm" if arm in BASELINES else "o2nc", average=extra, **hp)
@@ -50,7 +58,10 @@ def fit(config: dict, arm: str, seed: int, work: Path) -> float:
 
 
 def run(settings: dict, work: Path) -> Result:
-    config = train_hyperparameters(settings["dataset"]) | settings  # η, β, weight decay, batch
+    train_config = Path(resolve_config(f"{settings['dataset']}_sgdm", "train"))
+    recipe = yaml.safe_load(train_config.read_text())
+    config = {k: recipe["model"][k] for k in ("lr", "beta", "weight_decay")}  # η, β, weight decay
+    config |= {"batch_size": recipe["data"]["init_args"]["batch_size"], **settings}
     torch.set_num_threads(config["threads"])
     samples, rng = {arm: [] for arm in ARMS}, random.Random(config["seed"])
     for repeat in range(config["repeats"]):
