@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of lightning-o2nc: ONE call on one CUDA GPU, each part a separate process under its
-# own time limit (a failed part loses only its own numbers; the limits add up to 7.5 minutes).
+# own time limit (a failed part loses only its own numbers; the limits add up to 9.25 minutes).
 #
 #   OUT=DIR bash benchmarks/gpu_check.sh    # on the GPU machine: DIR/part_<name>.json, the log,
 #                                            # and DIR/gpu_check.json (the parts merged there)
@@ -8,10 +8,12 @@
 #
 # Parts (benchmarks/experiments/gpu_check.py): tests (pytest: host syncs, precisions, FSDP), sharded
 # (fully_shard on a mesh of 1 against the unsharded step; the sharded step's time), step (the step
-# overhead on CUDA), train_lightning (Lightning fit throughput, ResNet-18 on Fashion-MNIST).
+# overhead on CUDA), train_lightning (Lightning fit throughput, ResNet-18 on Fashion-MNIST),
+# transformer (transformer_evidence.json's best adamw and o2nc_adamw at nanoGPT's GPU size, 3 seeds).
 # Needs the repository, a python with torch, torchvision and lightning, and Fashion-MNIST: the
 # Debian package dataset-fashion-mnist, or its four .gz files in benchmarks/_work/fashion-mnist-gz
-# (cp /usr/share/datasets/fashion-mnist/*.gz there, and carry that folder along).
+# (cp /usr/share/datasets/fashion-mnist/*.gz there, and carry that folder along); and the plays in
+# data/shakespeare (`make data-shakespeare` here, and carry that folder along).
 # O2NC_GPU_CHECK_DRY_RUN=1: every part tiny on the CPU, to check the script without a GPU
 # (`python -m benchmarks run gpu_check --quick` does that and merges into the work folder).
 set -euo pipefail
@@ -44,10 +46,11 @@ log "repo $ROOT, out $OUT, python $(command -v "$PY"), dry run ${O2NC_GPU_CHECK_
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || log "no nvidia-smi"
 "$PY" -c 'import torch, os; assert torch.cuda.is_available() or os.environ.get("O2NC_GPU_CHECK_DRY_RUN"), "no CUDA"'
 
-part tests 150
-part sharded 60
-part step 90
-part train_lightning 150
+part tests 130
+part sharded 50
+part step 75
+part train_lightning 110
+part transformer 190
 
 log "merging the parts into $OUT/gpu_check.json"
 "$PY" -c 'import sys

@@ -41,9 +41,23 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return float(test.statistic), float(test.pvalue)
 
 
-def difference_text(a: Sequence[float], b: Sequence[float], scale: float = 100) -> tuple[str, str]:
-    """``("+0.12 ± 0.34", "t = 0.35, p = 0.734")`` for mean(a) - mean(b) in points."""
+def difference_text(
+    a: Sequence[float], b: Sequence[float], scale: float = 100, digits: int = 2
+) -> tuple[str, str]:
+    """``("+0.12 ± 0.34", "t = 0.35, p = 0.734")`` for mean(a) - mean(b), times ``scale``
+    (accuracies in points by default)."""
     diff = scale * (statistics.fmean(a) - statistics.fmean(b))
     error = scale * standard_error_of_difference(a, b)
     t, p = welch(a, b)
-    return f"{diff:+.2f} ± {error:.2f}", f"t = {t:.2f}, p = {p:.3f}"
+    return f"{diff:+.{digits}f} ± {error:.{digits}f}", f"t = {t:.2f}, p = {p:.3f}"
+
+
+def paired_difference(
+    a: Sequence[float | None], b: Sequence[float | None], scale: float = 100, digits: int = 2
+) -> str:
+    """``"+0.12 ± 0.05"``: mean ± standard error of a - b over the pairs (seeds) where both are
+    finite, times ``scale``; "—" when there is none."""
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if None not in (x, y)]
+    diffs = [scale * (x - y) for x, y in pairs if math.isfinite(x - y)]
+    error = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else math.nan
+    return f"{statistics.fmean(diffs):+.{digits}f} ± {error:.{digits}f}" if diffs else "—"

@@ -10,7 +10,6 @@ from ..harness import Experiment
 #: experiment name -> module of this package, in RESULTS.md's order.
 SECTIONS: dict[str, str] = {
     "tuned_parity": "tuned_parity",
-    "tuned_parity_gpu": "tuned_parity",
     "transformer_evidence": "transformer_evidence",
     "eta_sensitivity": "eta_sensitivity",
     "accuracy_parity": "accuracy_parity",

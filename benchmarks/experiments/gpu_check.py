@@ -15,14 +15,18 @@ from torch.distributed.fsdp import fully_shard
 
 from lightning_o2nc import ExponentiatedO2NC, O2NCAdamW
 
-from ..harness import REPO_ROOT, Experiment, Result
-from ..stats import markdown_table
+from ..harness import REPO_ROOT, Experiment, Result, read_result
+from ..stats import difference_text, markdown_table, mean_std
 from ..timing import summarize, time_arms
-from . import step_overhead, throughput
+from . import step_overhead, throughput, transformer_evidence
 
 DRY_RUN = os.environ.get("O2NC_GPU_CHECK_DRY_RUN", "") not in ("", "0")
 DEVICE, BACKEND, ROUNDS, BLOCK = ("cpu", "gloo", 2, 1e-3) if DRY_RUN else ("cuda", "nccl", 20, 0.05)
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.sh"
+#: nanoGPT's GPU recipe for shakespeare_char: 6 layers, 6 heads, width 384, block 256, batch 64.
+GPT_GPU_SIZE = {"model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.dropout": 0.2}
+GPT_GPU_SIZE |= {"data.init_args.block_size": 256, "data.init_args.batch_size": 64}
+GPT_GPU_SIZE |= {"trainer.accelerator": "cuda"}
 TESTS = ("tests/optim/test_cuda_no_host_sync.py", "tests/lightning/test_wrapper_precision.py",
          "tests/optim/test_fsdp2.py", "tests/lightning/test_model_parallel.py")  # fmt: skip
 SHARDED = {  # the sharded step's arms; AdamW (also inside O2NCAdamW) steps the DTensors itself
@@ -83,6 +87,23 @@ def part_train_lightning() -> dict:
     return throughput.run(settings, Path(os.environ.get("OUT", "."), "logs"))
 
 
+def part_transformer() -> dict:
+    """The CPU comparison's best ``adamw`` and ``o2nc_adamw`` configurations at nanoGPT's GPU size
+    for shakespeare_char, 3 seeds each (a dry run: the train config's values, tiny, one seed)."""
+    arms, folder = ("adamw", "o2nc_adamw"), Path(os.environ.get("OUT", "."), "transformer")
+    settings = {"steps": 500, "min_trials": 1, "horizons": [0.99, 0.999], "fixed": GPT_GPU_SIZE}
+    best, seeds, text = {arm: {} for arm in arms}, range(1 if DRY_RUN else 3), folder / "tiny.txt"
+    if DRY_RUN:
+        folder.mkdir(parents=True, exist_ok=True)
+        text.write_text("to be, or not to be: that is the question. " * 900)
+        tiny = {"data.init_args.path": str(text), "trainer.accelerator": "cpu"}
+        settings |= {"steps": 2, "fixed": transformer_evidence.QUICK["fixed"] | tiny}
+    else:
+        best = {arm: read_result("transformer_evidence")["arms"][arm]["best"] for arm in arms}
+    jobs = [(settings, folder, arm, best[arm], seed) for arm in arms for seed in seeds]
+    return {"settings": settings, "runs": [transformer_evidence.seed_run(*job) for job in jobs]}
+
+
 def part(name: str, out: str) -> None:
     """Run part ``name`` and write ``out/part_<name>.json`` (gpu_check.sh logs its seconds)."""
     Path(out, f"part_{name}.json").write_text(json.dumps(globals()[f"part_{name}"](), default=str))
@@ -107,6 +128,22 @@ def render_sharded(part: dict) -> str:
     return f"{text}\n\nThe step alone:\n\n{markdown_table(['arm', 'vs AdamW (IQR)'], rows)}"
 
 
+def render_transformer(part: dict) -> str:
+    runs, horizons = part["runs"], [str(h) for h in part["settings"]["horizons"]]
+    rows, x = [], {}
+    for arm in ("adamw", "o2nc_adamw"):
+        x[arm] = [r["val_loss"] for r in runs if r["arm"] == arm]
+        at = [[r["val_loss_avg"][h] for r in runs if r["arm"] == arm] for h in horizons]
+        rows.append([arm, *(mean_std(values, digits=3) for values in (x[arm], *at))])
+    delta, test = difference_text(x["o2nc_adamw"], x["adamw"], scale=1, digits=3)
+    columns = ["arm", "val loss at x", *(f"at x̄ ({h})" for h in horizons)]
+    return (
+        f"nanoGPT's GPU size for shakespeare_char, {part['settings']['steps']} steps, "
+        f"{len(x['adamw'])} seeds:\n\n{markdown_table(columns, rows)}\n\n"
+        f"`o2nc_adamw` − `adamw` at x: {delta} nats/char ({test})."
+    )
+
+
 def render(result: Result) -> str:
     parts, text = result["parts"], [f"GPU: {result.get('env', {}).get('GPU')}."]
     for name, title, body in (
@@ -114,6 +151,7 @@ def render(result: Result) -> str:
         ("step", "Step time on CUDA", step_overhead.render),
         ("sharded", "fully_shard on a mesh of 1 against the unsharded optimizer", render_sharded),
         ("train_lightning", "Lightning fit on CUDA (ResNet-18)", throughput.render),
+        ("transformer", "Character-level GPT on CUDA (tuned on the CPU)", render_transformer),
     ):
         missing = f"Part `{name}` did not finish (see gpu_check.log)."
         text += [f"### {title}", body(parts[name]) if name in parts else missing]

@@ -21,7 +21,7 @@ from lightning_o2nc.lightning.cli import build_run
 
 from .. import studies
 from ..harness import REPO_ROOT, Experiment, run_jobs
-from ..stats import markdown_table, mean_std, standard_error_of_difference, welch
+from ..stats import difference_text, markdown_table, mean_std, paired_difference
 from ..studies import OUTCOMES, SEEDED, run_stoppable_jobs, tune_to_counts, write_sweep
 from ..training import QUIET_TRAINER, HorizonAverages
 
@@ -162,9 +162,7 @@ def render(result: dict[str, Any]) -> str:
     for arm, baseline in result.get("comparisons", []):
         a, b = (_finite(arms[name]["val_loss"]) if name in arms else [] for name in (arm, baseline))
         if len(a) > 1 and len(b) > 1:
-            (t, p), error = welch(a, b), standard_error_of_difference(a, b)
-            delta = f"{statistics.fmean(a) - statistics.fmean(b):+.3f} ± {error:.3f}"
-            tests.append([f"`{arm}` − `{baseline}`", delta, f"t = {t:.2f}, p = {p:.3f}"])
+            tests.append([f"`{arm}` − `{baseline}`", *difference_text(a, b, scale=1, digits=3)])
     columns = ["arm", " / ".join(OUTCOMES), "val loss at x (nats/char)"]
     columns += [*(f"at x̄ ({h})" for h in horizons), "s per run", "tuning h", "best configuration"]
     text = [
@@ -183,20 +181,15 @@ def _averages_and_lr(arms: dict[str, Any], horizons: list[str]) -> list[str]:
     paired = []
     for arm, data in arms.items():
         at_x, at_average = data["val_loss"], data["val_loss_avg"]
-        paired.append([f"`{arm}`", *(_paired(at_x, at_average[h]) for h in horizons)])
+        paired.append(
+            [f"`{arm}`", *(paired_difference(at_average[h], at_x, 1, 3) for h in horizons)]
+        )
     return [
         "**Does x̄ help?** x̄ − x of the final validation loss, paired over seeds (nats/char, "
         "mean ± s.e.; < 0: x̄ is better):",
         markdown_table(["arm", *(f"x̄ ({h}) − x" for h in horizons)], paired),
         *studies.lr_section({f"`{a}`": d["lr"] for a, d in arms.items()}, LR_TOLERANCE, LR_SAID),
     ]
-
-
-def _paired(at_x: list[float | None], at_average: list[float | None]) -> str:
-    """mean ± s.e. of x̄ − x over the seeds where both are finite."""
-    diffs = [a - x for x, a in zip(at_x, at_average, strict=True) if _finite([x, a])[1:]]
-    error = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else math.nan
-    return f"{statistics.fmean(diffs):+.3f} ± {error:.3f}" if diffs else "—"
 
 
 def figure(result: dict[str, Any], folder: Path) -> list[str]:

@@ -1,12 +1,12 @@
 """Does the random scale cost accuracy once every arm is tuned? An equal-budget tuned comparison.
 
 Per arm and budget (``epochs``, the longer >= 3x the shortest) one ``o2nc-sweep`` study of
-``sweep_file`` (SQLite in the work folder: a rerun continues it); then each best trial (or
-``best_from``'s) retrained with ``seeds``, tested at x, the optimizer's x̄ and x̄ of ``horizons``."""
+``sweep_file`` (SQLite in the work folder: a rerun continues it) until it holds ``min_trials``
+trials of which ``min_complete`` completed; then each best trial retrained with ``seeds``, tested
+at x, the optimizer's x̄ and x̄ of ``horizons``."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import statistics
@@ -17,7 +17,7 @@ import yaml
 
 from .. import studies
 from ..harness import REPO_ROOT, Experiment, run_jobs
-from ..stats import difference_text, markdown_table, mean_std
+from ..stats import difference_text, markdown_table, mean_std, paired_difference
 from ..studies import OUTCOMES, SEEDED, run_stoppable_jobs, tune_to_counts, write_sweep
 from ..training import train_config
 
@@ -71,14 +71,8 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     if any(longer < 3 * epochs[-1] for longer in epochs[:-1]):
         raise ValueError(f"epochs {settings['epochs']}: the longer must be >= 3x the shortest")
     jobs = {k: settings[k] for k in ("sweep_file", "min_trials", "fixed", "horizons")}  # run inputs
-    if settings["best_from"]:  # each arm's study at its longest budget, as that of every budget
-        old = json.loads((REPO_ROOT / settings["best_from"]).read_text())["studies"]
-        last = max(s["epochs"] for s in old)
-        reused = {"tuned_at_epochs": last, "tuned_in": settings["best_from"]}
-        tuned = [{**s, **reused, "epochs": e} for e in epochs for s in old if s["epochs"] == last]
-    else:
-        tasks = [(settings, work, a, e) for e in epochs for a in ARMS]
-        tuned = run_stoppable_jobs(tune, tasks, settings["workers"], work)
+    tasks = [(settings, work, a, e) for e in epochs for a in ARMS]
+    tuned = run_stoppable_jobs(tune, tasks, settings["workers"], work)
     best = {(t["arm"], t["epochs"]): t["best_values"] for t in tuned}
     tasks = [(jobs, work, a, e, v, s) for (a, e), v in best.items() for s in settings["seeds"]]
     runs = run_jobs(seed_run, tasks, settings["workers"], cache=work / "jobs")
@@ -120,11 +114,7 @@ def render(result: dict[str, Any]) -> str:
             at = _accuracies(result, arm, epochs)
             delta = ("—", "—") if arm == BASELINE else difference_text(at[0], base)
             rows.append([budget, arm, *(mean_std(values, 100) for values in at), *delta])
-            paired.append([budget, arm])
-            for values in at[1:]:  # x̄ - x, paired over seeds: mean ± standard error
-                diffs = [100 * (a - x) for a, x in zip(values, at[0], strict=True)]
-                error = statistics.stdev(diffs) / len(diffs) ** 0.5 if diffs[1:] else float("nan")
-                paired[-1].append(f"{statistics.fmean(diffs):+.2f} ± {error:.2f}")
+            paired.append([budget, arm, *(paired_difference(x̄, at[0]) for x̄ in at[1:])])
     for study in sorted(tuned, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"]))):
         values = study["best_values"]
         schedule = values.get("model.schedules.lr") or {}
@@ -140,8 +130,6 @@ def render(result: dict[str, Any]) -> str:
     train, val, test = (fixed.get(key, "all") for key in LIMITS)
     sampler, pruner = result["sweep"]["sampler"], result["sweep"]["pruner"]
     trials = "/".join(map(str, sorted({s["trials"] for s in tuned})))
-    reused = next((f", tuned at {s['tuned_at_epochs']} epochs in `{s['tuned_in']}`"
-                   for s in tuned if "tuned_in" in s), "")  # fmt: skip
     averages = ["x̄ (β)", *(f"x̄ ({h})" for h in config["horizons"])]
     columns = ["budget", "arm", "at x", *(f"at {a}" for a in averages)]
     best_columns = ["budget", "arm", "η", "β", "μ", "η schedule", "best val acc %"]
@@ -151,7 +139,7 @@ def render(result: dict[str, Any]) -> str:
         f"`{config['sweep_file']}` ({trials} trials; sampler {sampler['name']} "
         f"{sampler.get('options', {})} seed 0; pruner {pruner['name']} {pruner.get('options', {})};"
         f" objective val/acc at x), then seeds {config['seeds']} of its best trial, at x and x̄.",
-        f"**Best configuration per arm** (from its own study{reused}):",
+        "**Best configuration per arm** (from its own study):",
         markdown_table([*best_columns, " / ".join(OUTCOMES)], best),
         *studies.lr_section(lr_points, LR_TOLERANCE, LR_SAID, maximize=True),
         "**Test accuracy at each arm's best configuration** (%, mean ± std; Δ: x − SGDM's x):",
@@ -165,7 +153,7 @@ def render(result: dict[str, Any]) -> str:
     return "\n\n".join(text)
 
 
-def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> list[str]:
+def figure(result: dict[str, Any], folder: Path) -> list[str]:
     """Test accuracy per seed, per arm and budget, at x, x̄ and the longer horizons."""
     from matplotlib.figure import Figure
 
@@ -185,42 +173,29 @@ def figure(result: dict[str, Any], folder: Path, name: str = "tuned_parity") -> 
     axes[0].legend(fontsize=7)
     title = "Fashion-MNIST, each arm at its own best configuration; one point per seed"
     fig.suptitle(title, fontsize=10)
-    fig.savefig(folder / f"{name}.png")
-    return [f"{name}.png"]
+    fig.savefig(folder / "tuned_parity.png")
+    return ["tuned_parity.png"]
 
 
-#: ``best_from``: a tuned_parity.json (a path in the repository) whose best values are used, no
-#: tuning; ``fixed``: trial config fields (dotted paths) set in every study and seed run.
+#: ``fixed``: trial config fields (dotted paths) set in every study and seed run.
 SWEEP_FILE = "lightning_o2nc/configs/sweeps/tuned_fashion_mnist.yaml"
-SETTINGS = {"sweep_file": SWEEP_FILE, "best_from": None, "fixed": {}, "epochs": [4]}
+SETTINGS = {"sweep_file": SWEEP_FILE, "fixed": {}, "epochs": [4]}
 SETTINGS |= {"min_trials": 16, "min_complete": 8, "max_trials": 40}
 SETTINGS |= {"seeds": [0, 1, 2, 3, 4], "horizons": [0.99, 0.999], "workers": 2}
 QUICK = {"epochs": [1, 3], "min_trials": 3, "min_complete": 1, "max_trials": 4, "seeds": [0, 1]}
-QUICK["workers"] = 2  # the GPU variant's too
 QUICK["fixed"] = dict(zip(LIMITS, (10, 4, 8)))
-CPU = Experiment(
-    name="tuned_parity",
-    title="Tuned comparison: SGDM against O2NC, each at its own best configuration",
-    workload="Fashion-MNIST, SmallCNN; each arm and budget tuned by its own o2nc-sweep study",
-    arms=tuple(ARMS),
-    measurement="test accuracy at x and x̄ (several horizons) of fresh seeds of each best trial",
-    run=run,
-    render=render,
-    settings=SETTINGS,
-    quick=QUICK,
-    figure=figure,
-    targets=targets,
+EXPERIMENTS = (
+    Experiment(
+        name="tuned_parity",
+        title="Tuned comparison: SGDM against O2NC, each at its own best configuration",
+        workload="Fashion-MNIST, SmallCNN; each arm and budget tuned by its own o2nc-sweep study",
+        arms=tuple(ARMS),
+        measurement="test accuracy at x and x̄ (several horizons) of fresh seeds of each best trial",
+        run=run,
+        render=render,
+        settings=SETTINGS,
+        quick=QUICK,
+        figure=figure,
+        targets=targets,
+    ),
 )
-#: The longer budget on one CUDA GPU at the CPU-tuned configurations: full Fashion-MNIST
-#: (55k training images per epoch), 30 epochs, 5 seeds, 8 runs sharing the GPU (about 8 minutes).
-BEST = "benchmarks/results/tuned_parity.json"
-GPU_FIXED = {"trainer.accelerator": "gpu", **dict.fromkeys(LIMITS, 1.0)}
-GPU = dataclasses.replace(
-    CPU,
-    name="tuned_parity_gpu",
-    title="Tuned comparison on a GPU: full Fashion-MNIST, 30 epochs",
-    settings=SETTINGS | {"epochs": [30], "workers": 8, "fixed": GPU_FIXED, "best_from": BEST},
-    figure=lambda result, folder: figure(result, folder, "tuned_parity_gpu"),
-    command="python -m benchmarks run tuned_parity_gpu (on a CUDA GPU)",
-)
-EXPERIMENTS = (CPU, GPU)

@@ -69,12 +69,14 @@ def test_the_dry_run_runs_every_part_of_the_script_and_never_touches_the_committ
     result = read_result("gpu_check", run_experiment(experiment, quick=True).parent)
     assert committed_files() == committed
     parts = result["parts"]
-    assert sorted(parts) == ["sharded", "step", "tests", "train_lightning"]
+    assert sorted(parts) == ["sharded", "step", "tests", "train_lightning", "transformer"]
     assert parts["tests"]["tests"] == "collected" and parts["tests"]["failed"] == []
     for name, largest in parts["sharded"]["largest_difference"].items():
         assert largest["weights"] < 1e-5 and largest["x_bar"] < 1e-5, name  # sharded = unsharded
     assert parts["sharded"]["step"]["AdamW"]["ratio"] == 1.0
     assert parts["step"]["settings"]["device"] == "cpu"
     assert len(parts["train_lightning"]["ratios"]) == 4
+    runs = parts["transformer"]["runs"]  # the GPU size is for CUDA; a dry run is tiny
+    assert [(run["arm"], run["steps"]) for run in runs] == [("adamw", 2), ("o2nc_adamw", 2)]
     text = experiment.render(result)
     assert "did not finish" not in text and "### Step time on CUDA" in text

@@ -75,22 +75,6 @@ def test_tuned_parity_quick_tunes_every_arm_alike_and_stores_every_seed_at_x_and
     assert _committed_bytes() == committed
 
 
-def test_the_gpu_variant_reuses_the_cpu_tuned_configurations_on_full_epochs():
-    cpu, gpu = get("tuned_parity"), get("tuned_parity_gpu")
-    assert gpu.command and "tuned_parity_gpu" in gpu.command  # not part of `run all` on a CPU
-    assert (RESULTS_DIR.parent.parent / gpu.settings["best_from"]).is_file()
-    assert gpu.settings["fixed"]["trainer.accelerator"] == "gpu"
-    assert {
-        k: v
-        for k, v in gpu.settings.items()
-        if k not in ("epochs", "workers", "fixed", "best_from")
-    } == {
-        k: v
-        for k, v in cpu.settings.items()
-        if k not in ("epochs", "workers", "fixed", "best_from")
-    }
-
-
 def test_the_committed_result_renders_the_tuned_sections_numbers():
     experiment = get("tuned_parity")
     text = experiment.render(read_result("tuned_parity"))
