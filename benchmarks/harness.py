@@ -150,12 +150,7 @@ def run_experiment(
     return write_result(experiment.name, result, folder)
 
 
-def run_jobs(
-    function: Callable[..., Result],
-    tasks: Sequence[Sequence[Any]],
-    workers: int,
-    cache: Path | None = None,
-) -> list[Result]:
+def run_jobs(function: Callable, tasks: Sequence, workers: int, cache: Path | None = None) -> list:
     """``[function(*args) for args in tasks]`` on ``workers`` single-threaded processes (joblib's
     loky pool), in the order of ``tasks``; ``workers=0`` runs them here.
 
