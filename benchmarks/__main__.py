@@ -26,13 +26,10 @@ from .render import render
 
 
 def _overrides(pairs: list[str]) -> dict:
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. --set seeds=[0,1]")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
+    split = [pair.partition("=") for pair in pairs]  # (key, "=", value)
+    if bad := [key + sep + value for key, sep, value in split if not (key and sep)]:
+        raise SystemExit(f"--set {bad[0]!r}: expected KEY=VALUE, e.g. --set seeds=[0,1]")
+    return {key: yaml.safe_load(value) for key, _, value in split}
 
 
 def list_experiments() -> None:
@@ -65,9 +62,7 @@ def run(names: list[str], quick: bool, overrides: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser("python -m benchmarks", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every experiment and what it measures")
     runner = commands.add_parser("run", help="run experiments and store their results")

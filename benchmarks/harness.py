@@ -1,11 +1,6 @@
 """What an experiment is, where its results live, and how one runs.
 
-An experiment is one module of :mod:`benchmarks.experiments` holding an :class:`Experiment`: its
-workload (what is trained or timed), its arms (what is compared), its measurement (which number is
-taken, and how), its settings, and three functions: ``run(settings, work) -> result``,
-``render(result) -> Markdown`` and, optionally, ``figure(result, folder) -> [png names]`` and
-``targets(result) -> [(target, measured, verdict)]``.
-
+An experiment is one module of :mod:`benchmarks.experiments` holding :class:`Experiment` records.
 :func:`run_experiment` resolves the settings (the committed run's, or ``quick`` ones), runs it,
 records the environment (torch, CPU, threads, commit) and the command, draws the figures from the
 result alone and writes ``<name>.json`` to ``benchmarks/results/`` (a quick run: to the work folder,
@@ -52,15 +47,15 @@ class Experiment:
 
     name: str  # results/<name>.json and `python -m benchmarks run <name>`
     title: str  # its RESULTS.md section
-    workload: str
-    arms: tuple[str, ...]
-    measurement: str
+    workload: str  # what is trained or timed
+    arms: tuple[str, ...]  # what is compared
+    measurement: str  # which number is taken, and how
     run: Callable[[dict[str, Any], Path], Result]  # (settings, work folder) -> result
-    render: Callable[[Result], str]
+    render: Callable[[Result], str]  # result -> the section's Markdown
     settings: dict[str, Any] = field(default_factory=dict)  # the committed run's
     quick: dict[str, Any] = field(default_factory=dict)  # overrides of a smoke run (minutes)
     figure: Callable[[Result, Path], list[str]] | None = None  # draws PNGs, returns their names
-    targets: Callable[[Result], list[tuple[str, str, str]]] | None = None
+    targets: Callable[[Result], list[tuple[str, str, str]]] | None = None  # targets table rows
     command: str | None = None  # how it runs when not through `run` (the GPU check)
 
     @property
@@ -82,42 +77,29 @@ class Experiment:
         return {**self.settings, **(self.quick if quick else {}), **overrides}
 
 
-def command_text(name: str, quick: bool, overrides: dict[str, Any]) -> str:
-    """The command line that reruns ``name`` with ``overrides``."""
-    parts = ["python -m benchmarks run", name, *(["--quick"] if quick else [])]
-    parts += [f"--set {key}={json.dumps(value)}" for key, value in overrides.items()]
-    return " ".join(parts)
-
-
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or "unknown CPU"
-
-
-def _commit() -> str | None:
-    git = ["git", "rev-parse", "--short", "HEAD"]
-    try:
-        return subprocess.run(git, cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:  # no git: the result says so
-        return None
-
-
 def environment() -> dict[str, Any]:
     """What a result was measured on: torch, CPU, threads, GPU, commit, read at run time."""
     import torch
 
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    cpus = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpus.append(platform.processor() or "unknown CPU")  # where /proc/cpuinfo names none
+    try:
+        git = ["git", "rev-parse", "--short", "HEAD"]
+        commit = subprocess.run(git, cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git: the result says so
+        commit = None
     return {
         "date (UTC)": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "torch": torch.__version__,
         "lightning": importlib.metadata.version("lightning"),
-        "CPU": f"{_cpu_model()}, {len(os.sched_getaffinity(0))} usable cores",
+        "CPU": f"{cpus[0]}, {len(os.sched_getaffinity(0))} usable cores",
         "threads": torch.get_num_threads(),
         "GPU": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "python": sys.version.split()[0],
         "host": f"{platform.system()} {platform.release()} {platform.machine()}",
-        "commit": _commit() or None,
+        "commit": commit or None,
     }
 
 
@@ -157,8 +139,10 @@ def run_experiment(
     folder = results_dir or (quick_dir() if quick else RESULTS_DIR)
     work = work_dir() / ("quick" if quick else "") / experiment.name
     work.mkdir(parents=True, exist_ok=True)
-    command, started = command_text(experiment.name, quick, overrides), time.perf_counter()
-    result = {**experiment.run(settings, work), "settings": settings, "command": command}
+    command = ["python -m benchmarks run", experiment.name, *(["--quick"] if quick else [])]
+    command += [f"--set {key}={json.dumps(value)}" for key, value in overrides.items()]
+    started = time.perf_counter()
+    result = {**experiment.run(settings, work), "settings": settings, "command": " ".join(command)}
     result |= {"seconds": time.perf_counter() - started, "env": environment()}
     if experiment.figure is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -166,12 +150,7 @@ def run_experiment(
     return write_result(experiment.name, result, folder)
 
 
-def run_jobs(
-    function: Callable[..., Result],
-    tasks: Sequence[Sequence[Any]],
-    workers: int,
-    cache: Path | None = None,
-) -> list[Result]:
+def run_jobs(function: Callable, tasks: Sequence, workers: int, cache: Path | None = None) -> list:
     """``[function(*args) for args in tasks]`` on ``workers`` single-threaded processes (joblib's
     loky pool), in the order of ``tasks``; ``workers=0`` runs them here.
 

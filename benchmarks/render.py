@@ -16,6 +16,12 @@ from .experiments import every
 from .harness import RESULTS_DIR, RESULTS_PATH, UNIFORM_SCALING, Experiment, Result, read_result
 from .stats import markdown_table
 
+INTRO = (
+    "Rendered by `python -m benchmarks render` from the raw results in `benchmarks/results/*.json`, "
+    "which `python -m benchmarks run NAME` writes (each section names its command; `python -m "
+    "benchmarks list` lists them). Nothing here is typed by hand."
+)
+
 
 def _unweighted_uniform_note(result: Result) -> str:
     """A warning for a result whose uniform arm ran before uniform scaling had its weight."""
@@ -46,10 +52,8 @@ def render_section(
         meta += f" ({result['seconds'] / 60:.1f} min)"
     if result.get("command", "").split(" run ")[0] != "python -m benchmarks":
         meta += f"; with this harness: `{experiment.how_to_run}`"
-    figures = [
-        f"![{Path(name).stem}]({os.path.relpath(results_dir / name, output.parent)})"
-        for name in result.get("figures", [])
-    ]
+    folder = Path(os.path.relpath(results_dir, output.parent))  # figure links from RESULTS.md
+    figures = [f"![{Path(name).stem}]({folder / name})" for name in result.get("figures", [])]
     parts = [_unweighted_uniform_note(result), body, meta, *figures]
     rows = [(experiment.title, *row) for row in targets]
     return "\n\n".join(part for part in parts if part), rows
@@ -61,31 +65,16 @@ def render(results_dir: Path = RESULTS_DIR, output: Path = RESULTS_PATH) -> str:
     for number, experiment in enumerate(every(), start=1):
         result = read_result(experiment.name, results_dir) or {}
         text, rows = render_section(experiment, results_dir, output, result)
-        sections += [f"## {number}. {experiment.title}", "", text, ""]
+        sections += [f"## {number}. {experiment.title}", text]
         targets += rows
         env = result.get("env") or result.get("machine")  # "machine": results of the old scripts
         if env:
-            machines += [f"`{experiment.name}.json`:", ""]
-            machines += [f"- **{key}**: {value}" for key, value in env.items()] + [""]
-    lines = [
-        "# Benchmark results",
-        "",
-        "Rendered by `python -m benchmarks render` from the raw results in "
-        "`benchmarks/results/*.json`, which `python -m benchmarks run NAME` writes (each section "
-        "names its command; `python -m benchmarks list` lists them). Nothing here is typed by hand.",
-        "",
-        "## Targets at a glance",
-        "",
-        markdown_table(["section", "target", "measured", "verdict"], targets)
-        if targets
-        else "No target has been measured yet.",
-        "",
-        *sections,
-        "## Machines",
-        "",
-        *machines,
-    ]
-    content = "\n".join(lines).rstrip() + "\n"
+            items = "\n".join(f"- **{key}**: {value}" for key, value in env.items())
+            machines += [f"`{experiment.name}.json`:", items]
+    table = markdown_table(["section", "target", "measured", "verdict"], targets)
+    parts = ["# Benchmark results", INTRO, "## Targets at a glance"]
+    parts += [table if targets else "No target has been measured yet.", *sections, "## Machines"]
+    content = "\n\n".join([*parts, *machines]).rstrip() + "\n"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(content)
     return content

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from torch.utils.benchmark import Compare, Measurement, Timer
 
@@ -23,18 +24,12 @@ def time_arms(
     rounds: int,
     block_seconds: float = 0.05,
     threads: int = 1,
-    label: str = "step",
     seed: int = 0,
 ) -> dict[str, list[Measurement]]:
     """``rounds`` blocks of about ``block_seconds`` of each arm's call, arms alternating."""
-    timers = {
-        name: Timer(
-            "call()", globals={"call": call}, num_threads=threads, label=label, description=name
-        )
-        for name, call in arms.items()
-    }
-    order = list(timers)
-    shuffle = random.Random(seed).shuffle
+    timer = partial(Timer, "call()", label="step", num_threads=threads)
+    timers = {name: timer(globals={"call": call}, description=name) for name, call in arms.items()}
+    order, shuffle = list(timers), random.Random(seed).shuffle
     measurements: dict[str, list[Measurement]] = {name: [] for name in order}
     for _ in range(rounds):
         shuffle(order)

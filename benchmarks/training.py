@@ -140,8 +140,7 @@ def train_config(
 
     Args:
         config: a LightningCLI config dict (a sweep's trial config).
-        horizons: discounts b of the longer-horizon x̄ to evaluate as well (needs nothing from the
-            optimizer; empty: none).
+        horizons: discounts b of the longer-horizon x̄ to evaluate as well (empty: none).
         threads: torch threads of this process.
         label: printed with the result line.
 
@@ -160,9 +159,8 @@ def train_config(
         config, extra_callbacks=[trace, averages], logger=False, trainer_overrides=quiet
     )
     trainer.fit(model, datamodule=datamodule)
-    result: dict[str, Any] = {"diverged_at": trace.diverged_at, "steps": len(trace.losses)}
-    result |= {"max_scale": max(trace.scales, default=1.0), "losses": trace.losses}
-    result["scales"] = trace.scales
+    result = {"diverged_at": trace.diverged_at, "steps": len(trace.losses), "losses": trace.losses}
+    result |= {"max_scale": max(trace.scales, default=1.0), "scales": trace.scales}
     averaged = {str(b): averages.averaged(b) for b in averages.betas}  # x̄ per horizon
     optimizer = trainer.optimizers[0]
     if getattr(optimizer, "average", False):

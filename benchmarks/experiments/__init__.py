@@ -7,8 +7,7 @@ import importlib
 
 from ..harness import Experiment
 
-#: experiment name -> module of this package, in RESULTS.md's order.
-SECTIONS: dict[str, str] = {
+SECTIONS: dict[str, str] = {  # experiment name -> module of this package
     "tuned_parity": "tuned_parity",
     "transformer_evidence": "transformer_evidence",
     "eta_sensitivity": "eta_sensitivity",
