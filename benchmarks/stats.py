@@ -44,12 +44,12 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 def difference_text(
     a: Sequence[float], b: Sequence[float], scale: float = 100, digits: int = 2
 ) -> tuple[str, str]:
-    """``("+0.12 ± 0.34", "t = 0.35, p = 0.734")`` for mean(a) - mean(b), times ``scale``
-    (accuracies in points by default)."""
+    """``("+0.12 ± 0.34", "t = 0.35, p = 0.734")``: mean(a) - mean(b) times ``scale``."""
     diff = scale * (statistics.fmean(a) - statistics.fmean(b))
     error = scale * standard_error_of_difference(a, b)
     t, p = welch(a, b)
-    return f"{diff:+.{digits}f} ± {error:.{digits}f}", f"t = {t:.2f}, p = {p:.3f}"
+    shown = f"{p:.3f}" if not p < 0.001 else f"{p:.1e}"  # NaN: "nan"
+    return f"{diff:+.{digits}f} ± {error:.{digits}f}", f"t = {t:.2f}, p = {shown}"
 
 
 def paired_difference(

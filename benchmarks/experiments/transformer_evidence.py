@@ -212,7 +212,10 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
                 by_lr.scatter(*zip(*lr), marker=marker, color=f"C{index}", s=16)
     ax.set(xlabel="optimizer step", ylabel="validation loss at x (nats/char)")
     ax.set_title("Each arm at its tuned configuration (mean ± sd over seeds)", fontsize=9)
-    by_lr.set(xscale="log", xlabel="η (model.lr)", ylabel="validation loss", ylim=(None, 3.0))
+    lowest = min(v for d in result["arms"].values() for _, v, _ in d["lr"] if _finite([v]))
+    by_lr.set(
+        xscale="log", xlabel="η (model.lr)", ylabel="validation loss", ylim=(lowest - 0.05, 3)
+    )
     by_lr.set_title("Each study's trials (o: completed, x: pruned at its last report)", fontsize=9)
     for axis in (ax, by_lr):
         axis.grid(alpha=0.3)

@@ -144,3 +144,15 @@ def test_a_study_that_holds_interrupted_trials_does_not_stop_the_comparison(tmp_
     except KeyboardInterrupt:
         pytest.fail("a study's count of interrupted trials was taken for a stop request")
     assert results == [task[0] for task in tasks]
+
+
+def test_the_committed_comparison_holds_every_arm_tuned_by_the_rule_with_five_seeds():
+    experiment = get("transformer_evidence")
+    result = read_result("transformer_evidence")
+    assert result["steps"] == 2000 and set(result["arms"]) == set(experiment.arms)
+    for name, arm in result["arms"].items():
+        assert arm["trials"] >= 16 and arm["completed"] >= 8 and arm["failed"] == 0, name
+        assert len(arm["val_loss"]) == 5 and set(arm["val_loss_avg"]) == {"0.99", "0.999"}
+        assert all(len(losses) == 5 for losses in arm["val_loss_avg"].values())
+    text = experiment.render(result)
+    assert "| `o2nc_adamw` − `adamw` | +0.034 ± 0.008 | t = 4.53, p = 0.003 |" in text
