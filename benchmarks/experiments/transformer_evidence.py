@@ -42,7 +42,7 @@ ARMS = {
     "sgdm": {"optimizer": "sgdm", "scaling": None, "family": "sgd"},
     "o2nc": {"optimizer": "o2nc", "scaling": "exponential", "family": "sgd"},
 }
-COMPARISONS = [("o2nc_adamw", "adamw"), ("o2nc", "sgdm")]
+COMPARISONS = [("o2nc_adamw", "adamw"), ("o2nc", "sgdm"), ("o2nc_adamw_uniform", "o2nc_adamw")]
 LR_TOLERANCE, LR_SAID = 0.05, "0.05 nats"  # "as good as the best" trial, in validation loss
 
 
