@@ -77,11 +77,12 @@ def trial_seconds(study: Any) -> float:
 def lr_section(points: dict[str, list], within: float, said: str, maximize: bool = False) -> list:
     """How sensitive each arm is to η, from its study's :func:`lr_points` (``points``: arm ->
     them): the η tried, the best trial's η, and the η range of the completed trials whose objective
-    is ``within`` (``said``: in words) of the best (k of n completed). The other searched values
-    vary with η too."""
+    is ``within`` (``said``: in words) of the best (k of n completed); other values vary too."""
     rows = []
-    for arm, finished in ((arm, p) for arm, p in points.items() if p):
-        done = [(lr, value) for lr, value, state in finished if state == "COMPLETE"]
+    for arm, finished in points.items():
+        done = [(lr, value) for lr, value, state in finished or [] if state == "COMPLETE"]
+        if not done:  # no completed trial, or a result stored without its trials: no row
+            continue
         best_lr, best = (max if maximize else min)(done, key=lambda pair: pair[1])
         near = [lr for lr, value in done if abs(value - best) <= within]
         tried = [lr for lr, *_ in finished]

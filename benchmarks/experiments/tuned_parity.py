@@ -25,7 +25,6 @@ from ..training import train_config
 ARMS = {"SGDM": "none", "O2NC (exponential)": "exponential", "O2NC (uniform)": "uniform"}
 BASELINE = "SGDM"
 FINISHED = ("COMPLETE", "PRUNED")  # a trial's states that hold a result
-LR_TOLERANCE, LR_SAID = 0.005, "0.5 points of val acc"  # "as good as the best" trial
 LIMITS = [f"trainer.limit_{split}_batches" for split in ("train", "val", "test")]
 
 
@@ -141,7 +140,7 @@ def render(result: dict[str, Any]) -> str:
         f" objective val/acc at x), then seeds {config['seeds']} of its best trial, at x and x̄.",
         "**Best configuration per arm** (from its own study):",
         markdown_table([*best_columns, " / ".join(OUTCOMES)], best),
-        *studies.lr_section(lr_points, LR_TOLERANCE, LR_SAID, maximize=True),
+        *studies.lr_section(lr_points, 0.005, "0.5 points of val acc", maximize=True),
         "**Test accuracy at each arm's best configuration** (%, mean ± std; Δ: x − SGDM's x):",
         markdown_table([*columns, "Δ vs SGDM (x)", "Welch"], rows),
         "**Does a longer x̄ recover accuracy?** x̄ − x in points, paired over seeds, mean ± s.e.:",

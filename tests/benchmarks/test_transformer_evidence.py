@@ -156,3 +156,18 @@ def test_the_committed_comparison_holds_every_arm_tuned_by_the_rule_with_five_se
         assert all(len(losses) == 5 for losses in arm["val_loss_avg"].values())
     text = experiment.render(result)
     assert "| `o2nc_adamw` − `adamw` | +0.034 ± 0.008 | t = 4.53, p = 0.003 |" in text
+
+
+def test_the_eta_table_keeps_the_completed_trials_near_the_best_and_skips_arms_without_any():
+    from benchmarks.studies import lr_section
+
+    points = {
+        "a": [[1e-3, 1.80, "COMPLETE"], [2e-3, 1.76, "COMPLETE"], [4e-3, 1.82, "COMPLETE"]],
+        "pruned only": [[8e-3, 2.5, "PRUNED"]],
+        "stored without trials": None,
+    }
+    points["a"].append([8e-3, 2.5, "PRUNED"])  # tried, but not a completed trial
+    intro, table = lr_section(points, 0.05, "0.05 nats")
+    assert "**How sensitive" in intro
+    assert table.splitlines()[2:] == ["| a | 0.001–0.008 | 0.002 | 0.001–0.002 (2 of 3) |"]
+    assert lr_section({"none": None}, 0.05, "0.05 nats") == []
