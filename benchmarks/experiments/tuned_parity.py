@@ -128,7 +128,8 @@ def render(result: dict[str, Any]) -> str:
     width = fixed.get("model.backbone", {}).get("init_args", {}).get("width", "?")
     train, val, test = (fixed.get(key, "all") for key in LIMITS)
     sampler, pruner = result["sweep"]["sampler"], result["sweep"]["pruner"]
-    trials = "/".join(map(str, sorted({s["trials"] for s in tuned})))
+    rule = "until it held ≥ {min_trials} trials, ≥ {min_complete} completed, ≤ {max_trials}: "
+    trials = rule.format(**config) + "/".join(map(str, sorted({s["trials"] for s in tuned})))
     averages = ["x̄ (β)", *(f"x̄ ({h})" for h in config["horizons"])]
     columns = ["budget", "arm", "at x", *(f"at {a}" for a in averages)]
     best_columns = ["budget", "arm", "η", "β", "μ", "η schedule", "best val acc %"]
@@ -170,8 +171,7 @@ def figure(result: dict[str, Any], folder: Path) -> list[str]:
         ax.set(title=f"{epochs} epochs (tuned per arm)", ylabel="test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
-    title = "Fashion-MNIST, each arm at its own best configuration; one point per seed"
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle("Fashion-MNIST, each arm at its best configuration; a point per seed", fontsize=10)
     fig.savefig(folder / "tuned_parity.png")
     return ["tuned_parity.png"]
 

@@ -78,6 +78,7 @@ def test_tuned_parity_quick_tunes_every_arm_alike_and_stores_every_seed_at_x_and
 def test_the_committed_result_renders_the_tuned_sections_numbers():
     experiment = get("tuned_parity")
     text = experiment.render(read_result("tuned_parity"))
-    assert "| 6 ep (180 steps) | O2NC (exponential) | 68.51 ± 3.75 | 68.60 ± 3.59 |" in text
-    assert "-2.36 ± 1.95 | t = -1.21, p = 0.269 |" in text
-    assert "| 2 ep (60 steps) | SGDM | 0.0325 | 0.969 | 0 | linear (end_factor 0.342) |" in text
+    assert "| 4 ep (1400 steps) | O2NC (exponential) | 88.85 ± 0.35 | 88.87 ± 0.41 |" in text
+    assert "-1.99 ± 0.16 | t = -12.42, p = 1.5e-04 |" in text
+    assert "≥ 16 trials, ≥ 8 completed, ≤ 40: 16/23/25 trials" in text
+    assert "| SGDM | 0.478 | 0.939 | 0.0945 | warmup_cosine (warmup_fraction 0.0369) |" in text
