@@ -60,8 +60,8 @@ def test_quick_parity_writes_its_json_modest_pngs_and_targets_and_leaves_the_res
 def test_the_committed_parity_result_renders_section_5_and_keeps_its_figures():
     result = read_result("accuracy_parity")
     text = get("accuracy_parity").render(result)
-    assert "| O2NC (exponential) | 85.41 ± 1.06 | -1.84 ± 0.50 | t = -3.71, p = 0.015 |" in text
-    assert "| V (iterate variance around x̄) | 0.04323 | 2.215e-06 | 5.12e-05× |" in text
+    assert "| O2NC (exponential) | 86.19 ± 0.51 | -0.95 ± 0.26 | t = -3.66, p = 0.010 |" in text
+    assert "| V (iterate variance around x̄) | 0.04568 | 5.462e-06 | 0.00012× |" in text
     for name in result["figures"]:
         assert (RESULTS_DIR / name).read_bytes()[:8] == PNG_MAGIC
 

@@ -36,7 +36,7 @@ def test_eta_grid_finds_where_sgdm_stops_training_and_the_scales_before_blow_ups
 
 def test_the_committed_grid_renders_section_4():
     text = get("eta_sensitivity").render(read_result("eta_sensitivity"))
-    assert "| 1 | 81.7 | 42.8 (2✗) | 71.9 (1✗) |" in text
+    assert "| 1 | 92.6 | 45.1 (2✗) | 32.1 (2✗) |" in text
     assert (
         "| O2NC (exponential) | 0.1 | 96.9 | 0.31623 | 7/16 | 5.20 | median 1.81, max 2.91; "
         "P(largest of 5 draws ≥ median) = 0.59 | 3.16 | 3.16 |"
