@@ -49,7 +49,7 @@ def render_section(
         body, targets = f"**Could not render** `{experiment.name}.json`: `{error!r}`.", []
     meta = f"Command: `{result['command']}`" if result.get("command") else ""
     if result.get("seconds") is not None:
-        meta += f" ({result['seconds'] / 60:.1f} min)"
+        meta += f" (the invocation that wrote it: {result['seconds'] / 60:.1f} min)"
     if result.get("command", "").split(" run ")[0] != "python -m benchmarks":
         meta += f"; with this harness: `{experiment.how_to_run}`"
     folder = Path(os.path.relpath(results_dir, output.parent))  # figure links from RESULTS.md
