@@ -42,10 +42,8 @@ def summarize(
     measurements: Mapping[str, list[Measurement]], baseline: Mapping[str, str]
 ) -> dict[str, dict[str, float]]:
     """Per arm: ``ratio`` (median over rounds of its time over its baseline's in that round),
-    ``ratio_q1``/``ratio_q3``, ``median_us`` (all blocks merged) and ``rounds``.
-
-    ``baseline`` maps an arm to the arm it is compared with (itself: ratio 1).
-    """
+    ``ratio_q1``/``ratio_q3``, ``median_us`` (all blocks merged) and ``rounds``. ``baseline`` maps
+    an arm to the arm it is compared with (itself: ratio 1)."""
     rows = {}
     for name, blocks in measurements.items():
         base = measurements[baseline[name]]

@@ -130,11 +130,7 @@ def optimizer_average(model: nn.Module, optimizer: Any) -> list[torch.Tensor]:
 
 
 def train_config(
-    config: Mapping[str, Any],
-    *,
-    horizons: Sequence[float] = (),
-    threads: int = 1,
-    label: str = "",
+    config: Mapping[str, Any], *, horizons: Sequence[float] = (), threads: int = 1, label: str = ""
 ) -> dict[str, Any]:
     """Fit and test one train config; returns accuracies, the step trace and the wall time.
 

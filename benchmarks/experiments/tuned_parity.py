@@ -3,7 +3,7 @@
 Per arm and budget (``epochs``, the longer >= 3x the shortest) one ``o2nc-sweep`` study of
 ``sweep_file`` (SQLite in the work folder: a rerun continues it) until it holds ``min_trials``
 trials of which ``min_complete`` completed; then each best trial retrained with ``seeds``, tested
-at x, the optimizer's x̄ and x̄ of ``horizons``."""
+at x, the optimizer's x̄ and x̄ of ``horizons``, and every O2NC arm at SGDM's best configuration."""
 
 from __future__ import annotations
 
@@ -74,16 +74,18 @@ def run(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     tuned = run_stoppable_jobs(tune, tasks, settings["workers"], work)
     best = {(t["arm"], t["epochs"]): t["best_values"] for t in tuned}
     tasks = [(jobs, work, a, e, v, s) for (a, e), v in best.items() for s in settings["seeds"]]
-    runs = run_jobs(seed_run, tasks, settings["workers"], cache=work / "jobs")
+    at_sgdm = [(*t[:4], best[BASELINE, t[3]], t[5]) for t in tasks if t[2] != BASELINE]
+    runs = run_jobs(seed_run, tasks + at_sgdm, settings["workers"], cache=work / "jobs")
     sweep = yaml.safe_load((REPO_ROOT / settings["sweep_file"]).read_text())
     result = {"config": settings, "fixed": {**sweep["overrides"], **settings["fixed"]}}
     result["sweep"] = {key: sweep[key] for key in ("space", "sampler", "pruner", "objective")}
-    return result | {"studies": tuned, "runs": runs}
+    result |= {"studies": tuned, "runs": runs[: len(tasks)]}
+    return result | {"at_sgdm_best": runs[len(tasks) :]}  # each O2NC arm at SGDM's best values
 
 
-def _accuracies(result: dict[str, Any], arm: str, epochs: int) -> list[list[float]]:
+def _accuracies(result: dict, arm: str, epochs: int, key: str = "runs") -> list[list[float]]:
     """Test accuracy per seed at x, at the optimizer's x̄ and at x̄ of each longer horizon."""
-    runs = [r for r in result["runs"] if (r["arm"], r["epochs"]) == (arm, epochs)]  # seed order
+    runs = [r for r in result.get(key, []) if (r["arm"], r["epochs"]) == (arm, epochs)]
     horizons = [[r["test_acc_horizon"][str(h)] for r in runs] for h in result["config"]["horizons"]]
     return [[r["test_acc"] for r in runs], [r["test_acc_avg"] for r in runs], *horizons]
 
@@ -107,13 +109,14 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, str]]:
 def render(result: dict[str, Any]) -> str:
     config, fixed, tuned = result["config"], result["fixed"], result["studies"]
     rows, paired, best, lr_points = [], [], [], {}
-    for epochs in config["epochs"]:
+    variants = [(arm, "runs", arm) for arm in ARMS]  # and each O2NC arm at SGDM's configuration:
+    variants += [(arm, "at_sgdm_best", f"{arm} at SGDM's best") for arm in list(ARMS)[1:]]
+    for epochs, (arm, key, label) in itertools.product(config["epochs"], variants):
         base, budget = _accuracies(result, BASELINE, epochs)[0], _budget(result, epochs)
-        for arm in ARMS:
-            at = _accuracies(result, arm, epochs)
+        if (at := _accuracies(result, arm, epochs, key))[0]:  # an older result lacks some
             delta = ("—", "—") if arm == BASELINE else difference_text(at[0], base)
-            rows.append([budget, arm, *(mean_std(values, 100) for values in at), *delta])
-            paired.append([budget, arm, *(paired_difference(x̄, at[0]) for x̄ in at[1:])])
+            rows.append([budget, label, *(mean_std(values, 100) for values in at), *delta])
+            paired.append([budget, label, *(paired_difference(x̄, at[0]) for x̄ in at[1:])])
     for study in sorted(tuned, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"]))):
         values = study["best_values"]
         schedule = values.get("model.schedules.lr") or {}
@@ -142,13 +145,15 @@ def render(result: dict[str, Any]) -> str:
         "**Best configuration per arm** (from its own study):",
         markdown_table([*best_columns, " / ".join(OUTCOMES)], best),
         *studies.lr_section(lr_points, 0.005, "0.5 points of val acc", maximize=True),
-        "**Test accuracy at each arm's best configuration** (%, mean ± std; Δ: x − SGDM's x):",
+        "**Test accuracy at each arm's best configuration** (%, mean ± std; Δ: x − SGDM's x; *at "
+        "SGDM's best*: that O2NC arm with SGDM's best η, β, μ and schedule, the same seeds):",
         markdown_table([*columns, "Δ vs SGDM (x)", "Welch"], rows),
         "**Does a longer x̄ recover accuracy?** x̄ − x in points, paired over seeds, mean ± s.e.:",
         markdown_table(["budget", "arm", *(f"{a} − x" for a in averages)], paired),
     ]
+    renamed = ({**r, "arm": f"{r['arm']} at SGDM's best"} for r in result.get("at_sgdm_best", []))
     diverged = [f"{r['arm']} {r['epochs']} ep seed {r['seed']} at step {r['diverged_at']}"
-                for r in result["runs"] if r["diverged_at"]]  # fmt: skip
+                for r in [*result["runs"], *renamed] if r["diverged_at"]]  # fmt: skip
     text += [f"Diverged seed runs (scored as chance): {', '.join(diverged)}."] * bool(diverged)
     return "\n\n".join(text)
 

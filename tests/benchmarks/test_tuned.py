@@ -65,11 +65,17 @@ def test_tuned_parity_quick_tunes_every_arm_alike_and_stores_every_seed_at_x_and
         assert set(run["test_acc_horizon"]) == {"0.99", "0.999"}
     scales = {run["arm"]: run["max_scale"] for run in runs}
     assert scales["SGDM"] == 1.0 and scales["O2NC (exponential)"] != 1.0
+    at_sgdm = result["at_sgdm_best"]  # every O2NC arm with SGDM's best values, the same seeds
+    assert sorted((r["arm"], r["epochs"], r["seed"]) for r in at_sgdm) == sorted(
+        (r["arm"], r["epochs"], r["seed"]) for r in runs if r["arm"] != "SGDM"
+    )
+    assert all(r["max_scale"] != 1.0 for r in at_sgdm)  # the arm's own scaling, SGDM's η, β, μ
     assert result["figures"] == ["tuned_parity.png"]
     assert (out / "tuned_parity.png").read_bytes()[:4] == b"\x89PNG"
     assert {"torch", "CPU", "commit"} <= set(result["env"])
     text = experiment.render(result)
     assert text.count("| O2NC (exponential) |") == 2 * 3  # best config, accuracy, x̄ tables
+    assert text.count("| O2NC (uniform) at SGDM's best |") == 2 * 2  # accuracy, x̄ tables
     assert text.count("| O2NC (exponential), ") == 2  # η's sensitivity in each budget's study
     assert len(experiment.targets(result)) == 2 * 2
     assert _committed_bytes() == committed
