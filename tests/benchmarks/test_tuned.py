@@ -86,5 +86,6 @@ def test_the_committed_result_renders_the_tuned_sections_numbers():
     text = experiment.render(read_result("tuned_parity"))
     assert "| 4 ep (1400 steps) | O2NC (exponential) | 88.85 ± 0.35 | 88.87 ± 0.41 |" in text
     assert "-1.99 ± 0.16 | t = -12.42, p = 1.5e-04 |" in text
+    assert "| O2NC (exponential) at SGDM's best | 88.77 ± 0.39 |" in text
     assert "≥ 16 trials, ≥ 8 completed, ≤ 40: 16/23/25 trials" in text
     assert "| SGDM | 0.478 | 0.939 | 0.0945 | warmup_cosine (warmup_fraction 0.0369) |" in text
