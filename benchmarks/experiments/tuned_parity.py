@@ -111,12 +111,13 @@ def render(result: dict[str, Any]) -> str:
     rows, paired, best, lr_points = [], [], [], {}
     variants = [(arm, "runs", arm) for arm in ARMS]  # and each O2NC arm at SGDM's configuration:
     variants += [(arm, "at_sgdm_best", f"{arm} at SGDM's best") for arm in list(ARMS)[1:]]
-    for epochs, (arm, key, label) in itertools.product(config["epochs"], variants):
+    for epochs in config["epochs"]:
         base, budget = _accuracies(result, BASELINE, epochs)[0], _budget(result, epochs)
-        if (at := _accuracies(result, arm, epochs, key))[0]:  # an older result lacks some
-            delta = ("—", "—") if arm == BASELINE else difference_text(at[0], base)
-            rows.append([budget, label, *(mean_std(values, 100) for values in at), *delta])
-            paired.append([budget, label, *(paired_difference(x̄, at[0]) for x̄ in at[1:])])
+        for arm, key, label in variants:
+            if (at := _accuracies(result, arm, epochs, key))[0]:  # an older result lacks some
+                delta = ("—", "—") if arm == BASELINE else difference_text(at[0], base)
+                rows.append([budget, label, *(mean_std(values, 100) for values in at), *delta])
+                paired.append([budget, label, *(paired_difference(x̄, at[0]) for x̄ in at[1:])])
     for study in sorted(tuned, key=lambda s: (s["epochs"], list(ARMS).index(s["arm"]))):
         values = study["best_values"]
         schedule = values.get("model.schedules.lr") or {}
@@ -151,9 +152,9 @@ def render(result: dict[str, Any]) -> str:
         "**Does a longer x̄ recover accuracy?** x̄ − x in points, paired over seeds, mean ± s.e.:",
         markdown_table(["budget", "arm", *(f"{a} − x" for a in averages)], paired),
     ]
-    renamed = ({**r, "arm": f"{r['arm']} at SGDM's best"} for r in result.get("at_sgdm_best", []))
-    diverged = [f"{r['arm']} {r['epochs']} ep seed {r['seed']} at step {r['diverged_at']}"
-                for r in [*result["runs"], *renamed] if r["diverged_at"]]  # fmt: skip
+    diverged = [f"{label} {r['epochs']} ep seed {r['seed']} at step {r['diverged_at']}"
+                for arm, key, label in variants for r in result.get(key, [])
+                if r["arm"] == arm and r["diverged_at"]]  # fmt: skip
     text += [f"Diverged seed runs (scored as chance): {', '.join(diverged)}."] * bool(diverged)
     return "\n\n".join(text)
 
