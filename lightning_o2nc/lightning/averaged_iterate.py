@@ -18,7 +18,8 @@ from ..optim.factory import AVERAGING_OPTIMIZERS
 from .checkpointed_optimizers import rebuild_optimizer, rebuild_recipe
 from .compat import logging_with_suffix
 from .distributed_checkpoint import is_distributed_checkpoint, metadata, read_optimizers
-from .packages import Callback, MisconfigurationException, twins
+from .packages import MisconfigurationException, twins
+from .process_group import EndsProcessGroupAtExit
 
 _HOW_TO_FIX = (
     "Build the optimizer with average=True: ExponentiatedO2NC(params, lr, average=True), "
@@ -31,7 +32,7 @@ _HOW_TO_FIX = (
 ForwardBatch = Callable[[nn.Module, Any], Any]
 
 
-class AveragedIterate(Callback):
+class AveragedIterate(EndsProcessGroupAtExit):
     """Evaluates at both the training weights x and the averaged iterate x_bar of the optimizer.
 
     x_bar comes from an ``ExponentiatedO2NC`` or a ``RandomScaling`` (``O2NCAdamW``, or any base
@@ -55,6 +56,9 @@ class AveragedIterate(Callback):
     the checkpoint's optimizer state: the callback's own state records which optimizer class
     (and, for a ``RandomScaling``, which base class) kept it, and the optimizer is rebuilt from
     the class and loaded from the checkpoint.
+
+    In a multi-process run every rank destroys its process group at exit, gloo's too
+    (:mod:`lightning_o2nc.lightning.process_group` says why).
 
     Args:
         suffix: Appended to the names of metrics logged at x_bar.

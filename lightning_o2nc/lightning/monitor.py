@@ -13,12 +13,13 @@ from typing_extensions import override
 from ..optim.factory import AVERAGING_OPTIMIZERS
 from ..optim.hyperparameters import SCHEDULABLE, group_value, holds
 from .compat import LoggingStepAxis
-from .packages import Callback, MisconfigurationException, twins
+from .packages import MisconfigurationException, twins
+from .process_group import EndsProcessGroupAtExit
 
 STATISTICS = ("update_norm", "grad_ema_norm", "iterate_variance", "stationarity_certificate")
 
 
-class O2NCMonitor(Callback):
+class O2NCMonitor(EndsProcessGroupAtExit):
     """Logs the drawn scalar s, ``||Delta||``, ``||m_hat||``, V, the certificate, lr, beta, mu, ...
 
     It watches every optimizer of the run that draws s: ``ExponentiatedO2NC`` and
@@ -40,7 +41,8 @@ class O2NCMonitor(Callback):
     optimizers each give one s per step of that optimizer). The statistics are computed on the
     device and read back with one transfer at logging steps, on global rank zero (DDP ranks hold
     identical optimizer states), at the same step as the training metrics of ``self.log``.
-    Works with a Trainer of either Lightning package.
+    Works with a Trainer of either Lightning package. In a multi-process run every rank destroys
+    its process group at exit, gloo's too (:mod:`lightning_o2nc.lightning.process_group`).
 
     Args:
         certificate_c: The constant c of the certificate ``||m_hat|| + c * V``.
