@@ -33,6 +33,7 @@ from .compat import writes_training_metrics
 from .errors import RunConfigError
 from .monitor import O2NCMonitor
 from .packages import Callback, twins
+from .process_group import EndsProcessGroupAtExit
 
 # A nominal horizon for checking the optimizer's arguments before the Trainer knows the real one.
 _CHECK_HORIZON = 1_000_000
@@ -180,9 +181,10 @@ class OptimizedModule:
 
     @override
     def configure_callbacks(self) -> list[Callback]:
-        """The monitor and the averaged-iterate callback, built once per module: Lightning asks
-        again for every ``fit``/``validate``/``test``, and a fresh ``AveragedIterate`` would have
-        lost the BatchNorm statistics at x_bar that fit recomputed."""
+        """The monitor and the averaged-iterate callback (with neither, a bare
+        ``EndsProcessGroupAtExit``), built once per module: Lightning asks again for every
+        ``fit``/``validate``/``test``, and a fresh ``AveragedIterate`` would have lost the
+        BatchNorm statistics at x_bar that fit recomputed."""
         if getattr(self, "_own_callbacks", None) is None:
             self._own_callbacks = self._build_callbacks()
         return self._own_callbacks
@@ -199,7 +201,7 @@ class OptimizedModule:
                     leave_averaged_in_model=self.hparams.leave_averaged_in_model,
                 )
             )
-        return callbacks
+        return callbacks or [EndsProcessGroupAtExit()]
 
     @override
     def on_fit_end(self) -> None:

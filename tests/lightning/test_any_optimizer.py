@@ -195,7 +195,7 @@ def test_a_users_own_module_gets_o2nc_adamw_by_class_path_through_a_plain_lightn
     [
         ("o2nc_adamw", {}, O2NCAdamW, "exponential", ["AveragedIterate", "O2NCMonitor"]),
         ("o2nc_adamw_uniform", {}, O2NCAdamW, "uniform", ["AveragedIterate", "O2NCMonitor"]),
-        ("adamw", {}, torch.optim.AdamW, None, []),
+        ("adamw", {}, torch.optim.AdamW, None, ["EndsProcessGroupAtExit"]),
         ("adamw", {"average": True}, RandomScaling, "none", ["AveragedIterate", "O2NCMonitor"]),
         ("o2nc_adamw", {"average": False}, O2NCAdamW, "exponential", ["O2NCMonitor"]),
     ],

@@ -58,13 +58,19 @@ SCRIPT = textwrap.dedent(
         def configure_optimizers(self):
             return O2NCAdamW(self.parameters(), lr=1e-2, average=True)
 
-    callbacks = [] if case == "without_our_callbacks" else [O2NCMonitor(), AveragedIterate()]
+    callbacks = [O2NCMonitor(), AveragedIterate()] if case in ("finishes", "raises") else []
     data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
     )
-    trainer.fit(Tiny(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=8))
+    if case == "o2nc_module_with_plain_adamw":  # neither callback: the module adds a bare one
+        from lightning_o2nc.lightning import O2NCModule, SyntheticDataModule
+
+        module = O2NCModule("mlp", input_shape=(1, 8, 8), num_classes=4, optimizer="adamw")
+        trainer.fit(module, datamodule=SyntheticDataModule(num_samples=32, batch_size=8))
+    else:
+        trainer.fit(Tiny(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=8))
     """
 )
 
@@ -89,6 +95,15 @@ def _run(tmp_path: Path, package: str, case: str) -> tuple[subprocess.CompletedP
 @pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
 def test_a_finished_run_with_our_callbacks_destroys_the_gloo_group_at_exit(tmp_path, package):
     result, initialized_at_exit = _run(tmp_path, package, "finishes")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not initialized_at_exit
+
+
+@pytest.mark.slow
+def test_an_o2nc_module_with_neither_callback_destroys_it_too(tmp_path):
+    result, initialized_at_exit = _run(
+        tmp_path, "lightning.pytorch", "o2nc_module_with_plain_adamw"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert not initialized_at_exit
 
