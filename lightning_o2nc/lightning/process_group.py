@@ -8,12 +8,13 @@ pytorch/pytorch#190489). It happens rarely and at random, and it fails the run: 
 the other ranks and exits with an error, and ``torch.multiprocessing`` (a sweep's ``ddp_spawn``
 trial) raises in the parent.
 
-:class:`EndsProcessGroupAtExit` is the base of :class:`O2NCMonitor` and :class:`AveragedIterate`:
-when a Trainer sets either up in a process whose default group is initialized, that process
-destroys the group at exit, while the interpreter is whole. A process in which a Trainer raised
-(the callbacks' ``on_exception``, Ctrl-C included) leaves its group alone, as before: the group
-may still hold work waiting on another rank, and destroying it waits for that work (up to gloo's
-timeout, 30 minutes by default) where the failed process should end at once.
+:class:`EndsProcessGroupAtExit` is the base of :class:`O2NCMonitor` and :class:`AveragedIterate`,
+and the one callback of an ``O2NCModule`` that has neither: when a Trainer sets it up in a process
+whose default group is initialized, that process destroys the group at exit, while the
+interpreter is whole. A process in which a Trainer raised (the callbacks' ``on_exception``, Ctrl-C
+included) leaves its group alone, as before: the group may still hold work waiting on another
+rank, and destroying it can wait for that work (up to gloo's timeout, 30 minutes by default)
+where the failed process should end at once.
 """
 
 from __future__ import annotations
