@@ -1,9 +1,9 @@
 """A process in which our callbacks ran under an initialized process group destroys it at exit
 (gloo's too: Lightning does it for NCCL only), unless a run raised there.
 
-Each case is a fresh interpreter that initializes a real gloo group (one rank, on loopback), fits a
-real Trainer and exits; an exit handler registered before the Trainer runs after ours and records
-whether the group was still initialized at that point.
+Each case is a fresh interpreter that initializes a real gloo group (one rank, meeting through a
+file), fits a real Trainer and exits; an exit handler registered before the Trainer runs after ours
+and records whether the group was still initialized at that point.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_an_o2nc_module_with_neither_callback_destroys_it_too(tmp_path):
 
 @pytest.mark.slow
 def test_without_our_callbacks_the_group_outlives_the_exit_handlers(tmp_path):
-    # the case above is our doing: Lightning leaves a gloo group to the interpreter
+    # the cases above are our doing: Lightning leaves a gloo group to the interpreter
     result, initialized_at_exit = _run(tmp_path, "lightning.pytorch", "without_our_callbacks")
     assert result.returncode == 0, result.stderr[-3000:]
     assert initialized_at_exit
@@ -118,7 +118,7 @@ def test_without_our_callbacks_the_group_outlives_the_exit_handlers(tmp_path):
 
 @pytest.mark.slow
 def test_a_process_whose_run_raised_leaves_its_group_alone(tmp_path):
-    # its group may hold work waiting on another rank: destroying it would wait for that
+    # its group may hold work waiting on another rank: destroying it can wait for that
     result, initialized_at_exit = _run(tmp_path, "lightning.pytorch", "raises")
     assert result.returncode != 0 and "a failing step" in result.stderr
     assert initialized_at_exit
